@@ -1,0 +1,173 @@
+"""The `pretrainer` command: one small function per verb.
+
+Each verb composes the config (no TensorFlow), then imports its stage inside
+the function body, so `pretrainer --help` and `--cfg` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from pretrainer.config import DEFAULT_EXPERIMENT, Config, compose, list_experiments, to_yaml
+from pretrainer.errors import UserError
+
+app = typer.Typer(
+    name="pretrainer",
+    help="Pretrain a backbone on unlabeled data, finetune it on a few labels, evaluate, deploy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+Overrides = Annotated[Optional[List[str]], typer.Argument(
+    help="Hydra overrides, e.g. trainer.epochs=3 data.labeled_fraction=0.05 backbone=seed_cnn",
+    show_default=False)]
+ConfigName = Annotated[str, typer.Option(
+    "--config", "-c", help="Experiment: configs/NAME.yaml (see `pretrainer configs`).")]
+ConfigDir = Annotated[Optional[str], typer.Option(
+    "--config-dir", help="Extra directory of configs, searched before the built-in ones.")]
+RunDir = Annotated[Optional[str], typer.Option(
+    "--run", help="Run directory to consume (default: the latest finished one).")]
+PrintCfg = Annotated[bool, typer.Option(
+    "--cfg", help="Print the resolved config and exit.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ start-up lines drown the one line a user needs; --debug keeps them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+
+
+def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[str]],
+             print_cfg: bool, debug: bool, body: Callable[[Config], object]) -> None:
+    """Compose, then run `body(cfg)`; user errors become one red line and exit code 2."""
+    from pretrainer.console import error
+
+    if not debug:
+        _quiet_tensorflow()
+    try:
+        cfg = compose(config, overrides or [], config_dir)
+        if print_cfg:
+            typer.echo(to_yaml(cfg), nl=False)
+            return
+        body(cfg)
+    except UserError as exc:
+        if debug:
+            raise
+        error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        error("interrupted; finished artifacts are kept, the unfinished run has no DONE marker")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # an unexpected failure: say what, keep the traceback for --debug
+        if debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        error(f"unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def collect(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
+            config_dir: ConfigDir = None, cfg: PrintCfg = False, debug: Debug = False) -> None:
+    """Load the data source and write data/<dataset>/ (TFRecord splits + manifest.json)."""
+    def body(c: Config) -> None:
+        from pretrainer.stages import collect as stage
+
+        stage.run(c)
+
+    _execute(config, config_dir, overrides, cfg, debug, body)
+
+
+@app.command()
+def pretrain(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
+             config_dir: ConfigDir = None, cfg: PrintCfg = False, debug: Debug = False) -> None:
+    """Pretrain the backbone on the unlabeled split with the pretext task."""
+    def body(c: Config) -> None:
+        from pretrainer.stages import pretrain as stage
+
+        stage.run(c)
+
+    _execute(config, config_dir, overrides, cfg, debug, body)
+
+
+@app.command()
+def finetune(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
+             config_dir: ConfigDir = None, run: RunDir = None, cfg: PrintCfg = False,
+             debug: Debug = False) -> None:
+    """Attach a head to the backbone (pretrained run, or finetune.init=scratch) and train it."""
+    def body(c: Config) -> None:
+        from pretrainer.stages import finetune as stage
+
+        stage.run(c, run=run)
+
+    _execute(config, config_dir, overrides, cfg, debug, body)
+
+
+@app.command()
+def evaluate(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
+             config_dir: ConfigDir = None, run: RunDir = None, cfg: PrintCfg = False,
+             debug: Debug = False) -> None:
+    """Score a finetune run on the test split: metrics.json, report.md, confusion matrix."""
+    def body(c: Config) -> None:
+        from pretrainer.stages import evaluate as stage
+
+        stage.run(c, run=run)
+
+    _execute(config, config_dir, overrides, cfg, debug, body)
+
+
+@app.command()
+def deploy(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
+           config_dir: ConfigDir = None, run: RunDir = None, cfg: PrintCfg = False,
+           debug: Debug = False) -> None:
+    """Export a finetune run as a SavedModel (TF Serving layout) and check its parity."""
+    def body(c: Config) -> None:
+        from pretrainer.stages import deploy as stage
+
+        stage.run(c, run=run)
+
+    _execute(config, config_dir, overrides, cfg, debug, body)
+
+
+@app.command()
+def pipeline(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
+             config_dir: ConfigDir = None, cfg: PrintCfg = False, debug: Debug = False) -> None:
+    """collect, pretrain, finetune (pretrained and scratch), evaluate both, deploy."""
+    def body(c: Config) -> None:
+        from pretrainer.stages import pipeline as stage
+
+        stage.run(c)
+
+    _execute(config, config_dir, overrides, cfg, debug, body)
+
+
+@app.command()
+def configs(config_dir: ConfigDir = None) -> None:
+    """List the experiments (configs/*.yaml) with their one-line descriptions."""
+    from pretrainer.console import console, error, table
+
+    try:
+        found = list_experiments(config_dir)
+    except UserError as exc:
+        error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    rows = [[name + (" (default)" if name == DEFAULT_EXPERIMENT else ""), desc]
+            for name, (desc, _) in found.items()]
+    console.print(table("experiments (pretrainer <verb> --config NAME)",
+                        ["name", "description"], rows))
+
+
+def main() -> None:
+    app(prog_name="pretrainer")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Typed configuration: Hydra structured configs extended by YAML.
+
+One dataclass per config group (data, backbone, pretext, finetune, trainer,
+deploy) plus the top-level `Config`. The schema is stored in Hydra's
+ConfigStore as `pretrainer_schema`; every experiment YAML lists it first in its
+`defaults:` so Hydra checks keys and types at compose time. Ranges and
+cross-field rules live in `__post_init__`, which runs when `compose()` turns
+the OmegaConf tree into dataclasses.
+
+This module must not import TensorFlow or Keras (`pretrainer --help` stays fast).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, List, Optional
+
+from pretrainer.errors import ConfigError
+
+DEFAULT_EXPERIMENT = "fashion_ae"
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}='{value}' is not valid. Choose from: {', '.join(choices)}")
+
+
+def _check_range(name: str, value: float, lo: float, hi: float, lo_open: bool = False) -> None:
+    ok = (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        bracket = "(" if lo_open else "["
+        raise ConfigError(f"Expected {name} in {bracket}{lo}, {hi}]. Received: {name}={value}")
+
+
+@dataclass
+class PathsConfig:
+    data: str = "data"  # root of dataset stores: <data>/<dataset>/
+    runs: str = "runs"  # root of run directories: <runs>/<experiment>/<stage>-<stamp>/
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist_small"  # store directory under paths.data
+    source: str = "bundled"  # key of pretrainer.data.sources.SOURCES
+    dataset: str = "fashion_mnist_small"  # which dataset the source loads
+    labeled_fraction: float = 0.01  # share of the labeled pool whose labels are kept
+    labels_per_class: Optional[int] = None  # overrides labeled_fraction when set
+    val_fraction: float = 0.1  # held out of the labeled pool for validation
+    test_fraction: float = 0.2  # held out only when the source has no test split
+    max_samples: Optional[int] = None  # cap on the source's training pool (tiny runs)
+    max_test: Optional[int] = None  # cap on the test split (tiny runs)
+    shard_size: int = 4096  # examples per TFRecord shard
+    cache: bool = True  # cache decoded splits in memory when they are small (< 512 MB)
+
+    def __post_init__(self) -> None:
+        _check_range("data.labeled_fraction", self.labeled_fraction, 0.0, 1.0, lo_open=True)
+        _check_range("data.val_fraction", self.val_fraction, 0.0, 0.5)
+        _check_range("data.test_fraction", self.test_fraction, 0.0, 0.5, lo_open=True)
+        if self.labels_per_class is not None and self.labels_per_class < 1:
+            raise ConfigError(
+                f"Expected data.labels_per_class >= 1. Received: {self.labels_per_class}"
+            )
+        for key in ("max_samples", "max_test"):
+            value = getattr(self, key)
+            if value is not None and value < 10:
+                raise ConfigError(f"Expected data.{key} >= 10 or null. Received: {value}")
+        if self.shard_size < 1:
+            raise ConfigError(f"Expected data.shard_size >= 1. Received: {self.shard_size}")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "conv_ae"  # key of pretrainer.models.BACKBONES
+    filters: List[int] = field(default_factory=lambda: [32, 64])  # conv widths, in order
+    kernel_size: int = 3
+    latent_dim: int = 128  # size of the embedding the backbone outputs
+    batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.filters or any(f < 1 for f in self.filters):
+            raise ConfigError(f"Expected backbone.filters to be positive ints. Received: {self.filters}")
+        if self.latent_dim < 1:
+            raise ConfigError(f"Expected backbone.latent_dim >= 1. Received: {self.latent_dim}")
+
+
+@dataclass
+class PretextConfig:
+    name: str = "autoencoder"  # key of pretrainer.pretext.PRETEXTS
+    learning_rate: float = 1e-3
+    noise_stddev: float = 0.0  # Gaussian input noise for denoising reconstruction
+    mask_fraction: float = 0.0  # share of pixels zeroed for masked reconstruction
+
+    def __post_init__(self) -> None:
+        _check_range("pretext.learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)
+        _check_range("pretext.mask_fraction", self.mask_fraction, 0.0, 0.95)
+        if self.noise_stddev < 0:
+            raise ConfigError(f"Expected pretext.noise_stddev >= 0. Received: {self.noise_stddev}")
+
+
+@dataclass
+class FinetuneConfig:
+    init: str = "pretrained"  # pretrained | scratch
+    mode: str = "full"  # full | linear_probe
+    epochs: Optional[int] = None  # null: trainer.epochs
+    learning_rate: float = 1e-3
+    head_units: List[int] = field(default_factory=list)  # hidden Dense layers of the head
+    dropout: float = 0.0
+    loss: str = "sparse_categorical_crossentropy"  # or categorical_crossentropy (one-hot)
+    augment: str = "none"  # none | shift (random +-10% translation) | shift_flip (+ mirror)
+
+    def __post_init__(self) -> None:
+        _check_choice("finetune.init", self.init, ("pretrained", "scratch"))
+        _check_choice("finetune.mode", self.mode, ("full", "linear_probe"))
+        _check_choice(
+            "finetune.loss", self.loss,
+            ("sparse_categorical_crossentropy", "categorical_crossentropy"),
+        )
+        _check_range("finetune.learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)
+        _check_choice("finetune.augment", self.augment, ("none", "shift", "shift_flip"))
+        _check_range("finetune.dropout", self.dropout, 0.0, 0.95)
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"Expected finetune.epochs >= 1 or null. Received: {self.epochs}")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 5  # pretraining epochs, and finetuning epochs unless finetune.epochs is set
+    batch_size: int = 128  # global batch: split across replicas by the strategy
+    strategy: str = "auto"  # auto | cpu | gpu | mirrored
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    steps_per_execution: int = 1
+    jit_compile: bool = False  # XLA: slower for small CNNs on CPU, measured
+    early_stopping_patience: int = 0  # 0 disables early stopping
+    verbose: bool = True  # Rich progress bars
+
+    def __post_init__(self) -> None:
+        _check_choice("trainer.strategy", self.strategy, ("auto", "cpu", "gpu", "mirrored"))
+        _check_choice(
+            "trainer.precision", self.precision, ("float32", "mixed_float16", "mixed_bfloat16")
+        )
+        for key in ("epochs", "batch_size", "steps_per_execution"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"Expected trainer.{key} >= 1. Received: {getattr(self, key)}")
+        if self.early_stopping_patience < 0:
+            raise ConfigError(
+                f"Expected trainer.early_stopping_patience >= 0. "
+                f"Received: {self.early_stopping_patience}"
+            )
+
+
+@dataclass
+class DeployConfig:
+    name: str = ""  # model name in export/<name>/<version>/; empty: the experiment name
+    formats: List[str] = field(default_factory=lambda: ["saved_model"])
+    parity_samples: int = 256  # test examples compared between Keras and the export
+    parity_atol: float = 1e-4  # max abs difference of probabilities allowed
+
+    def __post_init__(self) -> None:
+        for fmt in self.formats:
+            _check_choice("deploy.formats[]", fmt, ("saved_model",))
+        if self.parity_samples < 1:
+            raise ConfigError(f"Expected deploy.parity_samples >= 1. Received: {self.parity_samples}")
+
+
+@dataclass
+class EvaluateConfig:
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        _check_choice("evaluate.split", self.split, ("test", "val", "train"))
+
+
+@dataclass
+class Config:
+    experiment: str = ""  # names runs/<experiment>/; empty: the config's file name
+    description: str = ""  # one line, shown by `pretrainer configs`
+    seed: int = 42
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+_GROUPS = ("data", "backbone", "pretext", "finetune", "trainer", "deploy")
+SCHEMA_NAME = "pretrainer_schema"
+_STORED = False
+
+
+def _store_schema() -> None:
+    global _STORED
+    if _STORED:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+    _STORED = True
+
+
+def builtin_config_dir() -> Path:
+    """configs/ at the repository root in a checkout, or packaged in the wheel."""
+    checkout = Path(__file__).resolve().parent.parent / "configs"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("pretrainer.configs")))
+
+
+def config_dirs(extra: Optional[str] = None) -> list[Path]:
+    """The search path: the user's --config-dir first, then the built-in configs."""
+    dirs = []
+    if extra:
+        user = Path(extra).expanduser().resolve()
+        if not user.is_dir():
+            raise ConfigError(f"--config-dir {extra} is not a directory")
+        dirs.append(user)
+    dirs.append(builtin_config_dir())
+    return dirs
+
+
+def list_experiments(extra: Optional[str] = None) -> dict[str, tuple[str, Path]]:
+    """Experiment name -> (one-line description, file) for the top-level YAMLs."""
+    import yaml
+
+    found: dict[str, tuple[str, Path]] = {}
+    for d in reversed(config_dirs(extra)):  # user files shadow built-in ones
+        for path in sorted(d.glob("*.yaml")):
+            try:
+                doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, UnicodeDecodeError):
+                doc = {"description": "(unreadable YAML)"}
+            desc = str(doc.get("description", "")) if isinstance(doc, dict) else ""
+            found[path.stem] = (desc, path)
+    return dict(sorted(found.items()))
+
+
+def _schema_node(dotted: str) -> tuple[Optional[type], str]:
+    """Walk the dataclass schema along `a.b.c`; return (parent class, last key) if invalid."""
+    node: Any = Config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(node):
+            return None, ""
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            return node, ".".join(parts[: i + 1])
+        ftype = node.__annotations__.get(part)
+        node = globals().get(ftype) if isinstance(ftype, str) else ftype
+    return None, ""
+
+
+def _explain_override_error(overrides: list[str], exc: Exception) -> str:
+    for ov in overrides:
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if key.startswith("hydra.") or "=" not in ov or key in _GROUPS:
+            continue
+        parent, bad = _schema_node(key)
+        if parent is not None:
+            valid = ", ".join(f.name for f in dataclasses.fields(parent))
+            where = bad.rsplit(".", 1)[0] if "." in bad else "the config"
+            return f"Unknown key '{bad}'. Valid keys in {where}: {valid}"
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if any(line.startswith("Available options") for line in lines):  # unknown group option
+        i = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
+        opts = [line for line in lines[i + 1:] if " " not in line]
+        return f"{lines[0]}. Choose from: {', '.join(opts)}"
+    msg = " ".join(lines[:2])
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip():
+        msg += " " + str(cause).strip().splitlines()[0]
+    return msg
+
+
+def compose(name: str = DEFAULT_EXPERIMENT, overrides: Optional[list[str]] = None,
+            config_dir: Optional[str] = None) -> Config:
+    """Compose configs/<name>.yaml with overrides into a validated `Config`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    overrides = list(overrides or [])
+    experiments = list_experiments(config_dir)
+    if name not in experiments:
+        raise ConfigError(f"Unknown config '{name}'. Choose from: {', '.join(experiments)}")
+    dirs = config_dirs(config_dir)
+    _store_schema()
+    GlobalHydra.instance().clear()
+    search = ",".join(f"file://{d}" for d in dirs[1:])
+    extra = [f"hydra.searchpath=[{search}]"] if search else []
+    try:
+        with initialize_config_dir(config_dir=str(dirs[0]), version_base=None):
+            raw = hydra_compose(config_name=name, overrides=overrides + extra)
+    except Exception as exc:  # Hydra raises several types; all are user errors here
+        raise ConfigError(_explain_override_error(overrides, exc)) from exc
+    finally:
+        GlobalHydra.instance().clear()
+    try:
+        cfg: Config = OmegaConf.to_object(raw)  # runs every __post_init__
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(str(exc).strip().splitlines()[0]) from exc
+    if not cfg.experiment:
+        cfg.experiment = name
+    if not cfg.deploy.name:
+        cfg.deploy.name = cfg.experiment
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml(text: str) -> Config:
+    """Rebuild a Config from a run's config.yaml (validated like a fresh compose)."""
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(text))
+    return OmegaConf.to_object(merged)

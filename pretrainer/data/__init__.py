@@ -1,0 +1,1 @@
+"""Data: sources (where examples come from), store (TFRecord shards), pipeline (tf.data)."""

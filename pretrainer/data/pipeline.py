@@ -1,0 +1,114 @@
+"""tf.data readers over a store: stream shards, decode, scale, batch, prefetch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from pretrainer.data.store import read_manifest
+from pretrainer.errors import DataError
+
+# Splits smaller than this are cached decoded in memory (data.cache=true); larger
+# ones stream from the shards every epoch so memory does not grow with the data.
+CACHE_LIMIT_BYTES = 512 * 2**20
+
+
+def _options() -> tf.data.Options:
+    opts = tf.data.Options()
+    # TF 2.21's autotune can block for seconds when an epoch's iterator is destroyed
+    # (measured: epochs snapping to ~5.1 s / 10.2 s); fixed parallelism avoids it.
+    opts.autotune.enabled = False
+    opts.deterministic = True
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return opts
+
+
+def split_info(store: Path, split: str) -> dict:
+    manifest = read_manifest(store)
+    if split not in manifest["splits"]:
+        raise DataError(f"Store {store} has no split '{split}'. Choose from: "
+                        f"{', '.join(manifest['splits'])}")
+    return manifest["splits"][split]
+
+
+def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
+           repeat: bool = False, labels: bool = True, one_hot: bool = False,
+           cache: bool = True, seed: int = 0, augment: str = "none") -> tf.data.Dataset:
+    """Batches of float32 images in [0, 1] (and int64 or one-hot labels)."""
+    store = Path(store)
+    manifest = read_manifest(store)
+    info = split_info(store, split)
+    if info["count"] == 0:
+        raise DataError(f"Split '{split}' of {store} is empty; adjust data.* fractions")
+    if labels and not info["labeled"]:
+        raise DataError(f"Split '{split}' of {store} has no labels")
+    shape = manifest["shape"]
+    num_classes = manifest["num_classes"]
+    files = [str(store / s["file"]) for s in info["shards"]]
+    workers = max(1, min(4, os.cpu_count() or 1))
+
+    spec = {"image": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        img = tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), shape)
+        return img, ex["label"]
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), workers),
+                       num_parallel_calls=workers, deterministic=True)
+    ds = ds.map(parse, num_parallel_calls=workers)
+    nbytes = info["count"] * int(np.prod(shape))
+    if cache and nbytes < CACHE_LIMIT_BYTES:
+        ds = ds.cache()  # uint8, before scaling: 4x smaller than float32
+    if shuffle:
+        ds = ds.shuffle(min(info["count"], 10_000), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def finish(img, label):
+        x = tf.cast(img, tf.float32) / 255.0
+        if augment != "none":
+            x = _augment(x, shape, flip=augment == "shift_flip", seed=seed)
+        if not labels:
+            return x
+        if one_hot:
+            return x, tf.one_hot(label, num_classes)
+        return x, label
+
+    ds = ds.batch(batch_size).map(finish, num_parallel_calls=workers)
+    return ds.prefetch(2).with_options(_options())
+
+
+def _augment(x, shape, *, flip: bool, seed: int):
+    """Random translation by up to 10% (zero padding) and optional mirror, per image."""
+    h, w = shape[0], shape[1]
+    ph, pw = max(1, h // 10), max(1, w // 10)
+    x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+    n = tf.shape(x)[0]
+    x = tf.map_fn(lambda im: tf.image.random_crop(im, shape), x)
+    if flip:
+        mirror = tf.random.uniform([n, 1, 1, 1]) < 0.5
+        x = tf.where(mirror, tf.reverse(x, axis=[2]), x)
+    return x
+
+
+def to_numpy(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Materialise a finite labeled dataset (evaluation, parity checks)."""
+    xs, ys = [], []
+    for x, y in ds.as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def steps(store: Path, split: str, batch_size: int, limit: Optional[int] = None) -> int:
+    n = split_info(store, split)["count"]
+    if limit is not None:
+        n = min(n, limit)
+    return max(1, -(-n // batch_size))

@@ -1,0 +1,121 @@
+"""Data sources: where `collect` gets examples from (`data.source=NAME`).
+
+Each source returns a `SourceData`: a labeled training pool, an optional test
+split of its own, class names and a description of where the data came from.
+Images are uint8 arrays shaped (N, H, W, C).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from pretrainer.config import DataConfig
+from pretrainer.errors import DataError
+
+
+@dataclass
+class SourceData:
+    x_pool: np.ndarray  # the source's training images (labels in y_pool)
+    y_pool: np.ndarray
+    class_names: list[str]
+    x_test: Optional[np.ndarray] = None  # the source's own test split, when it has one
+    y_test: Optional[np.ndarray] = None
+    modality: str = "image"
+    info: dict = field(default_factory=dict)  # where it came from, licence
+
+
+def _as_nhwc(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise DataError(f"Expected images shaped (N, H, W[, C]). Received: {x.shape}")
+    return x
+
+
+BUNDLED = {
+    "fashion_mnist_small": "fashion_mnist_small.npz",
+}
+
+
+def load_bundled(cfg: DataConfig) -> SourceData:
+    """Samples shipped inside the package (see scripts/make_samples.py)."""
+    if cfg.dataset not in BUNDLED:
+        raise DataError(f"Unknown bundled dataset '{cfg.dataset}'. Choose from: "
+                        f"{', '.join(BUNDLED)}")
+    path = Path(str(resources.files("pretrainer.data") / "samples" / BUNDLED[cfg.dataset]))
+    if not path.is_file():
+        raise DataError(f"Bundled sample {path} is missing: reinstall pretrainer")
+    with np.load(path) as z:
+        return SourceData(
+            x_pool=_as_nhwc(z["x_train"]), y_pool=z["y_train"].astype(np.int64),
+            x_test=_as_nhwc(z["x_test"]), y_test=z["y_test"].astype(np.int64),
+            class_names=[str(c) for c in z["class_names"]],
+            info={"file": path.name, "licence": "MIT (Zalando SE), see samples/LICENSE-fashion-mnist.txt"},
+        )
+
+
+KERAS_DATASETS = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion_mnist": ["t-shirt/top", "trouser", "pullover", "dress", "coat",
+                      "sandal", "shirt", "sneaker", "bag", "ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer",
+                "dog", "frog", "horse", "ship", "truck"],
+    "cifar100": [str(i) for i in range(100)],
+}
+
+
+def load_keras(cfg: DataConfig) -> SourceData:
+    """keras.datasets: downloads once into ~/.keras/datasets, then works offline."""
+    if cfg.dataset not in KERAS_DATASETS:
+        raise DataError(f"Unknown keras dataset '{cfg.dataset}'. Choose from: "
+                        f"{', '.join(KERAS_DATASETS)}")
+    import keras
+
+    module = getattr(keras.datasets, cfg.dataset)
+    try:
+        (x_tr, y_tr), (x_te, y_te) = module.load_data()
+    except Exception as exc:  # keras raises a bare Exception on URL failures
+        raise DataError(
+            f"Could not load keras dataset '{cfg.dataset}' (no network and not in the Keras "
+            f"cache ~/.keras/datasets): {str(exc).splitlines()[0][:160]}. Alternatives: "
+            f"the bundled sample (--config fashion_ae), scikit-learn digits (--config digits_ae), "
+            f"or copy the dataset file into ~/.keras/datasets"
+        ) from exc
+    return SourceData(
+        x_pool=_as_nhwc(x_tr), y_pool=np.asarray(y_tr).reshape(-1).astype(np.int64),
+        x_test=_as_nhwc(x_te), y_test=np.asarray(y_te).reshape(-1).astype(np.int64),
+        class_names=KERAS_DATASETS[cfg.dataset], info={"keras_dataset": cfg.dataset},
+    )
+
+
+def load_sklearn(cfg: DataConfig) -> SourceData:
+    """scikit-learn's bundled datasets (no download)."""
+    if cfg.dataset != "digits":
+        raise DataError(f"Unknown sklearn dataset '{cfg.dataset}'. Choose from: digits")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 0..16 intensities, rescaled to the 0..255 every image path expects.
+    x = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return SourceData(x_pool=_as_nhwc(x), y_pool=digits.target.astype(np.int64),
+                      class_names=[str(c) for c in digits.target_names],
+                      info={"sklearn_dataset": "digits", "licence": "BSD-3-Clause (scikit-learn)"})
+
+
+SOURCES: dict[str, Callable[[DataConfig], SourceData]] = {
+    "bundled": load_bundled,
+    "keras": load_keras,
+    "sklearn": load_sklearn,
+}
+
+
+def get_source(name: str) -> Callable[[DataConfig], SourceData]:
+    if name not in SOURCES:
+        raise DataError(f"Unknown data source '{name}'. Choose from: {', '.join(SOURCES)}")
+    return SOURCES[name]

@@ -1,0 +1,206 @@
+"""The dataset store every stage reads: sharded TFRecord splits + manifest.json.
+
+data/<dataset>/manifest.json
+data/<dataset>/<split>-00000-of-000NN.tfrecord
+
+Splits: `unlabeled` (pretraining pool, labels dropped), `train` (the few kept
+labels), `val`, `test`. A store is built in a temporary directory and renamed
+into place, so a reader never sees shards a manifest does not vouch for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pretrainer import __version__
+from pretrainer.config import DataConfig
+from pretrainer.errors import DataError
+from pretrainer.runs import sha256_file
+
+SPLITS = ("unlabeled", "train", "val", "test")
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def _stratified_take(labels: np.ndarray, idx: np.ndarray, rng: np.random.Generator, *,
+                     fraction: Optional[float] = None, per_class: Optional[int] = None
+                     ) -> np.ndarray:
+    """Pick `fraction` (or `per_class`) of each class among positions `idx`; at least one each."""
+    picked = []
+    for c in np.unique(labels[idx]):
+        members = idx[labels[idx] == c]
+        members = members[rng.permutation(len(members))]
+        if per_class is not None:
+            k = min(per_class, len(members))
+        else:
+            k = max(1, int(round(fraction * len(members)))) if fraction > 0 else 0
+        picked.append(members[:k])
+    return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=np.int64)
+
+
+def make_splits(y_pool: np.ndarray, cfg: DataConfig, seed: int, has_test: bool
+                ) -> dict[str, np.ndarray]:
+    """Indices into the pool for each split; deterministic for (labels, cfg, seed).
+
+    test (only without a source test split) is held out first, then val; `train`
+    is a stratified subset of what remains, and `unlabeled` is all of what
+    remains (the labeled examples are part of the pretraining pool, as in the
+    usual semi-supervised protocol). Test and val never reach `unlabeled`.
+    """
+    rng = np.random.default_rng(seed)
+    rest = np.arange(len(y_pool))
+    splits: dict[str, np.ndarray] = {}
+    if not has_test:
+        splits["test"] = _stratified_take(y_pool, rest, rng, fraction=cfg.test_fraction)
+        rest = np.setdiff1d(rest, splits["test"])
+    if cfg.val_fraction > 0:
+        splits["val"] = _stratified_take(y_pool, rest, rng, fraction=cfg.val_fraction)
+        rest = np.setdiff1d(rest, splits["val"])
+    else:
+        splits["val"] = np.array([], dtype=np.int64)
+    if cfg.labels_per_class is not None:
+        splits["train"] = _stratified_take(y_pool, rest, rng, per_class=cfg.labels_per_class)
+    else:
+        splits["train"] = _stratified_take(y_pool, rest, rng, fraction=cfg.labeled_fraction)
+    splits["unlabeled"] = rest
+    return splits
+
+
+def _cap(x: np.ndarray, y: np.ndarray, limit: Optional[int], seed: int
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified cap for tiny runs (data.max_samples / data.max_test)."""
+    if limit is None or len(y) <= limit:
+        return x, y
+    rng = np.random.default_rng(seed + 7)
+    idx = _stratified_take(y, np.arange(len(y)), rng, fraction=limit / len(y))[:limit]
+    return x[idx], y[idx]
+
+
+def _example(image: np.ndarray, label: int):
+    import tensorflow as tf
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+    })).SerializeToString()
+
+
+def write_split(out_dir: Path, split: str, x: np.ndarray, y: Optional[np.ndarray],
+                shard_size: int) -> list[dict]:
+    """Write one split as TFRecord shards; return [{file, count, sha256}]."""
+    import tensorflow as tf
+
+    n = len(x)
+    n_shards = max(1, -(-n // shard_size))
+    shards = []
+    for s in range(n_shards):
+        name = f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord"
+        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+        with tf.io.TFRecordWriter(str(out_dir / name)) as writer:
+            for i in range(lo, hi):
+                writer.write(_example(x[i], -1 if y is None else y[i]))
+        shards.append({"file": name, "count": hi - lo, "sha256": sha256_file(out_dir / name)})
+    return shards
+
+
+def config_key(cfg: DataConfig, seed: int) -> str:
+    """What decides a store's content: a rerun with the same key reuses the store."""
+    fields = {k: getattr(cfg, k) for k in ("source", "dataset", "labeled_fraction",
+                                           "labels_per_class", "val_fraction", "test_fraction",
+                                           "max_samples", "max_test", "shard_size")}
+    fields.update(seed=seed, format=FORMAT_VERSION)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_manifest(store: Path) -> dict:
+    path = Path(store) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"No dataset store at {store} (missing {MANIFEST}). "
+                        f"Run `pretrainer collect` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc.msg}); rerun `pretrainer collect`") from exc
+
+
+def verify(store: Path, manifest: Optional[dict] = None) -> list[str]:
+    """Names of shards that are missing or whose checksum differs from the manifest."""
+    manifest = manifest or read_manifest(store)
+    bad = []
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            path = Path(store) / shard["file"]
+            if not path.is_file() or sha256_file(path) != shard["sha256"]:
+                bad.append(shard["file"])
+    return bad
+
+
+def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None) -> dict:
+    """Split `src` (a SourceData) and write the store at `store` atomically; return the manifest."""
+    x_pool, y_pool = _cap(src.x_pool, src.y_pool, cfg.max_samples, seed)
+    has_test = src.x_test is not None
+    x_test, y_test = (_cap(src.x_test, src.y_test, cfg.max_test, seed) if has_test
+                      else (None, None))
+    if len(np.unique(y_pool)) < 2:
+        raise DataError(f"The source gave {len(np.unique(y_pool))} class(es); need at least 2")
+    idx = make_splits(y_pool, cfg, seed, has_test)
+    arrays = {
+        "unlabeled": (x_pool[idx["unlabeled"]], None),
+        "train": (x_pool[idx["train"]], y_pool[idx["train"]]),
+        "val": (x_pool[idx["val"]], y_pool[idx["val"]]),
+        "test": ((x_test, y_test) if has_test
+                 else (x_pool[idx["test"]], y_pool[idx["test"]])),
+    }
+    store = Path(store)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{store.name}.", suffix=".tmp", dir=store.parent))
+    try:
+        splits = {}
+        for split in SPLITS:
+            x, y = arrays[split]
+            shards = write_split(tmp, split, x, y, cfg.shard_size)
+            per_class = ({} if y is None else
+                         {src.class_names[int(c)]: int(n)
+                          for c, n in zip(*np.unique(y, return_counts=True))})
+            splits[split] = {"count": int(len(x)), "labeled": y is not None,
+                             "per_class": per_class, "shards": shards}
+            if progress:
+                progress(split, len(x))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "tool_version": __version__,
+            "name": cfg.name,
+            "modality": src.modality,
+            "feature_spec": {"image": "raw uint8 bytes, row-major HWC", "label": "int64, -1 = none"},
+            "shape": [int(d) for d in x_pool.shape[1:]],
+            "dtype": "uint8",
+            "num_classes": len(src.class_names),
+            "class_names": list(src.class_names),
+            "source": {"name": cfg.source, "dataset": cfg.dataset, **src.info},
+            "seed": seed,
+            "labeled_fraction": cfg.labeled_fraction,
+            "labels_per_class": cfg.labels_per_class,
+            "config_key": config_key(cfg, seed),
+            "splits": splits,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        # Swap in the finished store; the old one (if any) goes only after the new one is whole.
+        old = None
+        if store.exists():
+            old = store.with_name(f".{store.name}.old-{os.getpid()}")
+            os.replace(store, old)
+        os.replace(tmp, store)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return manifest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

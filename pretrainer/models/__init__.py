@@ -1,0 +1,26 @@
+"""Backbone registry: `backbone.name` -> builder(input_shape, BackboneConfig) -> keras.Model."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+
+from pretrainer.config import BackboneConfig
+from pretrainer.errors import ConfigError
+from pretrainer.models.cnn import conv_encoder, seed_cnn
+
+BACKBONES: dict[str, Callable[[tuple[int, ...], BackboneConfig], keras.Model]] = {
+    "conv_ae": conv_encoder,
+    "seed_cnn": seed_cnn,
+}
+
+
+def build_backbone(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+    if cfg.name not in BACKBONES:
+        raise ConfigError(f"Unknown backbone '{cfg.name}'. Choose from: {', '.join(BACKBONES)}")
+    try:
+        return BACKBONES[cfg.name](tuple(input_shape), cfg)
+    except ValueError as exc:  # e.g. an input too small for the convolutions
+        raise ConfigError(f"Backbone '{cfg.name}' cannot take input shape {tuple(input_shape)}: "
+                          f"{str(exc).splitlines()[0]}") from exc

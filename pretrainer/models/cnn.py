@@ -1,0 +1,46 @@
+"""Convolutional backbones: image (H, W, C) in [0, 1] -> embedding vector."""
+
+from __future__ import annotations
+
+import keras
+
+from pretrainer.config import BackboneConfig
+
+
+def conv_encoder(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+    """Strided convolutions (no pooling) -> Flatten -> Dense embedding.
+
+    Each stage halves the resolution with a stride-2 conv, then refines with a
+    stride-1 conv; the flattened map keeps spatial layout, which measured better
+    than global pooling for small images when labels are few.
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for i, filters in enumerate(cfg.filters):
+        for stride in (2, 1):
+            x = keras.layers.Conv2D(filters, cfg.kernel_size, strides=stride, padding="same",
+                                    use_bias=not cfg.batch_norm, name=f"conv{i}_s{stride}")(x)
+            if cfg.batch_norm:
+                x = keras.layers.BatchNormalization(name=f"bn{i}_s{stride}")(x)
+            x = keras.layers.Activation("relu", name=f"relu{i}_s{stride}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(cfg.latent_dim, activation="relu", name="embedding")(x)
+    return keras.Model(inputs, outputs, name="conv_ae")
+
+
+def seed_cnn(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+    """The seed recipe's CNN without its last Dense: Conv-Pool-Conv-Pool-Conv-Flatten-Dense.
+
+    With the default filters [32, 64, 64] and latent_dim 64 this is exactly the
+    seed's trunk; its classifier head is Dense(num_classes, softmax).
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for i, filters in enumerate(cfg.filters):
+        x = keras.layers.Conv2D(filters, cfg.kernel_size, activation="relu",
+                                name=f"conv{i}")(x)
+        if i < len(cfg.filters) - 1:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(cfg.latent_dim, activation="relu", name="embedding")(x)
+    return keras.Model(inputs, outputs, name="seed_cnn")

@@ -1,0 +1,221 @@
+"""Run directories: where every artifact is written, and how.
+
+runs/<experiment>/<stage>-<YYYYmmdd-HHMMSS>/ holds config.yaml, manifest.json
+(lineage), the stage's artifacts and a DONE marker written last. Every file
+goes to a temporary name in the same directory, is fsynced and then renamed
+into place, so a killed process never leaves a half-written artifact under the
+name a reader would open. Only this module decides where things are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from pretrainer.errors import RunError
+
+DONE = "DONE"
+STAGES = ("pretrain", "finetune", "evaluate", "deploy")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success fsync and rename it into place.
+
+    `suffix` keeps an extension a writer insists on (Keras wants `.keras`).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp",
+                               dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def atomic_write_text(target: Path, text: str) -> Path:
+    return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_json(target: Path, obj: Any) -> Path:
+    return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_with(target: Path, writer: Callable[[Path], None], suffix: str = "") -> Path:
+    """Let `writer(tmp_path)` produce the file (model.save, savefig), then rename it."""
+    with atomic_path(target, suffix=suffix) as tmp:
+        writer(tmp)
+    return Path(target)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Build a directory under a temporary name, then rename it to `target` (must not exist)."""
+    target = Path(target)
+    if target.exists():
+        raise RunError(f"{target} already exists; refusing to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def experiment_dir(runs_root: str | Path, experiment: str) -> Path:
+    return Path(runs_root) / experiment
+
+
+def new_run_dir(runs_root: str | Path, experiment: str, stage: str) -> Path:
+    """Create runs/<experiment>/<stage>-<stamp>/ (a suffix keeps same-second runs apart)."""
+    base = experiment_dir(runs_root, experiment)
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        name = f"{stage}-{stamp}" + (f"-{i}" if i else "")
+        path = base / name
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"could not create a new {stage} run under {base}")
+
+
+def is_done(run: Path) -> bool:
+    return (Path(run) / DONE).is_file()
+
+
+def mark_done(run: Path) -> None:
+    atomic_write_text(Path(run) / DONE, _dt.datetime.now().isoformat(timespec="seconds") + "\n")
+
+
+def require_done(run: str | Path, stage: Optional[str] = None) -> Path:
+    """Check that `run` is a finished run (of `stage`, when given) and return it."""
+    path = Path(run).expanduser()
+    if not path.is_dir():
+        raise RunError(f"Run directory {run} does not exist")
+    if not is_done(path):
+        raise RunError(f"Run {path} is incomplete (no {DONE} marker): it was interrupted or "
+                       f"failed. Rerun that stage, or pass another --run")
+    if stage is not None:
+        got = read_manifest(path).get("stage")
+        if got != stage:
+            raise RunError(f"Run {path} is a '{got}' run; this step needs a '{stage}' run")
+    return path
+
+
+def latest_run(runs_root: str | Path, experiment: str, stage: str,
+               where: Optional[Callable[[dict], bool]] = None) -> Path:
+    """The newest DONE run of `stage` for `experiment` (optionally filtered on its manifest)."""
+    base = experiment_dir(runs_root, experiment)
+    candidates = sorted(base.glob(f"{stage}-*"), key=lambda p: p.name, reverse=True)
+    for path in candidates:
+        if path.is_dir() and is_done(path):
+            if where is None or where(read_manifest(path)):
+                return path
+    hint = {"pretrain": "pretrainer pretrain", "finetune": "pretrainer finetune",
+            "evaluate": "pretrainer evaluate", "deploy": "pretrainer deploy"}.get(stage, stage)
+    raise RunError(f"No finished {stage} run for experiment '{experiment}' under {base}. "
+                   f"Run `{hint} --config {experiment}` first, or pass --run DIR")
+
+
+def read_manifest(run: Path) -> dict:
+    path = Path(run) / "manifest.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path} is not valid JSON ({exc.msg})") from exc
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("pretrainer", "tensorflow", "keras", "numpy", "hydra-core", "scikit-learn"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_lineage(run: Path, stage: str, cfg_yaml: str, *, parent: Optional[Path] = None,
+                  dataset_manifest: Optional[Path] = None, extra: Optional[dict] = None) -> None:
+    """config.yaml and manifest.json: enough to know where a run came from and redo it."""
+    atomic_write_text(Path(run) / "config.yaml", cfg_yaml)
+    manifest = {
+        "stage": stage,
+        "run": str(Path(run).resolve()),
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "parent_run": str(Path(parent).resolve()) if parent else None,
+        "dataset_manifest": str(Path(dataset_manifest).resolve()) if dataset_manifest else None,
+        "dataset_manifest_sha256": sha256_file(dataset_manifest) if dataset_manifest else None,
+        "versions": package_versions(),
+        "git_commit": _git_commit(),
+        "command": sys.argv,
+        "host": platform.node(),
+    }
+    manifest.update(extra or {})
+    atomic_write_json(Path(run) / "manifest.json", manifest)
+
+
+def update_manifest(run: Path, **fields: Any) -> None:
+    manifest = read_manifest(run)
+    manifest.update(fields)
+    atomic_write_json(Path(run) / "manifest.json", manifest)

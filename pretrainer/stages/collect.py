@@ -1,0 +1,45 @@
+"""collect: load a source, split it, write data/<dataset>/ (TFRecord shards + manifest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pretrainer.config import Config
+from pretrainer.console import console, info, table
+from pretrainer.data.sources import get_source
+from pretrainer.data.store import MANIFEST, SPLITS, build_store, config_key, read_manifest, verify
+
+
+def store_path(cfg: Config) -> Path:
+    return Path(cfg.paths.data) / cfg.data.name
+
+
+def run(cfg: Config) -> Path:
+    store = store_path(cfg)
+    key = config_key(cfg.data, cfg.seed)
+    if (store / MANIFEST).is_file():
+        manifest = read_manifest(store)
+        if manifest.get("config_key") == key:
+            bad = verify(store, manifest)
+            if not bad:
+                info(f"[green]collect[/green]: {store} is up to date (checksums verified)")
+                _summary(store, manifest)
+                return store
+            info(f"collect: {len(bad)} shard(s) of {store} missing or corrupt; rebuilding")
+    source = get_source(cfg.data.source)
+    info(f"[bold]collect[/bold]: {cfg.data.source}:{cfg.data.dataset} -> {store}")
+    src = source(cfg.data)
+    manifest = build_store(store, cfg.data, cfg.seed, src,
+                           progress=lambda split, n: info(f"  wrote {split}: {n} examples"))
+    _summary(store, manifest)
+    return store
+
+
+def _summary(store: Path, manifest: dict) -> None:
+    rows = []
+    for split in SPLITS:
+        s = manifest["splits"][split]
+        rows.append([split, s["count"], "yes" if s["labeled"] else "no", len(s["shards"])])
+    console.print(table(f"{manifest['name']}: {manifest['shape']} {manifest['modality']}, "
+                        f"{manifest['num_classes']} classes",
+                        ["split", "examples", "labels", "shards"], rows))

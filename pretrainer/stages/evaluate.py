@@ -1,0 +1,139 @@
+"""evaluate: a finetuned model on the test split: scikit-learn metrics, confusion matrix, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pretrainer import runs
+from pretrainer.config import Config, to_yaml
+from pretrainer.console import console, info, table
+from pretrainer.data import pipeline
+from pretrainer.data.store import MANIFEST, read_manifest
+from pretrainer.errors import RunError
+from pretrainer.stages.collect import store_path
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, macro/weighted precision-recall-F1 and per-class figures (scikit-learn)."""
+    from sklearn import metrics as skm
+
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(len(class_names)))
+    out = {"samples": int(len(y_true)), "accuracy": float(skm.accuracy_score(y_true, y_pred))}
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels,
+                                                         average=avg, zero_division=0)
+        out[f"precision_{avg}"], out[f"recall_{avg}"], out[f"f1_{avg}"] = float(p), float(r), float(f)
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels,
+                                                     average=None, zero_division=0)
+    out["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]),
+                               "f1": float(f[i]), "support": int(s[i])}
+                        for i, name in enumerate(class_names)}
+    out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    return out
+
+
+def resolve_finetune_run(cfg: Config, run: Optional[str | Path]) -> Path:
+    if run is not None:
+        return runs.require_done(run, "finetune")
+    return runs.latest_run(cfg.paths.runs, cfg.experiment, "finetune")
+
+
+def load_model(finetune_run: Path, shape: tuple[int, ...]):
+    import keras
+
+    path = finetune_run / "model.keras"
+    if not path.is_file():
+        raise RunError(f"{finetune_run} has no model.keras")
+    model = keras.saving.load_model(path)
+    got = tuple(model.input_shape[1:])
+    if got != tuple(shape):
+        raise RunError(f"The model takes inputs of shape {got} but the dataset's examples are "
+                       f"{tuple(shape)}")
+    return model
+
+
+def predict_split(model, store: Path, split: str, batch_size: int = 256,
+                  limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, labels, probabilities) for up to `limit` examples of a labeled split."""
+    xs, ys, ps = [], [], []
+    n = 0
+    for x, y in pipeline.images(store, split, batch_size=batch_size, cache=False):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+        ps.append(np.asarray(model.predict_on_batch(x), dtype=np.float32))
+        n += len(ys[-1])
+        if limit is not None and n >= limit:
+            break
+    x, y, p = np.concatenate(xs), np.concatenate(ys), np.concatenate(ps)
+    return (x[:limit], y[:limit], p[:limit]) if limit is not None else (x, y, p)
+
+
+def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
+    import keras
+
+    store = store_path(cfg)
+    manifest = read_manifest(store)
+    ft_run = resolve_finetune_run(cfg, run)
+    model = load_model(ft_run, tuple(manifest["shape"]))
+    split = cfg.evaluate.split
+    _, y, probs = predict_split(model, store, split)
+    names = manifest["class_names"]
+    if probs.shape[1] != len(names):
+        raise RunError(f"The model predicts {probs.shape[1]} classes; the dataset has {len(names)}")
+    result = classification_metrics(y, probs, names)
+    ft_manifest = runs.read_manifest(ft_run)
+    result.update(split=split, finetune_run=str(ft_run), init=ft_manifest.get("init"),
+                  mode=ft_manifest.get("mode"), labels=ft_manifest.get("labels"))
+    out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "evaluate")
+    runs.write_lineage(out, "evaluate", to_yaml(cfg), parent=ft_run,
+                       dataset_manifest=store / MANIFEST, extra={"split": split})
+    runs.atomic_write_json(out / "metrics.json", result)
+    _confusion_png(np.array(result["confusion_matrix"]), names, out / "plots" / "confusion_matrix.png")
+    runs.atomic_write_text(out / "report.md", _report(result, names))
+    runs.mark_done(out)
+    console.print(table(
+        f"evaluate ({result['init']}, {result['labels']} labels) on {split}: {len(y)} examples",
+        ["metric", "value"],
+        [[k, f"{result[k]:.4f}"] for k in ("accuracy", "precision_macro", "recall_macro",
+                                            "f1_macro", "f1_weighted")]))
+    info(f"[green]evaluate done[/green]: {out / 'metrics.json'}")
+    keras.backend.clear_session()
+    return out
+
+
+def _confusion_png(cm: np.ndarray, names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.5 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(norm, display_labels=names).plot(
+        ax=ax, cmap="Blues", colorbar=False, values_format=".2f", xticks_rotation=45)
+    ax.set_title("confusion matrix (rows normalised)")
+    fig.tight_layout()
+    runs.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
+    plt.close(fig)
+
+
+def _report(result: dict, names: list[str]) -> str:
+    lines = [f"# Evaluation on the {result['split']} split", "",
+             f"Model: `{result['finetune_run']}` (init {result['init']}, mode {result['mode']}, "
+             f"{result['labels']} labels)", "", "| metric | value |", "|---|---|"]
+    for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_weighted",
+              "recall_weighted", "f1_weighted"):
+        lines.append(f"| {k} | {result[k]:.4f} |")
+    lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+    for name in names:
+        c = result["per_class"][name]
+        lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
+                     f"{c['support']} |")
+    lines += ["", "![confusion matrix](plots/confusion_matrix.png)", ""]
+    return "\n".join(lines)

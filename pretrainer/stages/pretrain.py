@@ -1,0 +1,86 @@
+"""pretrain: train a backbone on the unlabeled split with a pretext task; save backbone.keras."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pretrainer import runs
+from pretrainer.config import Config, to_yaml
+from pretrainer.console import info
+from pretrainer.data import pipeline
+from pretrainer.data.store import MANIFEST, read_manifest
+from pretrainer.errors import DataError
+from pretrainer.models import build_backbone
+from pretrainer.pretext import get_pretext
+from pretrainer.stages.collect import store_path
+from pretrainer.train import compile_kwargs, fit, setup
+
+
+def run(cfg: Config) -> Path:
+    import keras
+
+    store = store_path(cfg)
+    manifest = read_manifest(store)
+    pretext = get_pretext(cfg.pretext.name)
+    if manifest["modality"] != pretext.modality:
+        raise DataError(f"pretext '{cfg.pretext.name}' needs {pretext.modality} data; "
+                        f"{store} holds {manifest['modality']}")
+    strategy, why = setup(cfg.trainer, cfg.seed)
+    run_dir = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "pretrain")
+    info(f"[bold]pretrain[/bold]: {cfg.pretext.name} on {cfg.backbone.name} -> {run_dir} "
+         f"[dim]({why})[/dim]")
+    runs.write_lineage(run_dir, "pretrain", to_yaml(cfg), dataset_manifest=store / MANIFEST,
+                       extra={"strategy": why, "seed": cfg.seed, "pretext": cfg.pretext.name,
+                              "backbone": cfg.backbone.name})
+    shape = tuple(manifest["shape"])
+    with strategy.scope():
+        backbone = build_backbone(shape, cfg.backbone)
+        model = pretext.build(backbone, cfg.pretext, cfg.backbone, cfg.seed,
+                              **compile_kwargs(cfg.trainer))
+    bs = cfg.trainer.batch_size
+    train_ds = pipeline.images(store, "unlabeled", batch_size=bs, shuffle=True, repeat=True,
+                               labels=False, cache=cfg.data.cache, seed=cfg.seed)
+    train_ds = train_ds.map(pretext.targets)
+    val_ds, val_steps = None, None
+    if manifest["splits"]["val"]["count"] > 0:
+        val_ds = pipeline.images(store, "val", batch_size=bs, labels=False,
+                                 cache=cfg.data.cache).map(pretext.targets)
+        val_steps = pipeline.steps(store, "val", bs)
+    history = fit(model, train_ds, steps_per_epoch=pipeline.steps(store, "unlabeled", bs),
+                  epochs=cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
+                  title="pretrain", val_ds=val_ds, validation_steps=val_steps)
+    runs.atomic_write_with(run_dir / "backbone.keras", backbone.save, suffix=".keras")
+    health_key = f"val_{pretext.health}" if val_ds is not None else pretext.health
+    health = float(history[health_key][-1]) if health_key in history else None
+    if val_ds is not None:
+        _save_reconstructions(model, val_ds, run_dir / "plots" / "reconstructions.png")
+    runs.update_manifest(run_dir, health={health_key: health},
+                         final_loss=float(history["loss"][-1]), epochs=len(history["loss"]))
+    runs.mark_done(run_dir)
+    info(f"[green]pretrain done[/green]: {run_dir / 'backbone.keras'}"
+         + (f"  ({health_key} {health:.2f})" if health is not None else ""))
+    keras.backend.clear_session()
+    return run_dir
+
+
+def _save_reconstructions(model, val_ds, path: Path, n: int = 8) -> None:
+    """Originals (top row) and reconstructions (bottom row): a label-free sanity check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, _ = next(iter(val_ds))
+    x = x.numpy()[:n]
+    x_hat = np.asarray(model.predict(x, verbose=0), dtype=np.float32)
+    fig, axes = plt.subplots(2, len(x), figsize=(1.2 * len(x), 2.6))
+    for i in range(len(x)):
+        for row, img in enumerate((x[i], x_hat[i])):
+            ax = axes[row, i]
+            ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
+            ax.axis("off")
+    fig.suptitle("input (top) / reconstruction (bottom)", fontsize=8)
+    runs.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
+    plt.close(fig)
