@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Quiet TensorFlow's C++ start-up chatter in demos and tests.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install install-dev demo test lint bench clean samples
+.PHONY: install install-dev demo test lint clean samples
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,8 @@ test: install-dev
 lint: install-dev
 	$(BIN)/ruff check pretrainer tests benchmarks scripts
 
-bench: install-dev
-	$(BIN)/python benchmarks/run.py
-
 samples: install
 	$(BIN)/python scripts/make_samples.py
 
 clean:
-	rm -rf runs data/*/ .pytest_cache
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -40,9 +40,27 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
 
 
 def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ start-up lines drown the one line a user needs; --debug keeps them.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+    """Import TensorFlow and Keras with stderr muted; --debug skips this and shows everything.
+
+    TF 2.21 prints absl lines (oneDNN, "Could not find cuda drivers") before its
+    log level is read, so TF_CPP_MIN_LOG_LEVEL alone cannot hide them: mute fd 2
+    for the import only. An import failure still raises after stderr is back.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import keras  # noqa: F401  (TID253: deliberately inside a function)
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[str]],
@@ -50,13 +68,13 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
     """Compose, then run `body(cfg)`; user errors become one red line and exit code 2."""
     from pretrainer.console import error
 
-    if not debug:
-        _quiet_tensorflow()
     try:
         cfg = compose(config, overrides or [], config_dir)
         if print_cfg:
             typer.echo(to_yaml(cfg), nl=False)
             return
+        if not debug:
+            _quiet_tensorflow()
         body(cfg)
     except UserError as exc:
         if debug:

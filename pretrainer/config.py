@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -105,6 +104,7 @@ class FinetuneConfig:
     init: str = "pretrained"  # pretrained | scratch
     mode: str = "full"  # full | linear_probe
     epochs: Optional[int] = None  # null: trainer.epochs
+    batch_size: Optional[int] = None  # null: trainer.batch_size (few labels want small batches)
     learning_rate: float = 1e-3
     head_units: List[int] = field(default_factory=list)  # hidden Dense layers of the head
     dropout: float = 0.0
@@ -121,8 +121,10 @@ class FinetuneConfig:
         _check_range("finetune.learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)
         _check_choice("finetune.augment", self.augment, ("none", "shift", "shift_flip"))
         _check_range("finetune.dropout", self.dropout, 0.0, 0.95)
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"Expected finetune.epochs >= 1 or null. Received: {self.epochs}")
+        for key in ("epochs", "batch_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"Expected finetune.{key} >= 1 or null. Received: {value}")
 
 
 @dataclass
@@ -205,10 +207,11 @@ def _store_schema() -> None:
 
 def builtin_config_dir() -> Path:
     """configs/ at the repository root in a checkout, or packaged in the wheel."""
-    checkout = Path(__file__).resolve().parent.parent / "configs"
-    if checkout.is_dir():
-        return checkout
-    return Path(str(resources.files("pretrainer.configs")))
+    package = Path(__file__).resolve().parent
+    installed = package / "configs"  # the wheel maps configs/ to pretrainer/configs/
+    if installed.is_dir():
+        return installed
+    return package.parent / "configs"
 
 
 def config_dirs(extra: Optional[str] = None) -> list[Path]:

@@ -66,6 +66,8 @@ class RichProgress(keras.callbacks.Callback):
         self.progress: Optional[Progress] = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not console.is_terminal:  # logs and CI: the per-epoch summary line is enough
+            return
         self.progress = Progress(TextColumn(f"{self.title} epoch {epoch + 1}/{self.epochs}"),
                                  BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                  TextColumn("{task.fields[metrics]}"),
@@ -91,7 +93,12 @@ class RichProgress(keras.callbacks.Callback):
 def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_dir: Path,
         trainer: TrainerConfig, title: str, val_ds=None, validation_steps: Optional[int] = None,
         monitor: str = "val_loss", mode: str = "min") -> dict[str, list[float]]:
-    """Train `model` (already compiled) and log to run_dir/history.csv and run_dir/tb."""
+    """Train `model` (already compiled) and log to run_dir/history.csv and run_dir/tb.
+
+    `train_ds` must repeat (one epoch = `steps_per_epoch` batches); `val_ds` must
+    repeat too and yield exactly `validation_steps` batches per pass: Keras 3.15
+    keeps the validation iterator between epochs, so a finite one runs dry.
+    """
     callbacks: list[keras.callbacks.Callback] = [
         HistoryCSV(Path(run_dir) / "history.csv"),
         keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / "tb"), write_graph=False),
@@ -107,7 +114,7 @@ def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_
         callbacks.append(RichProgress(title, epochs, steps_per_epoch))
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                         validation_data=val_ds, validation_steps=validation_steps,
-                        callbacks=callbacks, verbose=0)
+                        callbacks=callbacks, verbose=0, shuffle=False)
     losses = history.history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
         step = len(losses) * steps_per_epoch

@@ -60,8 +60,10 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
         return img, ex["label"]
 
     ds = tf.data.Dataset.from_tensor_slices(files)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), workers),
-                       num_parallel_calls=workers, deterministic=True)
+    # Shuffled reads interleave shards; ordered reads (evaluation) keep the stored order.
+    cycle = min(len(files), workers) if shuffle else 1
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=cycle,
+                       deterministic=True)
     ds = ds.map(parse, num_parallel_calls=workers)
     nbytes = info["count"] * int(np.prod(shape))
     if cache and nbytes < CACHE_LIMIT_BYTES:

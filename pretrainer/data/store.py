@@ -169,7 +169,7 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None) -> 
             shards = write_split(tmp, split, x, y, cfg.shard_size)
             per_class = ({} if y is None else
                          {src.class_names[int(c)]: int(n)
-                          for c, n in zip(*np.unique(y, return_counts=True))})
+                          for c, n in zip(*np.unique(y, return_counts=True), strict=True)})
             splits[split] = {"count": int(len(x)), "labeled": y is not None,
                              "per_class": per_class, "shards": shards}
             if progress:

@@ -59,17 +59,11 @@ def load_model(finetune_run: Path, shape: tuple[int, ...]):
 def predict_split(model, store: Path, split: str, batch_size: int = 256,
                   limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(inputs, labels, probabilities) for up to `limit` examples of a labeled split."""
-    xs, ys, ps = [], [], []
-    n = 0
-    for x, y in pipeline.images(store, split, batch_size=batch_size, cache=False):
-        xs.append(x.numpy())
-        ys.append(y.numpy())
-        ps.append(np.asarray(model.predict_on_batch(x), dtype=np.float32))
-        n += len(ys[-1])
-        if limit is not None and n >= limit:
-            break
-    x, y, p = np.concatenate(xs), np.concatenate(ys), np.concatenate(ps)
-    return (x[:limit], y[:limit], p[:limit]) if limit is not None else (x, y, p)
+    x, y = pipeline.to_numpy(pipeline.images(store, split, batch_size=batch_size, cache=False))
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    probs = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    return x, y, probs
 
 
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:

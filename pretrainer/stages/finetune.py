@@ -64,14 +64,14 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         model.compile(optimizer=keras.optimizers.Adam(ft.learning_rate), loss=ft.loss,
                       metrics=["accuracy"], **compile_kwargs(cfg.trainer))
     one_hot = ft.loss == "categorical_crossentropy"
-    bs = cfg.trainer.batch_size
+    bs = ft.batch_size or cfg.trainer.batch_size
     train_ds = pipeline.images(store, "train", batch_size=bs, shuffle=True, repeat=True,
                                one_hot=one_hot, cache=cfg.data.cache, seed=cfg.seed,
                                augment=ft.augment)
     val_ds, val_steps = None, None
     if manifest["splits"]["val"]["count"] > 0:
         val_ds = pipeline.images(store, "val", batch_size=bs, one_hot=one_hot,
-                                 cache=cfg.data.cache)
+                                 cache=cfg.data.cache, repeat=True)
         val_steps = pipeline.steps(store, "val", bs)
     history = fit(model, train_ds, steps_per_epoch=pipeline.steps(store, "train", bs),
                   epochs=ft.epochs or cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,

@@ -22,6 +22,11 @@ def run(cfg: Config) -> Path:
     import keras
 
     store = store_path(cfg)
+    if not (store / MANIFEST).is_file():  # first use: build the store the config names
+        from pretrainer.stages import collect
+
+        info(f"pretrain: no dataset store at {store} yet; collecting it first")
+        collect.run(cfg)
     manifest = read_manifest(store)
     pretext = get_pretext(cfg.pretext.name)
     if manifest["modality"] != pretext.modality:
@@ -46,7 +51,7 @@ def run(cfg: Config) -> Path:
     val_ds, val_steps = None, None
     if manifest["splits"]["val"]["count"] > 0:
         val_ds = pipeline.images(store, "val", batch_size=bs, labels=False,
-                                 cache=cfg.data.cache).map(pretext.targets)
+                                 cache=cfg.data.cache, repeat=True).map(pretext.targets)
         val_steps = pipeline.steps(store, "val", bs)
     history = fit(model, train_ds, steps_per_epoch=pipeline.steps(store, "unlabeled", bs),
                   epochs=cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,

@@ -1,0 +1,100 @@
+"""End to end through a real subprocess, as a user's shell runs it (tiny data, 1 epoch)."""
+
+import json
+
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.e2e
+
+TINY = ["data.max_samples=400", "data.max_test=120", "data.labeled_fraction=0.1",
+        "trainer.epochs=1", "finetune.epochs=1", "backbone.filters=[8,16]",
+        "backbone.latent_dim=16", "deploy.parity_samples=64", "trainer.verbose=false"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("pipeline")
+    proc = run_cli(["pipeline", "--config", "fashion_ae", *TINY], cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return cwd, proc
+
+
+def test_pipeline_writes_every_artifact(pipeline_run):
+    cwd, proc = pipeline_run
+    store = cwd / "data" / "fashion_mnist_small"
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert set(manifest["splits"]) == {"unlabeled", "train", "val", "test"}
+    assert manifest["splits"]["test"]["count"] == 120
+    assert list(store.glob("unlabeled-00000-of-*.tfrecord"))
+
+    exp = cwd / "runs" / "fashion_ae"
+    (pre,) = exp.glob("pretrain-*")
+    for name in ("config.yaml", "manifest.json", "backbone.keras", "history.csv", "DONE",
+                 "plots/reconstructions.png"):
+        assert (pre / name).exists(), name
+    assert any((pre / "tb").rglob("events.out.tfevents.*"))
+    finetunes = sorted(exp.glob("finetune-*"))
+    assert len(finetunes) == 2
+    inits = {json.loads((f / "manifest.json").read_text())["init"] for f in finetunes}
+    assert inits == {"pretrained", "scratch"}
+    for ft in finetunes:
+        assert (ft / "model.keras").is_file() and (ft / "DONE").is_file()
+    lineage = json.loads((finetunes[0] / "manifest.json").read_text())
+    assert lineage["parent_run"] == str(pre.resolve())
+    assert lineage["dataset_manifest_sha256"]
+
+    evaluations = sorted(exp.glob("evaluate-*"))
+    assert len(evaluations) == 2
+    metrics = json.loads((evaluations[0] / "metrics.json").read_text())
+    assert metrics["samples"] == 120 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert (evaluations[0] / "plots" / "confusion_matrix.png").stat().st_size > 1000
+    assert (evaluations[0] / "report.md").is_file()
+
+    (dep,) = exp.glob("deploy-*")
+    assert (dep / "export" / "fashion_ae" / "1" / "saved_model.pb").is_file()
+    parity = json.loads((dep / "export" / "parity.json").read_text())["saved_model"]
+    assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
+    assert parity["label_agreement"] == 1.0
+    # the closing table
+    assert "pretrained" in proc.stdout and "scratch" in proc.stdout
+    assert "exported model" in proc.stdout
+
+
+def test_stages_rerun_alone_from_earlier_runs(pipeline_run):
+    cwd, _ = pipeline_run
+    exp = cwd / "runs" / "fashion_ae"
+    (pre,) = exp.glob("pretrain-*")
+    proc = run_cli(["finetune", "--run", str(pre), *TINY], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli(["deploy", *TINY], cwd=cwd)  # latest finetune run, a new deploy run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(exp.glob("deploy-*"))) == 2
+
+
+def test_incomplete_run_is_refused(pipeline_run):
+    cwd, _ = pipeline_run
+    (pre,) = (cwd / "runs" / "fashion_ae").glob("pretrain-*")
+    broken = pre.with_name(pre.name + "-copy")
+    broken.mkdir()
+    (broken / "manifest.json").write_text((pre / "manifest.json").read_text())
+    proc = run_cli(["finetune", "--run", str(broken), *TINY], cwd=cwd)
+    assert proc.returncode == 2
+    assert "incomplete" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_finetune_without_pretrain_says_what_to_run(tmp_path):
+    proc = run_cli(["finetune", "--config", "digits_ae", "trainer.verbose=false"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "pretrainer collect" in proc.stderr or "pretrainer pretrain" in proc.stderr
+
+
+def test_cifar_offline_is_one_line_error(tmp_path):
+    env = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9"}
+    for verb in ("pretrain", "collect"):  # pretrain collects a missing store first
+        proc = run_cli([verb, "--config", "cifar_ae"], cwd=tmp_path, env=env, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "cifar10" in proc.stderr and "fashion_ae" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) <= 3

@@ -1,0 +1,86 @@
+import subprocess
+import sys
+
+from conftest import ROOT, run_cli
+from typer.testing import CliRunner
+
+from pretrainer.cli import app
+
+runner = CliRunner()
+
+
+def _modules_after(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_import_cli_does_not_import_tensorflow():
+    out = _modules_after("import sys, pretrainer.cli; "
+                         "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    assert out.strip() == "False False"
+
+
+def test_help_on_every_verb_does_not_import_tensorflow():
+    code = (
+        "import sys\n"
+        "from pretrainer.cli import app\n"
+        "for verb in ([], ['collect'], ['pretrain'], ['finetune'], ['evaluate'], ['deploy'],"
+        " ['pipeline'], ['configs']):\n"
+        "    try:\n"
+        "        app(verb + ['--help'], prog_name='pretrainer')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (verb, e.code)\n"
+        "print('TF', 'tensorflow' in sys.modules)\n"
+    )
+    assert _modules_after(code).strip().endswith("TF False")
+
+
+def test_help_lists_every_verb():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for verb in ("collect", "pretrain", "finetune", "evaluate", "deploy", "pipeline", "configs"):
+        assert verb in result.output
+
+
+def test_cfg_prints_resolved_config_with_overrides():
+    result = runner.invoke(app, ["pretrain", "--config", "fashion_ae", "--cfg",
+                                 "trainer.epochs=7", "data.labeled_fraction=0.05"])
+    assert result.exit_code == 0, result.output
+    assert "epochs: 7" in result.output
+    assert "labeled_fraction: 0.05" in result.output
+    assert "experiment: fashion_ae" in result.output
+
+
+def test_typo_in_override_is_one_line_error_naming_valid_keys(tmp_path):
+    proc = run_cli(["pretrain", "trainer.epoch=3"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "trainer.epoch" in proc.stderr and "epochs" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2
+
+
+def test_unknown_config_lists_the_valid_ones():
+    result = runner.invoke(app, ["collect", "--config", "nope"])
+    assert result.exit_code == 2
+    assert "fashion_ae" in result.output and "cifar_cnn" in result.output
+
+
+def test_configs_lists_experiments_with_descriptions():
+    result = runner.invoke(app, ["configs"])
+    assert result.exit_code == 0
+    for name in ("fashion_ae", "cifar_ae", "cifar_cnn", "digits_ae"):
+        assert name in result.output
+
+
+def test_user_config_dir_is_searched_first(tmp_path):
+    (tmp_path / "mine.yaml").write_text(
+        "defaults:\n  - pretrainer_schema\n  - data: digits\n  - backbone: conv_ae\n"
+        "  - pretext: autoencoder\n  - finetune: classifier\n  - trainer: default\n"
+        "  - deploy: saved_model\n  - _self_\n"
+        "description: my experiment\ntrainer:\n  epochs: 2\n")
+    result = runner.invoke(app, ["pretrain", "--config", "mine", "--config-dir",
+                                 str(tmp_path), "--cfg"])
+    assert result.exit_code == 0, result.output
+    assert "experiment: mine" in result.output and "epochs: 2" in result.output

@@ -1,0 +1,73 @@
+import keras
+import numpy as np
+import pytest
+
+from pretrainer.config import BackboneConfig, PretextConfig
+from pretrainer.errors import ConfigError
+from pretrainer.models import build_backbone
+from pretrainer.models.heads import classifier
+from pretrainer.pretext import get_pretext
+from pretrainer.pretext.reconstruction import psnr, reconstruction_loss
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (8, 8, 1), (30, 22, 3)])
+def test_conv_autoencoder_reconstructs_any_input_shape(shape):
+    cfg = BackboneConfig(name="conv_ae", filters=[8, 16], latent_dim=12)
+    backbone = build_backbone(shape, cfg)
+    assert backbone.output_shape == (None, 12)
+    ae = get_pretext("autoencoder").build(backbone, PretextConfig(), cfg, 0)
+    x = np.random.default_rng(0).random((2, *shape)).astype("float32")
+    assert ae.predict(x, verbose=0).shape == (2, *shape)
+
+
+def test_seed_cnn_is_the_seed_architecture():
+    cfg = BackboneConfig(name="seed_cnn", filters=[32, 64, 64], latent_dim=64, batch_norm=False)
+    model = classifier(build_backbone((32, 32, 3), cfg), 10)
+    # the seed's CNN on CIFAR-10 has 122,570 parameters
+    assert model.count_params() == 122_570
+
+
+def test_unknown_backbone_lists_valid_names():
+    with pytest.raises(ConfigError, match="conv_ae, seed_cnn"):
+        build_backbone((28, 28, 1), BackboneConfig(name="cnnn"))
+
+
+def test_too_small_input_is_a_clear_error():
+    with pytest.raises(ConfigError, match="cannot take input shape"):
+        build_backbone((8, 8, 1), BackboneConfig(name="seed_cnn", filters=[32, 64, 64]))
+
+
+def test_keras_round_trip_gives_same_predictions(tmp_path):
+    cfg = BackboneConfig(filters=[8, 16], latent_dim=16)
+    model = classifier(build_backbone((28, 28, 1), cfg), 10, hidden=[8], dropout=0.2)
+    x = np.random.default_rng(1).random((4, 28, 28, 1)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(model.predict(x, verbose=0), again.predict(x, verbose=0),
+                               atol=1e-6)
+
+
+def test_reconstruction_loss_and_psnr_are_consistent():
+    x = np.zeros((2, 4, 4, 1), "float32")
+    x_hat = np.full((2, 4, 4, 1), 0.1, "float32")
+    np.testing.assert_allclose(np.asarray(reconstruction_loss(x, x_hat)), [0.01, 0.01], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(psnr(x, x_hat)), [20.0, 20.0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("pretext_cfg", [PretextConfig(),
+                                         PretextConfig(noise_stddev=0.2, mask_fraction=0.3)])
+def test_twenty_gradient_steps_lower_the_reconstruction_loss(pretext_cfg):
+    keras.utils.set_random_seed(0)
+    cfg = BackboneConfig(filters=[8, 16], latent_dim=16)
+    pretext_cfg.learning_rate = 0.01
+    ae = get_pretext("autoencoder").build(build_backbone((16, 16, 1), cfg), pretext_cfg, cfg, 0)
+    rng = np.random.default_rng(0)
+    # structured images (random mixtures of two ramps), which an autoencoder can learn
+    ramp = np.linspace(0, 1, 16)
+    a, b = rng.random((2, 64, 1, 1))
+    x = (a * ramp[None, :, None] + b * ramp[None, None, :]) / 2
+    x = x[..., None].astype("float32")
+    # 4 steps x 5 epochs = 20 gradient steps; compare training-mode losses (BatchNorm's
+    # moving statistics need more steps than that before eval mode is meaningful)
+    loss = ae.fit(x, x, batch_size=16, epochs=5, verbose=0, shuffle=False).history["loss"]
+    assert loss[-1] < 0.8 * loss[0]

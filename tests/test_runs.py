@@ -1,0 +1,56 @@
+import json
+
+import pytest
+
+from pretrainer import runs
+from pretrainer.errors import RunError
+
+
+def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
+    target = tmp_path / "a.json"
+    runs.atomic_write_json(target, {"x": 1})
+    runs.atomic_write_json(target, {"x": 2})
+    assert json.loads(target.read_text()) == {"x": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_failed_writer_keeps_the_old_file(tmp_path):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"old")
+
+    def broken(path):
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        runs.atomic_write_with(target, broken)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
+def test_latest_run_skips_runs_without_done(tmp_path):
+    a = runs.new_run_dir(tmp_path, "exp", "pretrain")
+    runs.write_lineage(a, "pretrain", "x: 1\n")
+    runs.mark_done(a)
+    b = runs.new_run_dir(tmp_path, "exp", "pretrain")  # newer, but interrupted
+    runs.write_lineage(b, "pretrain", "x: 1\n")
+    assert b.name > a.name
+    assert runs.latest_run(tmp_path, "exp", "pretrain") == a
+    with pytest.raises(RunError, match="incomplete"):
+        runs.require_done(b, "pretrain")
+    with pytest.raises(RunError, match="'pretrain' run"):
+        runs.require_done(a, "finetune")
+
+
+def test_no_run_at_all_says_what_to_run(tmp_path):
+    with pytest.raises(RunError, match="pretrainer pretrain --config exp"):
+        runs.latest_run(tmp_path, "exp", "pretrain")
+
+
+def test_atomic_dir_refuses_to_overwrite(tmp_path):
+    with runs.atomic_dir(tmp_path / "1") as d:
+        (d / "f").write_text("x")
+    assert (tmp_path / "1" / "f").read_text() == "x"
+    with pytest.raises(RunError, match="already exists"):
+        with runs.atomic_dir(tmp_path / "1"):
+            pass

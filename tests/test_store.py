@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from pretrainer.config import DataConfig
+from pretrainer.data import pipeline
+from pretrainer.data.sources import SourceData, get_source
+from pretrainer.data.store import build_store, make_splits, read_manifest, verify
+from pretrainer.errors import DataError
+
+
+def _labels(n_per_class=100, classes=5):
+    return np.repeat(np.arange(classes), n_per_class)
+
+
+def test_splits_are_disjoint_stratified_and_deterministic():
+    y = _labels()
+    cfg = DataConfig(labeled_fraction=0.1, val_fraction=0.2, test_fraction=0.2)
+    s1 = make_splits(y, cfg, seed=3, has_test=False)
+    s2 = make_splits(y, cfg, seed=3, has_test=False)
+    for k in s1:
+        np.testing.assert_array_equal(s1[k], s2[k])
+    # no leakage: test and val never appear in the pretraining pool or the labeled train set
+    for held in ("test", "val"):
+        assert not set(s1[held]) & set(s1["unlabeled"])
+        assert not set(s1[held]) & set(s1["train"])
+    assert not set(s1["test"]) & set(s1["val"])
+    assert set(s1["train"]) <= set(s1["unlabeled"])
+    # stratified: every class gets the same share of labels
+    counts = np.bincount(y[s1["train"]], minlength=5)
+    assert (counts == counts[0]).all() and counts[0] == 6  # 10% of the 60 left per class
+    assert len(s1["test"]) == 100 and len(s1["val"]) == 80
+    s3 = make_splits(y, cfg, seed=4, has_test=False)
+    assert not np.array_equal(s1["train"], s3["train"])
+
+
+def test_labels_per_class_overrides_fraction():
+    y = _labels()
+    s = make_splits(y, DataConfig(labels_per_class=3, val_fraction=0.0), seed=0, has_test=True)
+    assert np.bincount(y[s["train"]]).tolist() == [3] * 5
+    assert "test" not in s and len(s["val"]) == 0 and len(s["unlabeled"]) == 500
+
+
+def test_store_round_trip_reads_back_exactly_what_was_written(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(120, 6, 5, 3), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 40)
+    src = SourceData(x_pool=x, y_pool=y, class_names=["a", "b", "c"],
+                     x_test=x[:30], y_test=y[:30])
+    cfg = DataConfig(name="toy", labeled_fraction=0.5, val_fraction=0.1, shard_size=25)
+    manifest = build_store(tmp_path / "toy", cfg, seed=1, src=src)
+    assert manifest["shape"] == [6, 5, 3]
+    assert manifest["splits"]["unlabeled"]["count"] == 108
+    assert len(manifest["splits"]["unlabeled"]["shards"]) == 5
+    assert verify(tmp_path / "toy") == []
+    xs, ys = pipeline.to_numpy(pipeline.images(tmp_path / "toy", "test", batch_size=7))
+    np.testing.assert_allclose(xs, x[:30].astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(ys, y[:30])
+    unl = np.concatenate(list(pipeline.images(tmp_path / "toy", "unlabeled", batch_size=16,
+                                              labels=False).as_numpy_iterator()))
+    assert unl.shape == (108, 6, 5, 3)
+    # a corrupted shard is detected by its checksum
+    shard = tmp_path / "toy" / manifest["splits"]["train"]["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-3])
+    assert verify(tmp_path / "toy") == [shard.name]
+
+
+def test_missing_store_and_unlabeled_split_give_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="pretrainer collect"):
+        read_manifest(tmp_path / "nothing")
+
+
+def test_unknown_source_lists_valid_ones():
+    with pytest.raises(DataError, match="bundled, keras, sklearn"):
+        get_source("s3_bucket")
+
+
+def test_bundled_sample_is_real_fashion_mnist():
+    src = get_source("bundled")(DataConfig())
+    assert src.x_pool.shape == (6000, 28, 28, 1) and src.x_test.shape == (1000, 28, 28, 1)
+    assert np.bincount(src.y_pool).tolist() == [600] * 10
+    assert src.class_names[0] == "t-shirt/top"
+
+
+def test_offline_keras_dataset_fails_with_alternatives(monkeypatch, tmp_path):
+    import keras
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure on https://example: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+    with pytest.raises(DataError) as err:
+        get_source("keras")(DataConfig(source="keras", dataset="cifar10"))
+    msg = str(err.value)
+    assert "cifar10" in msg and "bundled" in msg and "~/.keras/datasets" in msg
+    assert "\n" not in msg
