@@ -45,6 +45,10 @@ class DataConfig:
     name: str = "fashion_mnist_small"  # store directory under paths.data
     source: str = "bundled"  # key of pretrainer.data.sources.SOURCES
     dataset: str = "fashion_mnist_small"  # which dataset the source loads
+    path: Optional[str] = None  # image_folder: the root folder
+    image_size: Optional[List[int]] = None  # image_folder: [height, width]; null: 64x64
+    color: str = "auto"  # image_folder: auto | rgb | grayscale
+    extra_unlabeled: Optional[str] = None  # folder of images added to the unlabeled split only
     labeled_fraction: float = 0.01  # share of the labeled pool whose labels are kept
     labels_per_class: Optional[int] = None  # overrides labeled_fraction when set
     val_fraction: float = 0.1  # held out of the labeled pool for validation
@@ -55,6 +59,11 @@ class DataConfig:
     cache: bool = True  # cache decoded splits in memory when they are small (< 512 MB)
 
     def __post_init__(self) -> None:
+        _check_choice("data.color", self.color, ("auto", "rgb", "grayscale"))
+        if self.image_size is not None and (len(self.image_size) != 2
+                                            or min(self.image_size) < 4):
+            raise ConfigError(f"Expected data.image_size as [height, width], each >= 4. "
+                              f"Received: {self.image_size}")
         _check_range("data.labeled_fraction", self.labeled_fraction, 0.0, 1.0, lo_open=True)
         _check_range("data.val_fraction", self.val_fraction, 0.0, 0.5)
         _check_range("data.test_fraction", self.test_fraction, 0.0, 0.5, lo_open=True)

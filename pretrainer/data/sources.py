@@ -21,12 +21,16 @@ from pretrainer.errors import DataError
 @dataclass
 class SourceData:
     x_pool: np.ndarray  # the source's training images (labels in y_pool)
-    y_pool: np.ndarray
+    y_pool: Optional[np.ndarray]  # None: an unlabeled-only source
     class_names: list[str]
     x_test: Optional[np.ndarray] = None  # the source's own test split, when it has one
     y_test: Optional[np.ndarray] = None
+    x_val: Optional[np.ndarray] = None  # the source's own validation split, when it has one
+    y_val: Optional[np.ndarray] = None
+    x_extra: Optional[np.ndarray] = None  # extra images for the unlabeled split only
     modality: str = "image"
     info: dict = field(default_factory=dict)  # where it came from, licence
+    skipped: list = field(default_factory=list)  # [{file, reason}] for unreadable inputs
 
 
 def _as_nhwc(x: np.ndarray) -> np.ndarray:
@@ -108,11 +112,38 @@ def load_sklearn(cfg: DataConfig) -> SourceData:
                       info={"sklearn_dataset": "digits", "licence": "BSD-3-Clause (scikit-learn)"})
 
 
+def load_image_folder(cfg: DataConfig) -> SourceData:
+    """A folder of images: class folders, train/test[/val] folders, or unlabeled (folders.py)."""
+    from pretrainer.data.folders import load_folder
+
+    r = load_folder(cfg.path, cfg.image_size, cfg.color)
+    return SourceData(x_pool=r["x_pool"], y_pool=r["y_pool"], class_names=r["class_names"],
+                      x_test=r.get("x_test"), y_test=r.get("y_test"),
+                      x_val=r.get("x_val"), y_val=r.get("y_val"), skipped=r["skipped"],
+                      info={"path": str(cfg.path), "layout": r["layout"],
+                            "color": "grayscale" if r["mode"] == "L" else "rgb",
+                            "image_size": list(r["size"]),
+                            "empty_class_folders": r.get("empty_classes", [])})
+
+
 SOURCES: dict[str, Callable[[DataConfig], SourceData]] = {
     "bundled": load_bundled,
     "keras": load_keras,
     "sklearn": load_sklearn,
+    "image_folder": load_image_folder,
 }
+
+
+def load(cfg: DataConfig) -> SourceData:
+    """Load `cfg.source`, plus `cfg.extra_unlabeled` images shaped like the source's."""
+    src = get_source(cfg.source)(cfg)
+    if cfg.extra_unlabeled:
+        from pretrainer.data.folders import load_unlabeled_folder
+
+        src.x_extra, skipped = load_unlabeled_folder(cfg.extra_unlabeled, src.x_pool.shape[1:])
+        src.skipped += [{**s, "folder": "extra_unlabeled"} for s in skipped]
+        src.info["extra_unlabeled"] = {"path": cfg.extra_unlabeled, "count": len(src.x_extra)}
+    return src
 
 
 def get_source(name: str) -> Callable[[DataConfig], SourceData]:

@@ -111,9 +111,16 @@ def write_split(out_dir: Path, split: str, x: np.ndarray, y: Optional[np.ndarray
     return shards
 
 
+def _replace(cfg: DataConfig, **changes) -> DataConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
 def config_key(cfg: DataConfig, seed: int) -> str:
     """What decides a store's content: a rerun with the same key reuses the store."""
-    fields = {k: getattr(cfg, k) for k in ("source", "dataset", "labeled_fraction",
+    fields = {k: getattr(cfg, k) for k in ("source", "dataset", "path", "image_size", "color",
+                                           "extra_unlabeled", "labeled_fraction",
                                            "labels_per_class", "val_fraction", "test_fraction",
                                            "max_samples", "max_test", "shard_size")}
     fields.update(seed=seed, format=FORMAT_VERSION)
@@ -145,20 +152,33 @@ def verify(store: Path, manifest: Optional[dict] = None) -> list[str]:
 
 def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None) -> dict:
     """Split `src` (a SourceData) and write the store at `store` atomically; return the manifest."""
-    x_pool, y_pool = _cap(src.x_pool, src.y_pool, cfg.max_samples, seed)
-    has_test = src.x_test is not None
-    x_test, y_test = (_cap(src.x_test, src.y_test, cfg.max_test, seed) if has_test
-                      else (None, None))
-    if len(np.unique(y_pool)) < 2:
-        raise DataError(f"The source gave {len(np.unique(y_pool))} class(es); need at least 2")
-    idx = make_splits(y_pool, cfg, seed, has_test)
-    arrays = {
-        "unlabeled": (x_pool[idx["unlabeled"]], None),
-        "train": (x_pool[idx["train"]], y_pool[idx["train"]]),
-        "val": (x_pool[idx["val"]], y_pool[idx["val"]]),
-        "test": ((x_test, y_test) if has_test
-                 else (x_pool[idx["test"]], y_pool[idx["test"]])),
-    }
+    if len(src.x_pool) == 0:
+        raise DataError("The source gave no readable examples"
+                        + (f" ({len(src.skipped)} skipped)" if src.skipped else ""))
+    empty = src.x_pool[:0]
+    if src.y_pool is None:  # unlabeled-only: everything goes to the pretraining pool
+        x_pool = src.x_pool if cfg.max_samples is None else src.x_pool[:cfg.max_samples]
+        none = np.zeros(0, np.int64)
+        arrays = {"unlabeled": (x_pool, None), "train": (empty, none),
+                  "val": (empty, none), "test": (empty, none)}
+    else:
+        x_pool, y_pool = _cap(src.x_pool, src.y_pool, cfg.max_samples, seed)
+        has_test = src.x_test is not None and len(src.x_test) > 0
+        has_val = src.x_val is not None and len(src.x_val) > 0
+        if len(np.unique(y_pool)) < 2:
+            raise DataError(f"The source gave {len(np.unique(y_pool))} class(es); need at least 2")
+        split_cfg = cfg if not has_val else _replace(cfg, val_fraction=0.0)
+        idx = make_splits(y_pool, split_cfg, seed, has_test)
+        arrays = {
+            "unlabeled": (x_pool[idx["unlabeled"]], None),
+            "train": (x_pool[idx["train"]], y_pool[idx["train"]]),
+            "val": ((src.x_val, src.y_val) if has_val
+                    else (x_pool[idx["val"]], y_pool[idx["val"]])),
+            "test": (_cap(src.x_test, src.y_test, cfg.max_test, seed) if has_test
+                     else (x_pool[idx["test"]], y_pool[idx["test"]])),
+        }
+    if src.x_extra is not None and len(src.x_extra):
+        arrays["unlabeled"] = (np.concatenate([arrays["unlabeled"][0], src.x_extra]), None)
     store = Path(store)
     store.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{store.name}.", suffix=".tmp", dir=store.parent))
@@ -170,7 +190,7 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None) -> 
             per_class = ({} if y is None else
                          {src.class_names[int(c)]: int(n)
                           for c, n in zip(*np.unique(y, return_counts=True), strict=True)})
-            splits[split] = {"count": int(len(x)), "labeled": y is not None,
+            splits[split] = {"count": int(len(x)), "labeled": split != "unlabeled",
                              "per_class": per_class, "shards": shards}
             if progress:
                 progress(split, len(x))
@@ -185,6 +205,7 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None) -> 
             "num_classes": len(src.class_names),
             "class_names": list(src.class_names),
             "source": {"name": cfg.source, "dataset": cfg.dataset, **src.info},
+            "skipped": {"count": len(src.skipped), "files": src.skipped[:1000]},
             "seed": seed,
             "labeled_fraction": cfg.labeled_fraction,
             "labels_per_class": cfg.labels_per_class,

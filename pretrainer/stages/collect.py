@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pretrainer.config import Config
-from pretrainer.console import console, info, table
-from pretrainer.data.sources import get_source
+from pretrainer.console import console, info, table, warn
+from pretrainer.data import sources
 from pretrainer.data.store import MANIFEST, SPLITS, build_store, config_key, read_manifest, verify
 
 
@@ -26,9 +26,15 @@ def run(cfg: Config) -> Path:
                 _summary(store, manifest)
                 return store
             info(f"collect: {len(bad)} shard(s) of {store} missing or corrupt; rebuilding")
-    source = get_source(cfg.data.source)
-    info(f"[bold]collect[/bold]: {cfg.data.source}:{cfg.data.dataset} -> {store}")
-    src = source(cfg.data)
+    sources.get_source(cfg.data.source)  # an unknown name fails before any work
+    what = cfg.data.path if cfg.data.source == "image_folder" else cfg.data.dataset
+    info(f"[bold]collect[/bold]: {cfg.data.source}:{what} -> {store}")
+    src = sources.load(cfg.data)
+    if src.skipped:
+        shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:5])
+        more = f" and {len(src.skipped) - 5} more" if len(src.skipped) > 5 else ""
+        warn(f"skipped {len(src.skipped)} unreadable file(s): {shown}{more} "
+             f"(all listed in {store / MANIFEST})")
     manifest = build_store(store, cfg.data, cfg.seed, src,
                            progress=lambda split, n: info(f"  wrote {split}: {n} examples"))
     _summary(store, manifest)

@@ -10,7 +10,7 @@ from pretrainer.config import Config, to_yaml
 from pretrainer.console import info
 from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, read_manifest
-from pretrainer.errors import RunError
+from pretrainer.errors import DataError, RunError
 from pretrainer.models import build_backbone
 from pretrainer.models.heads import classifier
 from pretrainer.stages.collect import store_path
@@ -43,6 +43,9 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
 
     store = store_path(cfg)
     manifest = read_manifest(store)
+    if manifest["splits"]["train"]["count"] == 0:
+        raise DataError(f"{store} holds no labeled examples (an unlabeled-only source): use it "
+                        f"to pretrain, then finetune with a labeled data config and --run")
     shape = tuple(manifest["shape"])
     ft = cfg.finetune
     parent = resolve_pretrain_run(cfg, run) if ft.init == "pretrained" else None
