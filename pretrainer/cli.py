@@ -61,6 +61,9 @@ def _quiet_tensorflow() -> None:
                 os.dup2(saved, 2)
     finally:
         os.close(saved)
+    # "N out of the last M calls ... triggered tf.function retracing": expected when a
+    # stage predicts with several models in one process, and no use to a user.
+    tensorflow.get_logger().setLevel("ERROR")
 
 
 def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[str]],

@@ -165,13 +165,18 @@ class TrainerConfig:
 @dataclass
 class DeployConfig:
     name: str = ""  # model name in export/<name>/<version>/; empty: the experiment name
-    formats: List[str] = field(default_factory=lambda: ["saved_model"])
+    formats: List[str] = field(default_factory=lambda: ["saved_model"])  # + litert, onnx
+    quantize: str = "none"  # litert only: none | dynamic | float16 | int8
     parity_samples: int = 256  # test examples compared between Keras and the export
-    parity_atol: float = 1e-4  # max abs difference of probabilities allowed
+    parity_atol: float = 1e-4  # float formats: max abs difference of probabilities allowed
+    max_accuracy_drop: float = 0.01  # quantized formats: accuracy may fall by at most this
 
     def __post_init__(self) -> None:
+        if not self.formats:
+            raise ConfigError("deploy.formats is empty. Choose from: saved_model, litert, onnx")
         for fmt in self.formats:
-            _check_choice("deploy.formats[]", fmt, ("saved_model",))
+            _check_choice("deploy.formats[]", fmt, ("saved_model", "litert", "onnx"))
+        _check_choice("deploy.quantize", self.quantize, ("none", "dynamic", "float16", "int8"))
         if self.parity_samples < 1:
             raise ConfigError(f"Expected deploy.parity_samples >= 1. Received: {self.parity_samples}")
 

@@ -78,7 +78,7 @@ def test_user_config_dir_is_searched_first(tmp_path):
     (tmp_path / "mine.yaml").write_text(
         "defaults:\n  - pretrainer_schema\n  - data: digits\n  - backbone: conv_ae\n"
         "  - pretext: autoencoder\n  - finetune: classifier\n  - trainer: default\n"
-        "  - deploy: saved_model\n  - _self_\n"
+        "  - deploy: default\n  - _self_\n"
         "description: my experiment\ntrainer:\n  epochs: 2\n")
     result = runner.invoke(app, ["pretrain", "--config", "mine", "--config-dir",
                                  str(tmp_path), "--cfg"])

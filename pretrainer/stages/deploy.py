@@ -1,7 +1,15 @@
-"""deploy: export a finetuned model (TF Serving layout) and prove it predicts like Keras."""
+"""deploy: export a finetuned model and prove each artifact predicts like the Keras model.
+
+Formats (`deploy.formats`): saved_model (TF Serving layout export/<name>/<version>/),
+litert (export/model.tflite, optionally quantized), onnx (export/model.onnx).
+Each artifact is loaded in a fresh process by its own runtime (pretrainer.parity)
+and compared with Keras on test examples; parity.json records the result and a
+failed check exits non-zero without marking the run DONE.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,10 +20,11 @@ from typing import Optional
 import numpy as np
 
 from pretrainer import runs
-from pretrainer.config import Config, to_yaml
+from pretrainer.config import Config, DeployConfig, to_yaml
 from pretrainer.console import console, info, table
+from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, read_manifest
-from pretrainer.errors import ParityError, RunError
+from pretrainer.errors import ConfigError, ParityError, RunError
 from pretrainer.stages.collect import store_path
 from pretrainer.stages.evaluate import load_model, predict_split, resolve_finetune_run
 
@@ -26,35 +35,125 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def saved_model_parity(export_dir: Path, x: np.ndarray, reference: np.ndarray) -> dict:
-    """Load the export in a fresh process (TensorFlow only) and compare with `reference`."""
+def _require_onnx() -> None:
+    missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"deploy.formats includes onnx but {', '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                          f"pip install 'pretrainer[onnx]'")
+
+
+def export_saved_model(model, target: Path, class_names: Optional[list[str]] = None) -> Path:
+    """SavedModel whose `serving_default` takes raw uint8 images of any size.
+
+    The graph resizes to the training size and scales to [0, 1] itself, so a
+    TF Serving client sends pixels, not our preprocessing (exports that drop
+    preprocessing are a common failure). It returns `probabilities`, `label`
+    and `class_name`. `serve_float` takes already-scaled float32 images.
+    """
+    import keras
+    import tensorflow as tf
+
+    h, w, c = model.input_shape[1:]
+    names = tf.constant(class_names or [str(i) for i in range(model.output_shape[-1])])
+
+    def outputs(probs):
+        label = tf.argmax(probs, axis=-1)
+        return {"probabilities": probs, "label": label, "class_name": tf.gather(names, label)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, c], tf.uint8, name="images")])
+    def serve_raw(images):
+        # bilinear resize is the identity at the training size (half-pixel centres)
+        x = tf.image.resize(tf.cast(images, tf.float32), (h, w))
+        return outputs(model(x / 255.0, training=False))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, name="images")])
+    def serve_float(images):
+        return outputs(model(images, training=False))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_raw)
+    archive.add_endpoint("serve_float", serve_float)
+    with runs.atomic_dir(target) as tmp:
+        archive.write_out(str(tmp), verbose=False)
+    return target
+
+
+def export_litert(model, target: Path, quantize: str, representative: np.ndarray) -> Path:
+    """model.export for float models; the TFLite converter when quantizing (model.export
+    has no quantization options in Keras 3.15)."""
+    if quantize == "none":
+        return runs.atomic_write_with(
+            target, lambda p: model.export(str(p), format="litert", verbose=False),
+            suffix=".tflite")
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            def rep():
+                for i in range(min(len(representative), 200)):
+                    yield [representative[i:i + 1].astype(np.float32)]
+
+            converter.representative_dataset = rep
+        blob = converter.convert()
+    return runs.atomic_write_bytes(target, blob)
+
+
+def export_onnx(model, target: Path) -> Path:
+    return runs.atomic_write_with(
+        target, lambda p: model.export(str(p), format="onnx", verbose=False), suffix=".onnx")
+
+
+def check_parity(fmt: str, artifact: Path, x: np.ndarray, y: np.ndarray, reference: np.ndarray,
+                 cfg: DeployConfig) -> dict:
+    """Run `artifact` in a fresh process with its own runtime and compare with Keras."""
     with tempfile.TemporaryDirectory() as tmp:
         inputs, outputs = os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npy")
         np.save(inputs, x)
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-        proc = subprocess.run([sys.executable, "-m", "pretrainer.parity", str(export_dir),
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+        proc = subprocess.run([sys.executable, "-m", "pretrainer.parity", fmt, str(artifact),
                                inputs, outputs], capture_output=True, text=True, env=env,
-                              timeout=600)
+                              timeout=900)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-            raise RunError(f"The SavedModel at {export_dir} failed to load or run in a fresh "
-                           f"process: {tail[0]}")
-        probs = np.load(outputs)
+            raise RunError(f"The {fmt} export at {artifact} failed to load or run in its "
+                           f"runtime: {tail[0]}")
+        probs = np.load(outputs).astype(np.float64)
         latency = np.load(outputs.replace(".npy", "_latency.npy"))
-    diff = np.abs(probs.astype(np.float64) - reference.astype(np.float64))
+    diff = np.abs(probs - reference.astype(np.float64))
+    keras_acc = float((reference.argmax(1) == y).mean())
+    acc = float((probs.argmax(1) == y).mean())
+    quantized = fmt == "litert" and cfg.quantize != "none"
+    passed = (keras_acc - acc <= cfg.max_accuracy_drop) if quantized else (
+        float(diff.max()) <= cfg.parity_atol)
+    size = (sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
+            if artifact.is_dir() else artifact.stat().st_size)
     return {
-        "samples": int(len(x)),
-        "max_abs_diff": float(diff.max()),
+        "format": fmt, "path": str(artifact), "quantize": cfg.quantize if fmt == "litert" else None,
+        "samples": int(len(x)), "max_abs_diff": float(diff.max()),
         "label_agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
+        "keras_accuracy": keras_acc, "accuracy": acc, "accuracy_delta": acc - keras_acc,
         "latency_ms_p50": float(np.percentile(latency, 50) * 1e3),
         "latency_ms_p95": float(np.percentile(latency, 95) * 1e3),
-        "size_bytes": sum(f.stat().st_size for f in export_dir.rglob("*") if f.is_file()),
+        "size_bytes": int(size),
+        "threshold": (f"accuracy drop <= {cfg.max_accuracy_drop}" if quantized
+                      else f"max_abs_diff <= {cfg.parity_atol}"),
+        "passed": bool(passed),
     }
 
 
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     import keras
 
+    dcfg = cfg.deploy
+    if "onnx" in dcfg.formats:
+        _require_onnx()
     store = store_path(cfg)
     manifest = read_manifest(store)
     ft_run = resolve_finetune_run(cfg, run)
@@ -62,30 +161,42 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "deploy")
     runs.write_lineage(out, "deploy", to_yaml(cfg), parent=ft_run,
                        dataset_manifest=store / MANIFEST)
-    model_dir = out / "export" / cfg.deploy.name
-    version = next_version(model_dir)
-    export_dir = model_dir / str(version)
-    info(f"[bold]deploy[/bold]: {ft_run / 'model.keras'} -> {export_dir}")
-    with runs.atomic_dir(export_dir) as tmp:
-        model.export(str(tmp), format="tf_saved_model", verbose=False)
-    x, y, reference = predict_split(model, store, "test", limit=cfg.deploy.parity_samples)
-    parity = saved_model_parity(export_dir, x, reference)
-    parity.update(format="saved_model", path=str(export_dir), atol=cfg.deploy.parity_atol,
-                  keras_accuracy=float((reference.argmax(1) == y).mean()),
-                  passed=parity["max_abs_diff"] <= cfg.deploy.parity_atol)
-    runs.atomic_write_json(out / "export" / "parity.json", {"saved_model": parity})
-    console.print(table("parity: exported SavedModel vs Keras", ["format", "max |diff|",
-                        "labels agree", "p50 ms", "size MB", "ok"],
-                        [["saved_model", f"{parity['max_abs_diff']:.2e}",
-                          f"{parity['label_agreement']:.2%}", f"{parity['latency_ms_p50']:.2f}",
-                          f"{parity['size_bytes'] / 1e6:.2f}",
-                          "[green]yes[/green]" if parity["passed"] else "[red]NO[/red]"]]))
-    if not parity["passed"]:
-        raise ParityError(f"SavedModel predictions differ from Keras by {parity['max_abs_diff']:.2e}"
-                          f" > deploy.parity_atol={cfg.deploy.parity_atol}; the export is kept at "
-                          f"{export_dir} but the deploy run is not marked DONE")
-    runs.update_manifest(out, export=str(export_dir), version=version, parity=parity)
+    export = out / "export"
+    x, y, reference = predict_split(model, store, "test", limit=dcfg.parity_samples)
+    artifacts = {}
+    if "saved_model" in dcfg.formats:
+        model_dir = export / dcfg.name
+        artifacts["saved_model"] = export_saved_model(
+            model, model_dir / str(next_version(model_dir)), manifest["class_names"])
+    if "litert" in dcfg.formats:
+        # int8 calibration data comes from the unlabeled pool, never from the test split
+        calib = next(iter(pipeline.images(store, "unlabeled", batch_size=200, labels=False,
+                                          cache=False))).numpy()
+        artifacts["litert"] = export_litert(model, export / "model.tflite", dcfg.quantize, calib)
+    if "onnx" in dcfg.formats:
+        artifacts["onnx"] = export_onnx(model, export / "model.onnx")
+    info(f"[bold]deploy[/bold]: {ft_run / 'model.keras'} -> "
+         + ", ".join(str(p) for p in artifacts.values()))
+    parity = {fmt: check_parity(fmt, path, x, y, reference, dcfg)
+              for fmt, path in artifacts.items()}
+    runs.atomic_write_json(export / "parity.json", parity)
+    rows = [[fmt + (f" ({p['quantize']})" if p["quantize"] not in (None, "none") else ""),
+             f"{p['max_abs_diff']:.2e}", f"{p['label_agreement']:.2%}",
+             f"{p['accuracy_delta'] * 100:+.2f}", f"{p['latency_ms_p50']:.2f}",
+             f"{p['latency_ms_p95']:.2f}", f"{p['size_bytes'] / 1e6:.2f}",
+             "[green]yes[/green]" if p["passed"] else "[red]NO[/red]"]
+            for fmt, p in parity.items()]
+    console.print(table(f"parity vs Keras on {len(x)} test examples",
+                        ["format", "max |diff|", "labels agree", "acc Δ pts", "p50 ms",
+                         "p95 ms", "size MB", "ok"], rows))
+    failed = [fmt for fmt, p in parity.items() if not p["passed"]]
+    runs.update_manifest(out, exports={f: str(p) for f, p in artifacts.items()}, parity=parity,
+                         export=str(artifacts.get("saved_model") or next(iter(artifacts.values()))))
+    if failed:
+        raise ParityError(f"parity failed for {', '.join(failed)} ({parity[failed[0]]['threshold']}"
+                          f" not met); the artifacts are kept in {export} but the deploy run "
+                          f"is not marked DONE")
     runs.mark_done(out)
-    info(f"[green]deploy done[/green]: {export_dir}")
+    info(f"[green]deploy done[/green]: {export}")
     keras.backend.clear_session()
     return out

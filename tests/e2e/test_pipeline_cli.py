@@ -9,7 +9,8 @@ pytestmark = pytest.mark.e2e
 
 TINY = ["data.max_samples=400", "data.max_test=120", "data.labeled_fraction=0.1",
         "trainer.epochs=1", "finetune.epochs=1", "backbone.filters=[8,16]",
-        "backbone.latent_dim=16", "deploy.parity_samples=64", "trainer.verbose=false"]
+        "backbone.latent_dim=16", "deploy.parity_samples=64", "trainer.verbose=false",
+        "deploy=all"]
 
 
 @pytest.fixture(scope="module")
