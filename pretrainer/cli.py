@@ -171,6 +171,18 @@ def pipeline(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMEN
 
 
 @app.command()
+def doctor(runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where runs are written.")]
+           = "runs", debug: Debug = False) -> None:
+    """Check versions, devices, strategy, precision, a training step, an export and disk."""
+    if not debug:
+        _quiet_tensorflow()
+    from pretrainer.stages import doctor as stage
+
+    if not stage.run(runs_dir):
+        raise typer.Exit(1)
+
+
+@app.command()
 def configs(config_dir: ConfigDir = None) -> None:
     """List the experiments (configs/*.yaml) with their one-line descriptions."""
     from pretrainer.console import console, error, table

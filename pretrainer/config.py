@@ -55,6 +55,7 @@ class DataConfig:
     test_fraction: float = 0.2  # held out only when the source has no test split
     max_samples: Optional[int] = None  # cap on the source's training pool (tiny runs)
     max_test: Optional[int] = None  # cap on the test split (tiny runs)
+    dedupe: bool = False  # drop pool/train examples that duplicate a test example exactly
     shard_size: int = 4096  # examples per TFRecord shard
     cache: bool = True  # cache decoded splits in memory when they are small (< 512 MB)
 
@@ -141,6 +142,7 @@ class TrainerConfig:
     epochs: int = 5  # pretraining epochs, and finetuning epochs unless finetune.epochs is set
     batch_size: int = 128  # global batch: split across replicas by the strategy
     strategy: str = "auto"  # auto | cpu | gpu | mirrored
+    devices: List[str] = field(default_factory=list)  # mirrored: e.g. ["/gpu:0", "/gpu:1"]
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     steps_per_execution: int = 1
     jit_compile: bool = False  # XLA: slower for small CNNs on CPU, measured

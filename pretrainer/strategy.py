@@ -17,7 +17,8 @@ def describe(strategy: tf.distribute.Strategy) -> str:
     return f"{type(strategy).__name__}({', '.join(devices)})"
 
 
-def get_strategy(name: str) -> tuple[tf.distribute.Strategy, str]:
+def get_strategy(name: str, devices: list[str] | None = None
+                 ) -> tuple[tf.distribute.Strategy, str]:
     """Return (strategy, why it was chosen)."""
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
@@ -34,5 +35,14 @@ def get_strategy(name: str) -> tuple[tf.distribute.Strategy, str]:
                               "Use trainer.strategy=auto or cpu")
         return tf.distribute.OneDeviceStrategy(gpus[0].name), "trainer.strategy=gpu"
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(), "trainer.strategy=mirrored"
+        if devices:
+            known = {d.name.lower().replace("/device:", "/").replace("/job:localhost/replica:0/task:0", "")
+                     for d in tf.config.list_logical_devices()}
+            missing = [d for d in devices if d.lower().replace("/device:", "/") not in known]
+            if missing:
+                raise ConfigError(f"trainer.devices: {', '.join(missing)} not found. "
+                                  f"Choose from: {', '.join(sorted(known))}")
+            return (tf.distribute.MirroredStrategy(devices=list(devices)),
+                    f"trainer.strategy=mirrored over {', '.join(devices)}")
+        return tf.distribute.MirroredStrategy(), "trainer.strategy=mirrored (all local GPUs)"
     raise ConfigError(f"Unknown strategy '{name}'. Choose from: auto, cpu, gpu, mirrored")

@@ -27,7 +27,7 @@ def setup(trainer: TrainerConfig, seed: int):
 
     keras.utils.set_random_seed(seed)
     keras.mixed_precision.set_global_policy(trainer.precision)
-    strategy, why = get_strategy(trainer.strategy)
+    strategy, why = get_strategy(trainer.strategy, trainer.devices)
     return strategy, why
 
 

@@ -27,7 +27,7 @@ def test_help_on_every_verb_does_not_import_tensorflow():
         "import sys\n"
         "from pretrainer.cli import app\n"
         "for verb in ([], ['collect'], ['pretrain'], ['finetune'], ['evaluate'], ['deploy'],"
-        " ['pipeline'], ['configs']):\n"
+        " ['pipeline'], ['configs'], ['doctor']):\n"
         "    try:\n"
         "        app(verb + ['--help'], prog_name='pretrainer')\n"
         "    except SystemExit as e:\n"
@@ -40,7 +40,8 @@ def test_help_on_every_verb_does_not_import_tensorflow():
 def test_help_lists_every_verb():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for verb in ("collect", "pretrain", "finetune", "evaluate", "deploy", "pipeline", "configs"):
+    for verb in ("collect", "pretrain", "finetune", "evaluate", "deploy", "pipeline", "configs",
+                 "doctor"):
         assert verb in result.output
 
 
@@ -84,3 +85,10 @@ def test_user_config_dir_is_searched_first(tmp_path):
                                  str(tmp_path), "--cfg"])
     assert result.exit_code == 0, result.output
     assert "experiment: mine" in result.output and "epochs: 2" in result.output
+
+
+def test_doctor_checks_the_machine(tmp_path):
+    proc = run_cli(["doctor", "--runs-dir", str(tmp_path)], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for check in ("versions", "strategy auto", "train step", "SavedModel export", "disk"):
+        assert check in proc.stdout

@@ -93,3 +93,22 @@ def test_offline_keras_dataset_fails_with_alternatives(monkeypatch, tmp_path):
     msg = str(err.value)
     assert "cifar10" in msg and "bundled" in msg and "~/.keras/datasets" in msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize("dedupe", [False, True])
+def test_contamination_check_finds_a_planted_duplicate(tmp_path, dedupe):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(60, 4, 4, 1), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 20)
+    x_test = rng.integers(0, 256, size=(9, 4, 4, 1), dtype=np.uint8)
+    x_test[4] = x[10]  # a training image leaked into the test set
+    x_test[7] = x[31]
+    src = SourceData(x_pool=x, y_pool=y, class_names=["a", "b", "c"], x_test=x_test,
+                     y_test=np.arange(9) % 3)
+    cfg = DataConfig(labeled_fraction=1.0, val_fraction=0.0, dedupe=dedupe)
+    m = build_store(tmp_path / "s", cfg, seed=0, src=src)
+    assert m["contamination"]["unlabeled_in_test"] == 2
+    assert m["contamination"]["train_in_test"] == 2
+    expected = 58 if dedupe else 60
+    assert m["splits"]["unlabeled"]["count"] == expected
+    assert m["splits"]["train"]["count"] == expected

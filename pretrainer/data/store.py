@@ -84,6 +84,27 @@ def _cap(x: np.ndarray, y: np.ndarray, limit: Optional[int], seed: int
     return x[idx], y[idx]
 
 
+def _hashes(x: np.ndarray) -> list[bytes]:
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
+
+
+def check_contamination(arrays: dict, dedupe: bool) -> dict:
+    """Exact duplicates of test examples in the pretraining pool, train and val.
+
+    Reported in the manifest; with `dedupe` they are removed from those splits
+    (in place in `arrays`), so the test score is not inflated by memorisation.
+    """
+    test = set(_hashes(arrays["test"][0]))
+    report = {"method": "exact bytes (blake2b)", "deduped": dedupe}
+    for split in ("unlabeled", "train", "val"):
+        x, y = arrays[split]
+        dup = np.array([h in test for h in _hashes(x)], dtype=bool)
+        report[f"{split}_in_test"] = int(dup.sum())
+        if dedupe and dup.any():
+            arrays[split] = (x[~dup], None if y is None else y[~dup])
+    return report
+
+
 def _example(image: np.ndarray, label: int):
     import tensorflow as tf
 
@@ -179,6 +200,7 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None) -> 
         }
     if src.x_extra is not None and len(src.x_extra):
         arrays["unlabeled"] = (np.concatenate([arrays["unlabeled"][0], src.x_extra]), None)
+    contamination = check_contamination(arrays, dedupe=cfg.dedupe)
     store = Path(store)
     store.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{store.name}.", suffix=".tmp", dir=store.parent))
@@ -206,6 +228,7 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None) -> 
             "class_names": list(src.class_names),
             "source": {"name": cfg.source, "dataset": cfg.dataset, **src.info},
             "skipped": {"count": len(src.skipped), "files": src.skipped[:1000]},
+            "contamination": contamination,
             "seed": seed,
             "labeled_fraction": cfg.labeled_fraction,
             "labels_per_class": cfg.labels_per_class,

@@ -37,6 +37,13 @@ def run(cfg: Config) -> Path:
              f"(all listed in {store / MANIFEST})")
     manifest = build_store(store, cfg.data, cfg.seed, src,
                            progress=lambda split, n: info(f"  wrote {split}: {n} examples"))
+    c = manifest["contamination"]
+    dups = {k: v for k, v in c.items() if k.endswith("_in_test") and v}
+    if dups:
+        listed = ", ".join(f"{v} in {k.removesuffix('_in_test')}" for k, v in dups.items())
+        warn(f"exact duplicates of test examples: {listed}; "
+             + ("removed (data.dedupe=true)" if c["deduped"]
+                else "kept (set data.dedupe=true to drop them)"))
     _summary(store, manifest)
     return store
 

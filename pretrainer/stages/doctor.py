@@ -1,0 +1,99 @@
+"""doctor: is this machine ready to train and export? One table, non-zero exit if not."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from pretrainer.console import console, table
+from pretrainer.errors import UserError
+
+MIN_FREE_BYTES = 2 * 2**30
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def precision_advice(gpus: list) -> tuple[str, str]:
+    """(suggested trainer.precision, why)."""
+    if gpus:
+        import tensorflow as tf
+
+        cc = tf.config.experimental.get_device_details(
+            tf.config.list_physical_devices("GPU")[0]).get("compute_capability", (0, 0))
+        if cc >= (8, 0):
+            return "mixed_bfloat16", f"GPU compute capability {cc[0]}.{cc[1]} has bf16 tensor cores"
+        if cc >= (7, 0):
+            return "mixed_float16", f"GPU compute capability {cc[0]}.{cc[1]} has fp16 tensor cores"
+        return "float32", "GPU without tensor cores"
+    flags = _cpu_flags()
+    if "amx_bf16" in flags:
+        return "mixed_bfloat16", "CPU has AMX-BF16 (bf16 matmul ~4x f32 here)"
+    if "avx512_bf16" in flags:
+        return "mixed_bfloat16", "CPU has AVX512-BF16"
+    return "float32", "no bf16 matrix units found on this CPU"
+
+
+def run(runs_root: str = "runs") -> bool:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pretrainer.strategy import get_strategy
+
+    rows, ok = [], True
+
+    def add(check: str, good: bool, detail: str) -> None:
+        nonlocal ok
+        ok &= good
+        rows.append([check, "[green]ok[/green]" if good else "[red]FAIL[/red]", detail])
+
+    add("versions", True, f"tensorflow {tf.__version__}, keras {keras.__version__}")
+    gpus = tf.config.list_physical_devices("GPU")
+    add("devices", True, f"{len(tf.config.list_physical_devices('CPU'))} CPU, {len(gpus)} GPU"
+        + (f" ({', '.join(g.name for g in gpus)})" if gpus else ""))
+    try:
+        strategy, why = get_strategy("auto")
+        add("strategy auto", True, f"{type(strategy).__name__} ({why})")
+    except UserError as exc:
+        add("strategy auto", False, str(exc))
+    advice, why = precision_advice(gpus)
+    add("precision", True, f"suggest trainer.precision={advice}: {why}")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            t0 = time.perf_counter()
+            model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+                                      keras.layers.Flatten(), keras.layers.Dense(2)])
+            model.compile(optimizer="adam", loss="mse")
+            x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
+            model.fit(x, np.zeros((16, 2), "float32"), epochs=1, verbose=0)
+            add("train step", True, f"tiny model, {time.perf_counter() - t0:.1f} s")
+        except Exception as exc:  # report, do not crash: that is the doctor's job
+            add("train step", False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+        else:
+            try:
+                model.export(str(Path(tmp) / "sm"), format="tf_saved_model", verbose=False)
+                loaded = tf.saved_model.load(str(Path(tmp) / "sm"))
+                same = np.allclose(loaded.serve(x).numpy(), model.predict(x, verbose=0),
+                                   atol=1e-5)
+                add("SavedModel export", same, "exported, reloaded, same predictions"
+                    if same else "reloaded model disagrees with Keras")
+            except Exception as exc:
+                add("SavedModel export", False,
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+    where = Path(runs_root)
+    probe = where if where.exists() else Path.cwd()
+    free = shutil.disk_usage(probe).free
+    add("disk", free >= MIN_FREE_BYTES, f"{free / 2**30:.1f} GiB free at {probe.resolve()}"
+        + ("" if free >= MIN_FREE_BYTES else " (need 2 GiB)"))
+    console.print(table("pretrainer doctor", ["check", "status", "detail"], rows))
+    return ok

@@ -1,0 +1,55 @@
+import subprocess
+import sys
+
+from conftest import ROOT
+
+# Logical devices must be configured before TensorFlow initialises: run in a subprocess.
+SCRIPT = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from pretrainer.config import TrainerConfig
+from pretrainer.train import setup
+
+def run(strategy, devices):
+    tcfg = TrainerConfig(strategy=strategy, devices=devices, verbose=False)
+    strat, why = setup(tcfg, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 6)).astype("float32")
+    y = (x.sum(1) > 0).astype("int64")
+    with strat.scope():
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(2, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)  # global batch 64
+    hist = model.fit(ds, epochs=3, verbose=0)
+    return strat.num_replicas_in_sync, hist.history["loss"], model.get_weights()
+
+n1, loss1, w1 = run("cpu", [])
+n2, loss2, w2 = run("mirrored", ["/cpu:0", "/cpu:1"])
+assert (n1, n2) == (1, 2), (n1, n2)
+np.testing.assert_allclose(loss1, loss2, rtol=1e-5)
+for a, b in zip(w1, w2):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+print("OK", loss1[-1], loss2[-1])
+"""
+
+
+def test_mirrored_over_two_logical_cpus_matches_one_device():
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().startswith("OK")
+
+
+def test_unknown_mirrored_device_lists_the_real_ones():
+    code = ("from pretrainer.strategy import get_strategy\n"
+            "from pretrainer.errors import ConfigError\n"
+            "try:\n    get_strategy('mirrored', ['/gpu:7'])\n"
+            "except ConfigError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert "/gpu:7 not found" in out.stdout and "/cpu:0" in out.stdout
