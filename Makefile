@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Quiet TensorFlow's C++ start-up chatter in demos and tests.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install install-dev demo test lint clean samples
+.PHONY: install install-dev demo test lint bench clean samples
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check pretrainer tests benchmarks scripts
+
+bench: install-dev
+	$(BIN)/python benchmarks/run.py
 
 samples: install
 	$(BIN)/python scripts/make_samples.py

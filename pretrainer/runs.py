@@ -163,6 +163,14 @@ def latest_run(runs_root: str | Path, experiment: str, stage: str,
                    f"Run `{hint} --config {experiment}` first, or pass --run DIR")
 
 
+def resolve(runs_root: str | Path, experiment: str, stage: str,
+            run: Optional[str | Path] = None) -> Path:
+    """`--run DIR` when given (it must be a finished `stage` run), else the latest one."""
+    if run is not None:
+        return require_done(run, stage)
+    return latest_run(runs_root, experiment, stage)
+
+
 def read_manifest(run: Path) -> dict:
     path = Path(run) / "manifest.json"
     try:

@@ -54,3 +54,18 @@ def test_atomic_dir_refuses_to_overwrite(tmp_path):
     with pytest.raises(RunError, match="already exists"):
         with runs.atomic_dir(tmp_path / "1"):
             pass
+
+
+def test_backbone_of_another_shape_is_refused_naming_both_shapes(tmp_path):
+    import keras
+
+    from pretrainer.stages import load_keras_artifact
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    model.save(tmp_path / "backbone.keras")
+    with pytest.raises(RunError) as err:
+        load_keras_artifact(tmp_path, "backbone.keras", (28, 28, 1), "use finetune.init=scratch")
+    assert "(8, 8, 1)" in str(err.value) and "(28, 28, 1)" in str(err.value)
+    with pytest.raises(RunError, match="has no model.keras"):
+        load_keras_artifact(tmp_path, "model.keras", (8, 8, 1))

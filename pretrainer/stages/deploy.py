@@ -26,7 +26,7 @@ from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, read_manifest
 from pretrainer.errors import ConfigError, ParityError, RunError
 from pretrainer.stages.collect import store_path
-from pretrainer.stages.evaluate import load_model, predict_split, resolve_finetune_run
+from pretrainer.stages.evaluate import load_finetuned, predict_split
 
 
 def next_version(model_dir: Path) -> int:
@@ -156,8 +156,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         _require_onnx()
     store = store_path(cfg)
     manifest = read_manifest(store)
-    ft_run = resolve_finetune_run(cfg, run)
-    model = load_model(ft_run, tuple(manifest["shape"]))
+    ft_run, model = load_finetuned(cfg, run, tuple(manifest["shape"]))
     out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "deploy")
     runs.write_lineage(out, "deploy", to_yaml(cfg), parent=ft_run,
                        dataset_manifest=store / MANIFEST)

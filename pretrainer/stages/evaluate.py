@@ -13,6 +13,7 @@ from pretrainer.console import console, info, table
 from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, read_manifest
 from pretrainer.errors import RunError
+from pretrainer.stages import load_keras_artifact
 from pretrainer.stages.collect import store_path
 
 
@@ -36,24 +37,10 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     return out
 
 
-def resolve_finetune_run(cfg: Config, run: Optional[str | Path]) -> Path:
-    if run is not None:
-        return runs.require_done(run, "finetune")
-    return runs.latest_run(cfg.paths.runs, cfg.experiment, "finetune")
-
-
-def load_model(finetune_run: Path, shape: tuple[int, ...]):
-    import keras
-
-    path = finetune_run / "model.keras"
-    if not path.is_file():
-        raise RunError(f"{finetune_run} has no model.keras")
-    model = keras.saving.load_model(path)
-    got = tuple(model.input_shape[1:])
-    if got != tuple(shape):
-        raise RunError(f"The model takes inputs of shape {got} but the dataset's examples are "
-                       f"{tuple(shape)}")
-    return model
+def load_finetuned(cfg: Config, run: Optional[str | Path], shape: tuple[int, ...]):
+    """(finetune run, its model.keras) for `--run DIR` or the latest finished finetune run."""
+    ft_run = runs.resolve(cfg.paths.runs, cfg.experiment, "finetune", run)
+    return ft_run, load_keras_artifact(ft_run, "model.keras", shape)
 
 
 def predict_split(model, store: Path, split: str, batch_size: int = 256,
@@ -71,8 +58,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
 
     store = store_path(cfg)
     manifest = read_manifest(store)
-    ft_run = resolve_finetune_run(cfg, run)
-    model = load_model(ft_run, tuple(manifest["shape"]))
+    ft_run, model = load_finetuned(cfg, run, tuple(manifest["shape"]))
     split = cfg.evaluate.split
     _, y, probs = predict_split(model, store, split)
     names = manifest["class_names"]

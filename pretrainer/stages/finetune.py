@@ -10,32 +10,12 @@ from pretrainer.config import Config, to_yaml
 from pretrainer.console import info
 from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, read_manifest
-from pretrainer.errors import DataError, RunError
+from pretrainer.errors import DataError
 from pretrainer.models import build_backbone
 from pretrainer.models.heads import classifier
+from pretrainer.stages import load_keras_artifact
 from pretrainer.stages.collect import store_path
 from pretrainer.train import compile_kwargs, fit, setup
-
-
-def resolve_pretrain_run(cfg: Config, run: Optional[str | Path]) -> Path:
-    if run is not None:
-        return runs.require_done(run, "pretrain")
-    return runs.latest_run(cfg.paths.runs, cfg.experiment, "pretrain")
-
-
-def load_backbone(pretrain_run: Path, shape: tuple[int, ...]):
-    import keras
-
-    path = pretrain_run / "backbone.keras"
-    if not path.is_file():
-        raise RunError(f"{pretrain_run} has no backbone.keras")
-    backbone = keras.saving.load_model(path)
-    got = tuple(backbone.input_shape[1:])
-    if got != tuple(shape):
-        raise RunError(f"The pretrained backbone takes inputs of shape {got} but the dataset's "
-                       f"examples are {tuple(shape)}: pretrain on this dataset, or use "
-                       f"finetune.init=scratch")
-    return backbone
 
 
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
@@ -48,7 +28,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                         f"to pretrain, then finetune with a labeled data config and --run")
     shape = tuple(manifest["shape"])
     ft = cfg.finetune
-    parent = resolve_pretrain_run(cfg, run) if ft.init == "pretrained" else None
+    parent = (runs.resolve(cfg.paths.runs, cfg.experiment, "pretrain", run)
+              if ft.init == "pretrained" else None)
     strategy, why = setup(cfg.trainer, cfg.seed)
     run_dir = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "finetune")
     source = f"backbone from {parent}" if parent else "backbone from scratch"
@@ -59,7 +40,9 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                        extra={"init": ft.init, "mode": ft.mode, "labels": n_labels,
                               "strategy": why, "seed": cfg.seed})
     with strategy.scope():
-        backbone = load_backbone(parent, shape) if parent else build_backbone(shape, cfg.backbone)
+        backbone = (load_keras_artifact(parent, "backbone.keras", shape,
+                                        "pretrain on this dataset, or use finetune.init=scratch")
+                    if parent else build_backbone(shape, cfg.backbone))
         if ft.mode == "linear_probe":
             backbone.trainable = False
         model = classifier(backbone, manifest["num_classes"], hidden=ft.head_units,

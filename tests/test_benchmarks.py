@@ -1,0 +1,17 @@
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_benchmark_harness_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| seed_recipe |" in proc.stdout and "| startup |" in proc.stdout
+    import json
+
+    results = json.loads(out.read_text())
+    for name in ("startup", "seed_recipe", "input_pipeline"):
+        assert results[name]["speedup"] > 0
