@@ -171,6 +171,24 @@ def pipeline(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMEN
 
 
 @app.command()
+def serve(config: ConfigName = DEFAULT_EXPERIMENT, config_dir: ConfigDir = None,
+          run: Annotated[Optional[str], typer.Option(
+              "--run", help="Deploy run to serve (default: the latest finished one).")] = None,
+          host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it.")]
+          = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port (TF Serving's REST port is 8501).")]
+          = 8501,
+          debug: Debug = False) -> None:
+    """Serve a deploy run's SavedModel over TF Serving's REST API (POST /v1/models/NAME:predict)."""
+    def body(c: Config) -> None:
+        from pretrainer.stages import serve as stage
+
+        stage.run(run, c.paths.runs, c.experiment, host, port)
+
+    _execute(config, config_dir, [], False, debug, body)
+
+
+@app.command()
 def doctor(runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where runs are written.")]
            = "runs", debug: Debug = False) -> None:
     """Check versions, devices, strategy, precision, a training step, an export and disk."""

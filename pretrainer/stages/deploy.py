@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from pretrainer import runs
+from pretrainer import modelcard, runs
 from pretrainer.config import Config, DeployConfig, to_yaml
 from pretrainer.console import console, info, table
 from pretrainer.data import pipeline
@@ -188,6 +188,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     console.print(table(f"parity vs Keras on {len(x)} test examples",
                         ["format", "max |diff|", "labels agree", "acc Δ pts", "p50 ms",
                          "p95 ms", "size MB", "ok"], rows))
+    runs.atomic_write_text(export / "MODEL_CARD.md",
+                           modelcard.render(dcfg.name, manifest, ft_run, parity))
     failed = [fmt for fmt, p in parity.items() if not p["passed"]]
     runs.update_manifest(out, exports={f: str(p) for f, p in artifacts.items()}, parity=parity,
                          export=str(artifacts.get("saved_model") or next(iter(artifacts.values()))))

@@ -57,6 +57,12 @@ def test_pipeline_writes_every_artifact(pipeline_run):
     parity = json.loads((dep / "export" / "parity.json").read_text())["saved_model"]
     assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
     assert parity["label_agreement"] == 1.0
+    everything = json.loads((dep / "export" / "parity.json").read_text())
+    assert set(everything) == {"saved_model", "litert", "onnx"}
+    assert all(p["passed"] for p in everything.values())
+    assert (dep / "export" / "model.tflite").is_file() and (dep / "export" / "model.onnx").is_file()
+    card = (dep / "export" / "MODEL_CARD.md").read_text()
+    assert "## Lineage" in card and str(pre.resolve()) in card and "accuracy" in card
     # the closing table
     assert "pretrained" in proc.stdout and "scratch" in proc.stdout
     assert "exported model" in proc.stdout
