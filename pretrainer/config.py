@@ -172,6 +172,8 @@ class DeployConfig:
     parity_samples: int = 256  # test examples compared between Keras and the export
     parity_atol: float = 1e-4  # float formats: max abs difference of probabilities allowed
     max_accuracy_drop: float = 0.01  # quantized formats: accuracy may fall by at most this
+    prune_sparsity: float = 0.0  # > 0: magnitude-prune kernels to this sparsity, then finetune
+    prune_epochs: int = 2  # finetuning epochs after pruning (train split, pruned weights fixed)
 
     def __post_init__(self) -> None:
         if not self.formats:
@@ -179,6 +181,9 @@ class DeployConfig:
         for fmt in self.formats:
             _check_choice("deploy.formats[]", fmt, ("saved_model", "litert", "onnx"))
         _check_choice("deploy.quantize", self.quantize, ("none", "dynamic", "float16", "int8"))
+        _check_range("deploy.prune_sparsity", self.prune_sparsity, 0.0, 0.99)
+        if self.prune_epochs < 0:
+            raise ConfigError(f"Expected deploy.prune_epochs >= 0. Received: {self.prune_epochs}")
         if self.parity_samples < 1:
             raise ConfigError(f"Expected deploy.parity_samples >= 1. Received: {self.parity_samples}")
 

@@ -90,3 +90,21 @@ def test_saved_model_serves_raw_uint8_images_of_any_size(tiny, tmp_path):
     assert out["class_name"].numpy()[0].decode() == ["cat", "dog", "owl"][ref[0].argmax()]
     bigger = fn(images=tf.constant(np.zeros((2, 17, 13, 1), np.uint8)))
     assert bigger["probabilities"].shape == (2, 3)
+
+
+def test_pruning_reaches_the_target_and_keeps_zeros_through_finetuning(tiny):
+    import tensorflow as tf
+
+    from pretrainer import prune
+
+    model, x, y, _ = tiny
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    achieved = prune.prune(clone, 0.5, ds, steps_per_epoch=5, epochs=2)
+    assert 0.49 <= achieved <= 0.51
+    kernel = clone.layers[-1].kernel.numpy()
+    original = model.layers[-1].kernel.numpy()
+    # the zeros are where the original weights were smallest
+    assert np.abs(original[kernel == 0]).max() <= np.abs(original[kernel != 0]).min() + 1e-7

@@ -148,6 +148,29 @@ def check_parity(fmt: str, artifact: Path, x: np.ndarray, y: np.ndarray, referen
     }
 
 
+def _prune(cfg: Config, model, store: Path, x: np.ndarray, y: np.ndarray,
+           reference: np.ndarray) -> dict:
+    """Finetune-then-prune: zero the smallest weights, finetune with them held at zero."""
+    from pretrainer import prune
+
+    before = float((reference.argmax(1) == y).mean())
+    bs = cfg.finetune.batch_size or cfg.trainer.batch_size
+    one_hot = cfg.finetune.loss == "categorical_crossentropy"
+    train = pipeline.images(store, "train", batch_size=bs, shuffle=True, repeat=True,
+                            one_hot=one_hot, seed=cfg.seed, augment=cfg.finetune.augment)
+    achieved = prune.prune(model, cfg.deploy.prune_sparsity, train,
+                           steps_per_epoch=pipeline.steps(store, "train", bs),
+                           epochs=cfg.deploy.prune_epochs,
+                           learning_rate=cfg.finetune.learning_rate * 0.1)
+    after = float((np.asarray(model.predict(x, verbose=0)).argmax(1) == y).mean())
+    result = {"target_sparsity": cfg.deploy.prune_sparsity, "achieved_sparsity": achieved,
+              "accuracy_before": before, "accuracy_after": after, "samples": int(len(y)),
+              "finetune_epochs": cfg.deploy.prune_epochs}
+    info(f"pruned to {achieved:.1%} zero weights: accuracy {before:.4f} -> {after:.4f} "
+         f"on {len(y)} test examples")
+    return result
+
+
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     import keras
 
@@ -162,6 +185,10 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                        dataset_manifest=store / MANIFEST)
     export = out / "export"
     x, y, reference = predict_split(model, store, "test", limit=dcfg.parity_samples)
+    pruning = None
+    if dcfg.prune_sparsity > 0:
+        pruning = _prune(cfg, model, store, x, y, reference)
+        reference = np.asarray(model.predict(x, verbose=0), dtype=np.float32)
     artifacts = {}
     if "saved_model" in dcfg.formats:
         model_dir = export / dcfg.name
@@ -178,7 +205,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
          + ", ".join(str(p) for p in artifacts.values()))
     parity = {fmt: check_parity(fmt, path, x, y, reference, dcfg)
               for fmt, path in artifacts.items()}
-    runs.atomic_write_json(export / "parity.json", parity)
+    runs.atomic_write_json(export / "parity.json", {**parity, **({"pruning": pruning}
+                                                                  if pruning else {})})
     rows = [[fmt + (f" ({p['quantize']})" if p["quantize"] not in (None, "none") else ""),
              f"{p['max_abs_diff']:.2e}", f"{p['label_agreement']:.2%}",
              f"{p['accuracy_delta'] * 100:+.2f}", f"{p['latency_ms_p50']:.2f}",
@@ -189,9 +217,10 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                         ["format", "max |diff|", "labels agree", "acc Δ pts", "p50 ms",
                          "p95 ms", "size MB", "ok"], rows))
     runs.atomic_write_text(export / "MODEL_CARD.md",
-                           modelcard.render(dcfg.name, manifest, ft_run, parity))
+                           modelcard.render(dcfg.name, manifest, ft_run, parity, pruning))
     failed = [fmt for fmt, p in parity.items() if not p["passed"]]
     runs.update_manifest(out, exports={f: str(p) for f, p in artifacts.items()}, parity=parity,
+                         pruning=pruning,
                          export=str(artifacts.get("saved_model") or next(iter(artifacts.values()))))
     if failed:
         raise ParityError(f"parity failed for {', '.join(failed)} ({parity[failed[0]]['threshold']}"

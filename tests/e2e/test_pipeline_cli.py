@@ -74,9 +74,15 @@ def test_stages_rerun_alone_from_earlier_runs(pipeline_run):
     (pre,) = exp.glob("pretrain-*")
     proc = run_cli(["finetune", "--run", str(pre), *TINY], cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = run_cli(["deploy", *TINY], cwd=cwd)  # latest finetune run, a new deploy run
+    # latest finetune run, a new deploy run, pruned to half its weights
+    proc = run_cli(["deploy", *TINY, "deploy.prune_sparsity=0.5", "deploy.prune_epochs=1"],
+                   cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(list(exp.glob("deploy-*"))) == 2
+    deploys = sorted(exp.glob("deploy-*"))
+    assert len(deploys) == 2
+    pruning = json.loads((deploys[-1] / "export" / "parity.json").read_text())["pruning"]
+    assert 0.49 <= pruning["achieved_sparsity"] <= 0.51
+    assert "Pruned to" in (deploys[-1] / "export" / "MODEL_CARD.md").read_text()
 
 
 def test_incomplete_run_is_refused(pipeline_run):
