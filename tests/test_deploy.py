@@ -108,3 +108,26 @@ def test_pruning_reaches_the_target_and_keeps_zeros_through_finetuning(tiny):
     original = model.layers[-1].kernel.numpy()
     # the zeros are where the original weights were smallest
     assert np.abs(original[kernel == 0]).max() <= np.abs(original[kernel != 0]).min() + 1e-7
+
+
+def test_missing_onnx_extra_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from pretrainer.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tf2onnx" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'pretrainer\[onnx\]'"):
+        deploy._require_onnx()
+
+
+def test_publish_never_overwrites_a_version(tmp_path):
+    src = tmp_path / "export" / "m" / "1"
+    src.mkdir(parents=True)
+    (src / "saved_model.pb").write_bytes(b"new")
+    (tmp_path / "serving" / "m" / "1").mkdir(parents=True)
+    (tmp_path / "serving" / "m" / "1" / "saved_model.pb").write_bytes(b"old")
+    published = deploy.publish(src, tmp_path / "serving" / "m")
+    assert published.name == "2" and (published / "saved_model.pb").read_bytes() == b"new"
+    assert (tmp_path / "serving" / "m" / "1" / "saved_model.pb").read_bytes() == b"old"

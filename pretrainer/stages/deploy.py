@@ -35,6 +35,23 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
+def serving_base(cfg: Config) -> Path:
+    """runs/<experiment>/serving/: one TF Serving model base path across deploy runs."""
+    return runs.experiment_dir(cfg.paths.runs, cfg.experiment) / "serving"
+
+
+def publish(saved_model: Path, model_dir: Path) -> Path:
+    """Copy a checked SavedModel to model_dir/<version>/; a version is never overwritten."""
+    import shutil
+
+    target = model_dir / saved_model.name
+    if target.exists():  # a concurrent deploy took this number: take the next free one
+        target = model_dir / str(next_version(model_dir))
+    with runs.atomic_dir(target) as tmp:
+        shutil.copytree(saved_model, tmp, dirs_exist_ok=True)
+    return target
+
+
 def _require_onnx() -> None:
     missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
@@ -191,9 +208,9 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         reference = np.asarray(model.predict(x, verbose=0), dtype=np.float32)
     artifacts = {}
     if "saved_model" in dcfg.formats:
-        model_dir = export / dcfg.name
+        version = next_version(serving_base(cfg) / dcfg.name)
         artifacts["saved_model"] = export_saved_model(
-            model, model_dir / str(next_version(model_dir)), manifest["class_names"])
+            model, export / dcfg.name / str(version), manifest["class_names"])
     if "litert" in dcfg.formats:
         # int8 calibration data comes from the unlabeled pool, never from the test split
         calib = next(iter(pipeline.images(store, "unlabeled", batch_size=200, labels=False,
@@ -226,6 +243,10 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         raise ParityError(f"parity failed for {', '.join(failed)} ({parity[failed[0]]['threshold']}"
                           f" not met); the artifacts are kept in {export} but the deploy run "
                           f"is not marked DONE")
+    if "saved_model" in artifacts:
+        published = publish(artifacts["saved_model"], serving_base(cfg) / dcfg.name)
+        runs.update_manifest(out, serving=str(published))
+        info(f"TF Serving model base path: {published.parent} (version {published.name})")
     runs.mark_done(out)
     info(f"[green]deploy done[/green]: {export}")
     keras.backend.clear_session()

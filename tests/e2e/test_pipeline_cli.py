@@ -83,6 +83,10 @@ def test_stages_rerun_alone_from_earlier_runs(pipeline_run):
     pruning = json.loads((deploys[-1] / "export" / "parity.json").read_text())["pruning"]
     assert 0.49 <= pruning["achieved_sparsity"] <= 0.51
     assert "Pruned to" in (deploys[-1] / "export" / "MODEL_CARD.md").read_text()
+    # one TF Serving base path across deploy runs; versions only increase
+    serving = exp / "serving" / "fashion_ae"
+    assert sorted(p.name for p in serving.iterdir()) == ["1", "2"]
+    assert (deploys[-1] / "export" / "fashion_ae" / "2" / "saved_model.pb").is_file()
 
 
 def test_incomplete_run_is_refused(pipeline_run):
