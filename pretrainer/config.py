@@ -147,6 +147,7 @@ class TrainerConfig:
     steps_per_execution: int = 1
     jit_compile: bool = False  # XLA: slower for small CNNs on CPU, measured
     early_stopping_patience: int = 0  # 0 disables early stopping
+    checkpoint_every: int = 100  # steps between checkpoints (a kill loses at most this many)
     verbose: bool = True  # Rich progress bars
 
     def __post_init__(self) -> None:
@@ -154,7 +155,7 @@ class TrainerConfig:
         _check_choice(
             "trainer.precision", self.precision, ("float32", "mixed_float16", "mixed_bfloat16")
         )
-        for key in ("epochs", "batch_size", "steps_per_execution"):
+        for key in ("epochs", "batch_size", "steps_per_execution", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"Expected trainer.{key} >= 1. Received: {getattr(self, key)}")
         if self.early_stopping_patience < 0:

@@ -125,6 +125,37 @@ def new_run_dir(runs_root: str | Path, experiment: str, stage: str) -> Path:
     raise RunError(f"could not create a new {stage} run under {base}")
 
 
+def resumable_run(runs_root: str | Path, experiment: str, stage: str,
+                  cfg_yaml: str) -> Optional[Path]:
+    """The newest run of `stage` with this exact config if it is unfinished and checkpointed.
+
+    This is what makes "run the same command again" resume a killed run.
+    """
+    base = experiment_dir(runs_root, experiment)
+    for path in sorted(base.glob(f"{stage}-*"), key=lambda p: p.name, reverse=True):
+        try:
+            same = (path / "config.yaml").read_text(encoding="utf-8") == cfg_yaml
+        except OSError:
+            continue
+        if same:
+            if is_done(path) or not (path / "ckpt" / "checkpoint").is_file():
+                return None
+            return path
+    return None
+
+
+def start_run(runs_root: str | Path, experiment: str, stage: str, cfg_yaml: str,
+              **lineage: Any) -> tuple[Path, bool]:
+    """(run directory, resumed?): resume the same unfinished run, or create a new one."""
+    found = resumable_run(runs_root, experiment, stage, cfg_yaml)
+    if found is not None:
+        update_manifest(found, resumed=read_manifest(found).get("resumed", 0) + 1)
+        return found, True
+    run = new_run_dir(runs_root, experiment, stage)
+    write_lineage(run, stage, cfg_yaml, **lineage)
+    return run, False
+
+
 def is_done(run: Path) -> bool:
     return (Path(run) / DONE).is_file()
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import signal
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -42,12 +45,22 @@ class HistoryCSV(keras.callbacks.Callback):
     Keras' CSVLogger appends in place, which can leave a torn last line.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_epochs: int = 0):
         super().__init__()
         self.path = Path(path)
         self.rows: list[dict] = []
+        if keep_epochs and self.path.is_file():  # resuming: keep the epochs already finished
+            with open(self.path, newline="") as f:
+                self.rows = [{k: int(float(v)) if k == "epoch" else float(v)
+                              for k, v in row.items() if v != ""}
+                             for row in csv.DictReader(f)][:keep_epochs]
+
+    def columns(self) -> dict[str, list[float]]:
+        keys = [k for k in dict.fromkeys(k for row in self.rows for k in row) if k != "epoch"]
+        return {k: [row.get(k, float("nan")) for row in self.rows] for k in keys}
 
     def on_epoch_end(self, epoch, logs=None):
+        self.rows = [r for r in self.rows if r["epoch"] < epoch + 1]
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
         keys = list(dict.fromkeys(k for row in self.rows for k in row))
         buf = io.StringIO()
@@ -90,19 +103,120 @@ class RichProgress(keras.callbacks.Callback):
         console.print(f"  {self.title} epoch {epoch + 1}/{self.epochs}  {shown}")
 
 
+class Preempted(UserError):
+    """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
+
+    exit_code = 143
+
+
+class _StopRequest:
+    """Set by SIGTERM/SIGINT; read by the checkpoint callback at the next step."""
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+
+    def __call__(self, signum, frame):
+        self.signal = signum
+
+
+@contextlib.contextmanager
+def _catch_stop_signals(flag: _StopRequest):
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in old:
+        signal.signal(s, flag)
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Save model + optimizer every `every` steps and at epoch ends; stop on a signal.
+
+    Keras' BackupAndRestore resumes at the start of the interrupted epoch (a kill
+    late in an epoch repeats up to a whole epoch of steps); this keeps the loss to
+    at most `every` steps, and `fit` resumes from the exact step.
+    """
+
+    def __init__(self, manager, every: int, stop: _StopRequest):
+        super().__init__()
+        self.manager, self.every, self.stop = manager, every, stop
+        self.last = -1
+
+    def _save(self) -> int:
+        step = int(self.model.optimizer.iterations)
+        if step != self.last:
+            self.manager.save(checkpoint_number=step)
+            self.last = step
+        return step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not _finite(logs):  # never checkpoint diverged weights
+            return
+        step = int(self.model.optimizer.iterations)
+        if self.stop.signal is not None:
+            self._save()
+            self.model.stop_training = True
+        elif step - max(self.last, 0) >= self.every:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _finite(logs):
+            self._save()
+
+
+def _finite(logs) -> bool:
+    loss = (logs or {}).get("loss")
+    return loss is None or math.isfinite(float(loss))
+
+
+def _restore(model: keras.Model, manager) -> int:
+    """Restore the latest checkpoint (if any) into model and optimizer; return its step."""
+    import tensorflow as tf
+
+    if not manager.latest_checkpoint:
+        return 0
+    # the optimizer's slots must exist before restore, in the scope the model was built in
+    with model.distribute_strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+        status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
+            manager.latest_checkpoint)
+    status.assert_existing_objects_matched()
+    return int(model.optimizer.iterations)
+
+
 def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_dir: Path,
         trainer: TrainerConfig, title: str, val_ds=None, validation_steps: Optional[int] = None,
         monitor: str = "val_loss", mode: str = "min") -> dict[str, list[float]]:
-    """Train `model` (already compiled) and log to run_dir/history.csv and run_dir/tb.
+    """Train `model` (already compiled) with checkpoints; resume if run_dir has one.
 
-    `train_ds` must repeat (one epoch = `steps_per_epoch` batches); `val_ds` must
-    repeat too and yield exactly `validation_steps` batches per pass: Keras 3.15
-    keeps the validation iterator between epochs, so a finite one runs dry.
+    Logs go to run_dir/history.csv and run_dir/tb, checkpoints to run_dir/ckpt.
+    `train_ds` must repeat (one epoch = `steps_per_epoch` batches) and be
+    deterministic for its seed, so that skipping the steps already taken puts a
+    resumed run on the batch it would have seen. `val_ds` must repeat too and
+    yield exactly `validation_steps` batches per pass: Keras 3.15 keeps the
+    validation iterator between epochs, so a finite one runs dry.
     """
+    import tensorflow as tf
+
+    run_dir = Path(run_dir)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
+    start = _restore(model, manager)
+    total = epochs * steps_per_epoch
+    if start:
+        console.print(f"  {title}: resuming from the checkpoint at step {start}/{total}")
+    stop = _StopRequest()
+    history_cb = HistoryCSV(run_dir / "history.csv", keep_epochs=start // steps_per_epoch)
     callbacks: list[keras.callbacks.Callback] = [
-        HistoryCSV(Path(run_dir) / "history.csv"),
-        keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / "tb"), write_graph=False),
+        history_cb,
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "tb"), write_graph=False),
         keras.callbacks.TerminateOnNaN(),
+        StepCheckpoint(manager, trainer.checkpoint_every, stop),
     ]
     if trainer.early_stopping_patience > 0:
         if val_ds is None:
@@ -112,12 +226,33 @@ def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_
             restore_best_weights=True))
     if trainer.verbose:
         callbacks.append(RichProgress(title, epochs, steps_per_epoch))
-    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=val_ds, validation_steps=validation_steps,
-                        callbacks=callbacks, verbose=0, shuffle=False)
-    losses = history.history.get("loss", [])
+    # Segments: the rest of an interrupted epoch, then whole epochs.
+    segments = []
+    epoch0, done_in_epoch = divmod(start, steps_per_epoch)
+    if done_in_epoch:
+        segments.append((start, epoch0, steps_per_epoch - done_in_epoch))
+        epoch0 += 1
+    if epoch0 < epochs:
+        segments.append((epoch0 * steps_per_epoch, epoch0, steps_per_epoch))
+    with _catch_stop_signals(stop):
+        for skip, first_epoch, steps in segments:
+            last_epoch = first_epoch + 1 if steps != steps_per_epoch else epochs
+            model.fit(train_ds.skip(skip) if skip else train_ds, initial_epoch=first_epoch,
+                      epochs=last_epoch, steps_per_epoch=steps, validation_data=val_ds,
+                      validation_steps=validation_steps, callbacks=callbacks, verbose=0,
+                      shuffle=False)
+            if stop.signal is not None or model.stop_training:
+                break
+    step = int(model.optimizer.iterations)
+    history = history_cb.columns()
+    losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
-        step = len(losses) * steps_per_epoch
-        raise TrainingError(f"{title}: the loss became NaN/Inf (by step {step}). "
-                            f"Lower the learning rate or check the data")
-    return history.history
+        good = manager.latest_checkpoint
+        raise TrainingError(f"{title}: the loss became NaN/Inf near step {step} of {total}. "
+                            f"Last good checkpoint: {good or 'none'}. Lower the learning rate "
+                            f"or check the data")
+    if stop.signal is not None:
+        raise Preempted(f"{title}: stopped by {signal.Signals(stop.signal).name} at step "
+                        f"{step}/{total}; checkpoint saved in {run_dir / 'ckpt'}. Run the same "
+                        f"command again to resume")
+    return history

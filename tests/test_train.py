@@ -45,3 +45,54 @@ def test_nan_loss_is_a_clear_error(tmp_path):
     with pytest.raises(TrainingError, match="NaN"):
         fit(_model(), ds, steps_per_epoch=8, epochs=2, run_dir=tmp_path,
             trainer=TrainerConfig(verbose=False), title="t")
+
+
+def _deterministic_setup():
+    keras.utils.set_random_seed(0)
+    x, y = _data(96)
+    ds = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(96, seed=1)
+          .repeat().batch(16))  # 6 steps per epoch
+    return _model(0.01), ds
+
+
+class _Crash(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == 8:
+            raise RuntimeError("simulated crash at step 8")
+
+
+def test_resume_continues_from_the_last_checkpoint_with_the_same_step_count(tmp_path):
+    from pretrainer import train
+
+    trainer = TrainerConfig(verbose=False, checkpoint_every=3)
+    model, ds = _deterministic_setup()
+    fit(model, ds, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "straight",
+        trainer=trainer, title="t")
+    assert int(model.optimizer.iterations) == 18
+    straight = model.get_weights()
+
+    model, ds = _deterministic_setup()
+    real_fit = keras.Model.fit
+
+    def crashing_fit(self, *a, **k):
+        k["callbacks"] = list(k["callbacks"]) + [_Crash()]
+        return real_fit(self, *a, **k)
+
+    keras.Model.fit = crashing_fit
+    try:
+        with pytest.raises(RuntimeError, match="step 8"):
+            fit(model, ds, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "crashed",
+                trainer=trainer, title="t")
+    finally:
+        keras.Model.fit = real_fit
+    model, ds = _deterministic_setup()  # a new process would start from fresh weights
+    fit(model, ds, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "crashed", trainer=trainer,
+        title="t")
+    assert int(model.optimizer.iterations) == 18
+    assert train._restore(model, tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, optimizer=model.optimizer),
+        str(tmp_path / "crashed" / "ckpt"), max_to_keep=2)) == 18
+    for a, b in zip(straight, model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)  # the same batches, the same updates
+    rows = list(csv.DictReader(open(tmp_path / "crashed" / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]

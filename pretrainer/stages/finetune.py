@@ -31,14 +31,15 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     parent = (runs.resolve(cfg.paths.runs, cfg.experiment, "pretrain", run)
               if ft.init == "pretrained" else None)
     strategy, why = setup(cfg.trainer, cfg.seed)
-    run_dir = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "finetune")
-    source = f"backbone from {parent}" if parent else "backbone from scratch"
-    info(f"[bold]finetune[/bold] ({ft.init}, {ft.mode}): {source} -> {run_dir} [dim]({why})[/dim]")
     n_labels = manifest["splits"]["train"]["count"]
-    runs.write_lineage(run_dir, "finetune", to_yaml(cfg), parent=parent,
-                       dataset_manifest=store / MANIFEST,
-                       extra={"init": ft.init, "mode": ft.mode, "labels": n_labels,
-                              "strategy": why, "seed": cfg.seed})
+    run_dir, resumed = runs.start_run(
+        cfg.paths.runs, cfg.experiment, "finetune", to_yaml(cfg), parent=parent,
+        dataset_manifest=store / MANIFEST,
+        extra={"init": ft.init, "mode": ft.mode, "labels": n_labels, "strategy": why,
+               "seed": cfg.seed})
+    source = f"backbone from {parent}" if parent else "backbone from scratch"
+    info(f"[bold]finetune[/bold] ({ft.init}, {ft.mode}): {source} -> {run_dir} "
+         f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
     with strategy.scope():
         backbone = (load_keras_artifact(parent, "backbone.keras", shape,
                                         "pretrain on this dataset, or use finetune.init=scratch")
@@ -65,7 +66,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                   monitor="val_accuracy", mode="max")
     runs.atomic_write_with(run_dir / "model.keras", model.save, suffix=".keras")
     final = {k: float(v[-1]) for k, v in history.items()}
-    runs.update_manifest(run_dir, final_metrics=final, epochs=len(history["loss"]))
+    runs.update_manifest(run_dir, final_metrics=final, epochs=len(history["loss"]),
+                         steps=int(model.optimizer.iterations))
     runs.mark_done(run_dir)
     shown = f"val_accuracy {final['val_accuracy']:.4f}" if "val_accuracy" in final else ""
     info(f"[green]finetune done[/green]: {run_dir / 'model.keras'}  {shown}")

@@ -33,12 +33,13 @@ def run(cfg: Config) -> Path:
         raise DataError(f"pretext '{cfg.pretext.name}' needs {pretext.modality} data; "
                         f"{store} holds {manifest['modality']}")
     strategy, why = setup(cfg.trainer, cfg.seed)
-    run_dir = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "pretrain")
+    run_dir, resumed = runs.start_run(
+        cfg.paths.runs, cfg.experiment, "pretrain", to_yaml(cfg),
+        dataset_manifest=store / MANIFEST,
+        extra={"strategy": why, "seed": cfg.seed, "pretext": cfg.pretext.name,
+               "backbone": cfg.backbone.name})
     info(f"[bold]pretrain[/bold]: {cfg.pretext.name} on {cfg.backbone.name} -> {run_dir} "
-         f"[dim]({why})[/dim]")
-    runs.write_lineage(run_dir, "pretrain", to_yaml(cfg), dataset_manifest=store / MANIFEST,
-                       extra={"strategy": why, "seed": cfg.seed, "pretext": cfg.pretext.name,
-                              "backbone": cfg.backbone.name})
+         f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
     shape = tuple(manifest["shape"])
     with strategy.scope():
         backbone = build_backbone(shape, cfg.backbone)
@@ -62,7 +63,8 @@ def run(cfg: Config) -> Path:
     if val_ds is not None:
         _save_reconstructions(model, val_ds, run_dir / "plots" / "reconstructions.png")
     runs.update_manifest(run_dir, health={health_key: health},
-                         final_loss=float(history["loss"][-1]), epochs=len(history["loss"]))
+                         final_loss=float(history["loss"][-1]), epochs=len(history["loss"]),
+                         steps=int(model.optimizer.iterations))
     runs.mark_done(run_dir)
     info(f"[green]pretrain done[/green]: {run_dir / 'backbone.keras'}"
          + (f"  ({health_key} {health:.2f})" if health is not None else ""))
