@@ -1,15 +1,28 @@
 """Placement: which tf.distribute strategy a run uses (`trainer.strategy`).
 
-auto: several GPUs -> MirroredStrategy, one GPU -> that GPU, else the CPU.
-Models, optimizers and metrics must be built inside `strategy.scope()`; the
-dataset's batch is the global batch, which the strategy splits across replicas.
+auto: a TPU when TPU_NAME (or trainer.tpu) names one; MultiWorkerMirroredStrategy
+when TF_CONFIG describes a cluster of several tasks; MirroredStrategy over
+several GPUs; one GPU; else the CPU. Models, optimizers and metrics must be
+built inside `strategy.scope()`; the dataset's batch is the global batch, which
+the strategy splits across replicas (and workers).
+
+A strategy is made once per process and reused: MultiWorkerMirroredStrategy
+must exist before any eager op and cannot be created twice.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+from typing import Optional
+from urllib.parse import urlparse
+
 import tensorflow as tf
 
 from pretrainer.errors import ConfigError
+
+_CACHE: dict = {}
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
@@ -17,9 +30,97 @@ def describe(strategy: tf.distribute.Strategy) -> str:
     return f"{type(strategy).__name__}({', '.join(devices)})"
 
 
-def get_strategy(name: str, devices: list[str] | None = None
-                 ) -> tuple[tf.distribute.Strategy, str]:
-    """Return (strategy, why it was chosen)."""
+def cluster_tasks() -> int:
+    """Number of tasks TF_CONFIG describes (0 when unset or unreadable)."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "") or "{}").get("cluster", {})
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"TF_CONFIG is not valid JSON: {exc.msg}") from exc
+    return sum(len(v) for v in cluster.values())
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._num_workers > 1)  # noqa: SLF001 (no public accessor)
+
+
+def is_chief(strategy: Optional[tf.distribute.Strategy] = None) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster."""
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "") or "{}").get("task", {})
+    except json.JSONDecodeError:
+        return True
+    if not task or cluster_tasks() <= 1:
+        return True
+    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    if "chief" in cluster:
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+def worker_index() -> int:
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "") or "{}").get("task", {})
+        return int(task.get("index", 0))
+    except (json.JSONDecodeError, ValueError):
+        return 0
+
+
+def _multi_worker() -> tf.distribute.Strategy:
+    if cluster_tasks() == 0:
+        raise ConfigError("trainer.strategy=multi_worker needs TF_CONFIG describing the cluster "
+                          "(see examples/multi_worker.sh)")
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as exc:
+        raise ConfigError(f"MultiWorkerMirroredStrategy could not start: "
+                          f"{str(exc).splitlines()[0]} (it must be created before TensorFlow "
+                          f"runs any op)") from exc
+
+
+def _tpu(name: str, timeout: float) -> tf.distribute.Strategy:
+    """Connect to a TPU with a deadline: offline, resolvers raise or hang for minutes."""
+    if name.startswith("grpc://"):
+        url = urlparse(name)
+        try:
+            socket.create_connection((url.hostname, url.port or 8470), timeout=timeout).close()
+        except OSError as exc:
+            raise ConfigError(f"Cannot reach the TPU at {name} within {timeout:.0f} s "
+                              f"({exc.strerror or type(exc).__name__}); check the address "
+                              f"and firewall, or use trainer.strategy=auto") from exc
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu=None if name in ("", "auto") else name)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except Exception as exc:  # ValueError, NotFoundError, URLError (no metadata server), ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"No TPU found for trainer.tpu='{name or 'auto'}': {first}. On a TPU "
+                          f"VM use trainer.tpu=local; elsewhere give the TPU name or a "
+                          f"grpc://host:port address") from exc
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def get_strategy(name: str, devices: list[str] | None = None, tpu: str = "",
+                 timeout: float = 30.0) -> tuple[tf.distribute.Strategy, str]:
+    """Return (strategy, why it was chosen); the same one for the same request."""
+    key = (name, tuple(devices or ()), tpu)
+    if key not in _CACHE:
+        _CACHE[key] = _make(name, devices, tpu, timeout)
+    return _CACHE[key]
+
+
+def _make(name: str, devices: list[str] | None, tpu: str, timeout: float):
+    if name == "tpu":
+        return _tpu(tpu or os.environ.get("TPU_NAME", "local"), timeout), f"trainer.strategy=tpu ({tpu or 'local'})"
+    if name == "multi_worker":
+        return _multi_worker(), f"trainer.strategy=multi_worker ({cluster_tasks()} tasks in TF_CONFIG)"
+    if name == "auto":
+        if tpu or os.environ.get("TPU_NAME"):
+            which = tpu or os.environ["TPU_NAME"]
+            return _tpu(which, timeout), f"auto: TPU '{which}' configured"
+        if cluster_tasks() > 1:  # before any device query: collectives are set up at start
+            return _multi_worker(), f"auto: TF_CONFIG names {cluster_tasks()} tasks"
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         if len(gpus) > 1:
@@ -45,4 +146,5 @@ def get_strategy(name: str, devices: list[str] | None = None
             return (tf.distribute.MirroredStrategy(devices=list(devices)),
                     f"trainer.strategy=mirrored over {', '.join(devices)}")
         return tf.distribute.MirroredStrategy(), "trainer.strategy=mirrored (all local GPUs)"
-    raise ConfigError(f"Unknown strategy '{name}'. Choose from: auto, cpu, gpu, mirrored")
+    raise ConfigError(f"Unknown strategy '{name}'. Choose from: auto, cpu, gpu, mirrored, "
+                      f"multi_worker, tpu")

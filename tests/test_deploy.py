@@ -131,3 +131,22 @@ def test_publish_never_overwrites_a_version(tmp_path):
     published = deploy.publish(src, tmp_path / "serving" / "m")
     assert published.name == "2" and (published / "saved_model.pb").read_bytes() == b"new"
     assert (tmp_path / "serving" / "m" / "1" / "saved_model.pb").read_bytes() == b"old"
+
+
+def test_mixed_precision_models_export_as_float32(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+                                  keras.layers.Flatten(),
+                                  keras.layers.Dense(3, activation="softmax", dtype="float32")])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = (np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1)) / 255.0).astype("float32")
+    f32 = deploy.float32_copy(model)
+    assert all(layer.dtype_policy.name == "float32" for layer in f32.layers)
+    np.testing.assert_allclose(f32.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=2e-2)  # bf16 vs f32 arithmetic
+    path = deploy.export_litert(f32, tmp_path / "m.tflite", "none", x)
+    ref = f32.predict(x, verbose=0)
+    result = deploy.check_parity("litert", path, x, ref.argmax(1), ref, DeployConfig())
+    assert result["passed"]

@@ -53,3 +53,21 @@ def test_unknown_mirrored_device_lists_the_real_ones():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert "/gpu:7 not found" in out.stdout and "/cpu:0" in out.stdout
+
+
+def test_tpu_offline_is_a_clear_error_within_the_timeout():
+    code = ("import time\nfrom pretrainer.strategy import get_strategy\n"
+            "from pretrainer.errors import ConfigError\n"
+            "for tpu in ('local', 'grpc://127.0.0.1:9', 'my-tpu'):\n"
+            "    t = time.time()\n"
+            "    try:\n        get_strategy('tpu', tpu=tpu, timeout=5)\n"
+            "    except ConfigError as e:\n"
+            "        print(round(time.time() - t), str(e).count(chr(10)), e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3, out.stdout + out.stderr[-2000:]
+    for line in lines:
+        seconds, newlines = map(int, line.split()[:2])
+        assert seconds <= 6 and newlines == 0
+    assert "trainer.tpu=local" in lines[0] and "Cannot reach the TPU" in lines[1]

@@ -52,6 +52,31 @@ def publish(saved_model: Path, model_dir: Path) -> Path:
     return target
 
 
+def float32_copy(model):
+    """The same model computing in float32 (exports of mixed-precision graphs break:
+    a bf16 Conv2D becomes a Flex op that the LiteRT interpreter cannot run)."""
+    import keras
+
+    def f32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy" and "config" in node:
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {k: f32(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [f32(v) for v in node]
+        if node in ("mixed_bfloat16", "mixed_float16"):
+            return "float32"
+        return node
+
+    config = model.get_config()
+    fixed = f32(config)
+    if fixed == config:
+        return model
+    copy = model.__class__.from_config(fixed)
+    copy.set_weights([keras.ops.convert_to_numpy(w).astype("float32") for w in model.weights])
+    return copy
+
+
 def _require_onnx() -> None:
     missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
@@ -197,6 +222,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     store = store_path(cfg)
     manifest = read_manifest(store)
     ft_run, model = load_finetuned(cfg, run, tuple(manifest["shape"]))
+    model = float32_copy(model)
     out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "deploy")
     runs.write_lineage(out, "deploy", to_yaml(cfg), parent=ft_run,
                        dataset_manifest=store / MANIFEST)

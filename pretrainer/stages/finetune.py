@@ -13,9 +13,9 @@ from pretrainer.data.store import MANIFEST, read_manifest
 from pretrainer.errors import DataError
 from pretrainer.models import build_backbone
 from pretrainer.models.heads import classifier
-from pretrainer.stages import load_keras_artifact
+from pretrainer.stages import load_keras_artifact, open_run
 from pretrainer.stages.collect import store_path
-from pretrainer.train import compile_kwargs, fit, setup
+from pretrainer.train import compile_kwargs, fit, optimizer_step, setup
 
 
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
@@ -32,8 +32,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
               if ft.init == "pretrained" else None)
     strategy, why = setup(cfg.trainer, cfg.seed)
     n_labels = manifest["splits"]["train"]["count"]
-    run_dir, resumed = runs.start_run(
-        cfg.paths.runs, cfg.experiment, "finetune", to_yaml(cfg), parent=parent,
+    run_dir, resumed, chief, restore_from = open_run(
+        cfg.paths.runs, cfg.experiment, "finetune", strategy, to_yaml(cfg), parent=parent,
         dataset_manifest=store / MANIFEST,
         extra={"init": ft.init, "mode": ft.mode, "labels": n_labels, "strategy": why,
                "seed": cfg.seed})
@@ -63,11 +63,14 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     history = fit(model, train_ds, steps_per_epoch=pipeline.steps(store, "train", bs),
                   epochs=ft.epochs or cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title=f"finetune[{ft.init}]", val_ds=val_ds, validation_steps=val_steps,
-                  monitor="val_accuracy", mode="max")
+                  monitor="val_accuracy", mode="max", restore_from=restore_from)
+    if not chief:  # the chief writes the run; this worker's scratch dir is not a run
+        keras.backend.clear_session()
+        return run_dir
     runs.atomic_write_with(run_dir / "model.keras", model.save, suffix=".keras")
     final = {k: float(v[-1]) for k, v in history.items()}
     runs.update_manifest(run_dir, final_metrics=final, epochs=len(history["loss"]),
-                         steps=int(model.optimizer.iterations))
+                         steps=optimizer_step(model))
     runs.mark_done(run_dir)
     shown = f"val_accuracy {final['val_accuracy']:.4f}" if "val_accuracy" in final else ""
     info(f"[green]finetune done[/green]: {run_dir / 'model.keras'}  {shown}")

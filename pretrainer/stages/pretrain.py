@@ -14,8 +14,10 @@ from pretrainer.data.store import MANIFEST, read_manifest
 from pretrainer.errors import DataError
 from pretrainer.models import build_backbone
 from pretrainer.pretext import get_pretext
+from pretrainer.stages import open_run, weights_checksum
 from pretrainer.stages.collect import store_path
-from pretrainer.train import compile_kwargs, fit, setup
+from pretrainer.strategy import is_multi_worker, worker_index
+from pretrainer.train import compile_kwargs, fit, optimizer_step, setup
 
 
 def run(cfg: Config) -> Path:
@@ -33,8 +35,8 @@ def run(cfg: Config) -> Path:
         raise DataError(f"pretext '{cfg.pretext.name}' needs {pretext.modality} data; "
                         f"{store} holds {manifest['modality']}")
     strategy, why = setup(cfg.trainer, cfg.seed)
-    run_dir, resumed = runs.start_run(
-        cfg.paths.runs, cfg.experiment, "pretrain", to_yaml(cfg),
+    run_dir, resumed, chief, restore_from = open_run(
+        cfg.paths.runs, cfg.experiment, "pretrain", strategy, to_yaml(cfg),
         dataset_manifest=store / MANIFEST,
         extra={"strategy": why, "seed": cfg.seed, "pretext": cfg.pretext.name,
                "backbone": cfg.backbone.name})
@@ -56,7 +58,14 @@ def run(cfg: Config) -> Path:
         val_steps = pipeline.steps(store, "val", bs)
     history = fit(model, train_ds, steps_per_epoch=pipeline.steps(store, "unlabeled", bs),
                   epochs=cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
-                  title="pretrain", val_ds=val_ds, validation_steps=val_steps)
+                  title="pretrain", val_ds=val_ds, validation_steps=val_steps,
+                  restore_from=restore_from)
+    if is_multi_worker(strategy):
+        info(f"worker {worker_index()}: {optimizer_step(model)} steps, final weights "
+             f"checksum {weights_checksum(model):.6f}")
+    if not chief:  # the chief writes the run; this worker's scratch dir is not a run
+        keras.backend.clear_session()
+        return run_dir
     runs.atomic_write_with(run_dir / "backbone.keras", backbone.save, suffix=".keras")
     health_key = f"val_{pretext.health}" if val_ds is not None else pretext.health
     health = float(history[health_key][-1]) if health_key in history else None
@@ -64,7 +73,7 @@ def run(cfg: Config) -> Path:
         _save_reconstructions(model, val_ds, run_dir / "plots" / "reconstructions.png")
     runs.update_manifest(run_dir, health={health_key: health},
                          final_loss=float(history["loss"][-1]), epochs=len(history["loss"]),
-                         steps=int(model.optimizer.iterations))
+                         steps=optimizer_step(model))
     runs.mark_done(run_dir)
     info(f"[green]pretrain done[/green]: {run_dir / 'backbone.keras'}"
          + (f"  ({health_key} {health:.2f})" if health is not None else ""))
@@ -81,7 +90,9 @@ def _save_reconstructions(model, val_ds, path: Path, n: int = 8) -> None:
 
     x, _ = next(iter(val_ds))
     x = x.numpy()[:n]
-    x_hat = np.asarray(model.predict(x, verbose=0), dtype=np.float32)
+    # a direct call, not predict(): under a multi-worker strategy predict would need the
+    # other workers, which have finished by now
+    x_hat = np.asarray(model(x, training=False), dtype=np.float32)
     fig, axes = plt.subplots(2, len(x), figsize=(1.2 * len(x), 2.6))
     for i in range(len(x)):
         for row, img in enumerate((x[i], x_hat[i])):
