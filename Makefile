@@ -34,6 +34,7 @@ lint: install-dev
 
 bench: install-dev
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/collect_read.py
 
 samples: install
 	$(BIN)/python scripts/make_samples.py

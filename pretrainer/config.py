@@ -49,6 +49,9 @@ class DataConfig:
     image_size: Optional[List[int]] = None  # image_folder: [height, width]; null: 64x64
     color: str = "auto"  # image_folder: auto | rgb | grayscale
     extra_unlabeled: Optional[str] = None  # folder of images added to the unlabeled split only
+    text_split: str = "file"  # text_files: file | line | a regex separating documents
+    target: Optional[str] = None  # csv: the target column; null = unlabeled rows
+    task: str = "auto"  # csv: auto | classification | regression
     labeled_fraction: float = 0.01  # share of the labeled pool whose labels are kept
     labels_per_class: Optional[int] = None  # overrides labeled_fraction when set
     val_fraction: float = 0.1  # held out of the labeled pool for validation
@@ -61,6 +64,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_choice("data.color", self.color, ("auto", "rgb", "grayscale"))
+        _check_choice("data.task", self.task, ("auto", "classification", "regression"))
         if self.image_size is not None and (len(self.image_size) != 2
                                             or min(self.image_size) < 4):
             raise ConfigError(f"Expected data.image_size as [height, width], each >= 4. "

@@ -15,3 +15,14 @@ def test_benchmark_harness_smoke(tmp_path):
     results = json.loads(out.read_text())
     for name in ("startup", "seed_recipe", "input_pipeline"):
         assert results[name]["speedup"] > 0
+
+
+def test_collect_read_benchmark_smoke(tmp_path):
+    out = tmp_path / "cr.json"
+    proc = subprocess.run([sys.executable, "benchmarks/collect_read.py", "--smoke", "--out",
+                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    results = json.loads(out.read_text())
+    assert results["collect_images_per_s"] > 0 and results["rss_10x_mib"] > 0

@@ -112,3 +112,39 @@ def test_contamination_check_finds_a_planted_duplicate(tmp_path, dedupe):
     expected = 58 if dedupe else 60
     assert m["splits"]["unlabeled"]["count"] == expected
     assert m["splits"]["train"]["count"] == expected
+
+
+def test_interrupted_collect_resumes_and_never_publishes_a_partial_store(tmp_path, monkeypatch):
+    from pretrainer.data import store as store_mod
+
+    rng = np.random.default_rng(0)
+    src = SourceData(x_pool=rng.integers(0, 256, size=(200, 4, 4, 1), dtype=np.uint8),
+                     y_pool=np.repeat(np.arange(4), 50), class_names=list("abcd"))
+    cfg = DataConfig(shard_size=20, val_fraction=0.1, test_fraction=0.2, labeled_fraction=0.5)
+    real, calls = store_mod._example, {"n": 0}
+
+    def dies_after_70(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 70:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C, or the machine went down
+        return real(*a, **k)
+
+    monkeypatch.setattr(store_mod, "_example", dies_after_70)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(tmp_path / "s", cfg, seed=0, src=src)
+    assert not (tmp_path / "s").exists()  # nothing published
+    (staging,) = tmp_path.glob(".s.partial-*")
+    finished = {p.name: p.stat().st_mtime_ns for p in staging.glob("*.tfrecord")}
+    assert len(finished) == 3  # 3 whole shards of 20; the 4th was cut short and not kept
+
+    monkeypatch.setattr(store_mod, "_example", real)
+    resumed = []
+    m = build_store(tmp_path / "s", cfg, seed=0, src=src,
+                    progress=lambda what, n: resumed.append(n) if what == "resume" else None)
+    assert resumed == [3]
+    for name, mtime in finished.items():
+        assert (tmp_path / "s" / name).stat().st_mtime_ns == mtime  # kept, not rewritten
+    assert verify(tmp_path / "s") == [] and not list(tmp_path.glob(".s.partial-*"))
+    fresh = build_store(tmp_path / "fresh", cfg, seed=0, src=src)
+    assert [sh["sha256"] for sp in m["splits"].values() for sh in sp["shards"]] == \
+        [sh["sha256"] for sp in fresh["splits"].values() for sh in sp["shards"]]

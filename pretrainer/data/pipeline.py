@@ -35,43 +35,52 @@ def split_info(store: Path, split: str) -> dict:
     return manifest["splits"][split]
 
 
-def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
-           repeat: bool = False, labels: bool = True, one_hot: bool = False,
-           cache: bool = True, seed: int = 0, augment: str = "none") -> tf.data.Dataset:
-    """Batches of float32 images in [0, 1] (and int64 or one-hot labels)."""
+def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shuffle: bool,
+             repeat: bool, cache: bool, seed: int, bytes_per_example: int):
+    """Parsed, optionally cached / shuffled / repeated examples of one split (not batched)."""
     store = Path(store)
     manifest = read_manifest(store)
+    if manifest["modality"] != modality:
+        raise DataError(f"{store} holds {manifest['modality']} data; this step reads {modality}")
     info = split_info(store, split)
     if info["count"] == 0:
         raise DataError(f"Split '{split}' of {store} is empty; adjust data.* fractions")
     if labels and not info["labeled"]:
         raise DataError(f"Split '{split}' of {store} has no labels")
-    shape = manifest["shape"]
-    num_classes = manifest["num_classes"]
     files = [str(store / s["file"]) for s in info["shards"]]
     workers = max(1, min(4, os.cpu_count() or 1))
-
-    spec = {"image": tf.io.FixedLenFeature([], tf.string),
-            "label": tf.io.FixedLenFeature([], tf.int64)}
-
-    def parse(record):
-        ex = tf.io.parse_single_example(record, spec)
-        img = tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), shape)
-        return img, ex["label"]
-
     ds = tf.data.Dataset.from_tensor_slices(files)
     # Shuffled reads interleave shards; ordered reads (evaluation) keep the stored order.
     cycle = min(len(files), workers) if shuffle else 1
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=cycle,
                        deterministic=True)
     ds = ds.map(parse, num_parallel_calls=workers)
-    nbytes = info["count"] * int(np.prod(shape))
-    if cache and nbytes < CACHE_LIMIT_BYTES:
-        ds = ds.cache()  # uint8, before scaling: 4x smaller than float32
+    if cache and info["count"] * bytes_per_example < CACHE_LIMIT_BYTES:
+        ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(min(info["count"], 10_000), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    return ds, manifest, workers
+
+
+def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
+           repeat: bool = False, labels: bool = True, one_hot: bool = False,
+           cache: bool = True, seed: int = 0, augment: str = "none") -> tf.data.Dataset:
+    """Batches of float32 images in [0, 1] (and int64 or one-hot labels)."""
+    shape = read_manifest(store)["shape"]
+    spec = {"image": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        return tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), shape), ex["label"]
+
+    # cached as uint8, before scaling: 4x smaller than float32
+    ds, manifest, workers = _records(store, split, labels=labels, modality="image", parse=parse,
+                                     shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
+                                     bytes_per_example=int(np.prod(shape)))
+    num_classes = manifest["num_classes"]
 
     def finish(img, label):
         x = tf.cast(img, tf.float32) / 255.0
@@ -84,6 +93,56 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
         return x, label
 
     ds = ds.batch(batch_size).map(finish, num_parallel_calls=workers)
+    return ds.prefetch(2).with_options(_options())
+
+
+def texts(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
+          repeat: bool = False, labels: bool = True, cache: bool = True,
+          seed: int = 0) -> tf.data.Dataset:
+    """Batches of UTF-8 strings (and int64 labels)."""
+    spec = {"text": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        return ex["text"], ex["label"]
+
+    ds, _, workers = _records(store, split, labels=labels, modality="text", parse=parse,
+                              shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
+                              bytes_per_example=512)
+    ds = ds.batch(batch_size)
+    if not labels:
+        ds = ds.map(lambda t, _: t)
+    return ds.prefetch(2).with_options(_options())
+
+
+def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
+         repeat: bool = False, labels: bool = True, cache: bool = True,
+         seed: int = 0) -> tf.data.Dataset:
+    """Batches of standardised float32 feature rows (and labels or regression targets).
+
+    Means and standard deviations come from the unlabeled pool (manifest
+    `feature_stats`), never from the test split.
+    """
+    manifest = read_manifest(store)
+    n = manifest["shape"][0]
+    regression = manifest.get("task") == "regression"
+    target = ("target", tf.io.FixedLenFeature([], tf.float32)) if regression else \
+        ("label", tf.io.FixedLenFeature([], tf.int64))
+    spec = {"features": tf.io.FixedLenFeature([n], tf.float32), target[0]: target[1]}
+    mean = tf.constant(manifest["feature_stats"]["mean"], tf.float32)
+    std = tf.constant(manifest["feature_stats"]["std"], tf.float32)
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        return (ex["features"] - mean) / std, ex[target[0]]
+
+    ds, _, workers = _records(store, split, labels=labels, modality="tabular", parse=parse,
+                              shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
+                              bytes_per_example=4 * n)
+    ds = ds.batch(batch_size)
+    if not labels:
+        ds = ds.map(lambda x, _: x)
     return ds.prefetch(2).with_options(_options())
 
 

@@ -28,9 +28,11 @@ class SourceData:
     x_val: Optional[np.ndarray] = None  # the source's own validation split, when it has one
     y_val: Optional[np.ndarray] = None
     x_extra: Optional[np.ndarray] = None  # extra images for the unlabeled split only
-    modality: str = "image"
+    modality: str = "image"  # image | text | tabular
+    task: str = "classification"  # classification | regression
     info: dict = field(default_factory=dict)  # where it came from, licence
     skipped: list = field(default_factory=list)  # [{file, reason}] for unreadable inputs
+    extra_manifest: dict = field(default_factory=dict)  # e.g. tabular column encodings
 
 
 def _as_nhwc(x: np.ndarray) -> np.ndarray:
@@ -64,6 +66,8 @@ def load_bundled(cfg: DataConfig) -> SourceData:
         )
 
 
+KERAS_TEXT = {"imdb": ["negative", "positive"]}
+
 KERAS_DATASETS = {
     "mnist": [str(i) for i in range(10)],
     "fashion_mnist": ["t-shirt/top", "trouser", "pullover", "dress", "coat",
@@ -76,14 +80,18 @@ KERAS_DATASETS = {
 
 def load_keras(cfg: DataConfig) -> SourceData:
     """keras.datasets: downloads once into ~/.keras/datasets, then works offline."""
-    if cfg.dataset not in KERAS_DATASETS:
+    if cfg.dataset not in KERAS_DATASETS and cfg.dataset not in KERAS_TEXT:
         raise DataError(f"Unknown keras dataset '{cfg.dataset}'. Choose from: "
-                        f"{', '.join(KERAS_DATASETS)}")
+                        f"{', '.join([*KERAS_DATASETS, *KERAS_TEXT])}")
     import keras
 
     module = getattr(keras.datasets, cfg.dataset)
     try:
         (x_tr, y_tr), (x_te, y_te) = module.load_data()
+        if cfg.dataset in KERAS_TEXT:
+            words = {i + 3: w for w, i in module.get_word_index().items()}
+            x_tr, x_te = (np.array([" ".join(words.get(i, "") for i in seq[1:]).strip()
+                                    for seq in xs], dtype=object) for xs in (x_tr, x_te))
     except Exception as exc:  # keras raises a bare Exception on URL failures
         raise DataError(
             f"Could not load keras dataset '{cfg.dataset}' (no network and not in the Keras "
@@ -91,10 +99,14 @@ def load_keras(cfg: DataConfig) -> SourceData:
             f"the bundled sample (--config fashion_ae), scikit-learn digits (--config digits_ae), "
             f"or copy the dataset file into ~/.keras/datasets"
         ) from exc
+    text = cfg.dataset in KERAS_TEXT
     return SourceData(
-        x_pool=_as_nhwc(x_tr), y_pool=np.asarray(y_tr).reshape(-1).astype(np.int64),
-        x_test=_as_nhwc(x_te), y_test=np.asarray(y_te).reshape(-1).astype(np.int64),
-        class_names=KERAS_DATASETS[cfg.dataset], info={"keras_dataset": cfg.dataset},
+        x_pool=x_tr if text else _as_nhwc(x_tr),
+        y_pool=np.asarray(y_tr).reshape(-1).astype(np.int64),
+        x_test=x_te if text else _as_nhwc(x_te),
+        y_test=np.asarray(y_te).reshape(-1).astype(np.int64),
+        class_names={**KERAS_DATASETS, **KERAS_TEXT}[cfg.dataset],
+        modality="text" if text else "image", info={"keras_dataset": cfg.dataset},
     )
 
 
@@ -126,11 +138,60 @@ def load_image_folder(cfg: DataConfig) -> SourceData:
                             "empty_class_folders": r.get("empty_classes", [])})
 
 
+def load_text_files(cfg: DataConfig) -> SourceData:
+    """Folders of .txt files: class folders (labeled) or any .txt files (unlabeled)."""
+    from pretrainer.data.textfiles import load_text_files as load
+
+    r = load(cfg.path, cfg.text_split)
+    return SourceData(x_pool=r["texts"], y_pool=r["labels"], class_names=r["class_names"],
+                      modality="text", skipped=r["skipped"],
+                      info={"path": str(cfg.path), "layout": r["layout"],
+                            "text_split": cfg.text_split})
+
+
+BUNDLED_TEXT = {"fortunes_small": "fortunes_small.json.gz"}
+
+
+def load_bundled_text(cfg: DataConfig) -> SourceData:
+    """The fortunes sample shipped in the package (see scripts/make_samples.py)."""
+    import gzip
+    import json
+
+    if cfg.dataset not in BUNDLED_TEXT:
+        raise DataError(f"Unknown bundled text dataset '{cfg.dataset}'. Choose from: "
+                        f"{', '.join(BUNDLED_TEXT)}")
+    path = Path(str(resources.files("pretrainer.data") / "samples" / BUNDLED_TEXT[cfg.dataset]))
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        doc = json.load(f)
+    return SourceData(x_pool=np.array(doc["texts"], dtype=object),
+                      y_pool=np.array(doc["labels"], np.int64), class_names=doc["class_names"],
+                      modality="text",
+                      info={"file": path.name, "licence": "BSD (fortune(6) data), see "
+                                                          "samples/LICENSE-fortunes.txt"})
+
+
+def load_csv(cfg: DataConfig) -> SourceData:
+    """A CSV of feature columns and an optional target column (tabular.py)."""
+    from pretrainer.data.tabular import load_csv as load
+
+    r = load(cfg.path, cfg.target, cfg.task)
+    return SourceData(x_pool=r["x"], y_pool=r["y"], class_names=r["class_names"],
+                      modality="tabular", task=r["task"],
+                      info={"path": str(cfg.path), "target": cfg.target,
+                            "dropped_rows_without_target":
+                                r.get("dropped_rows_without_target", 0)},
+                      extra_manifest={"columns": r["encodings"],
+                                      "feature_names": r["feature_names"]})
+
+
 SOURCES: dict[str, Callable[[DataConfig], SourceData]] = {
     "bundled": load_bundled,
     "keras": load_keras,
     "sklearn": load_sklearn,
     "image_folder": load_image_folder,
+    "text_files": load_text_files,
+    "bundled_text": load_bundled_text,
+    "csv": load_csv,
 }
 
 
@@ -140,6 +201,9 @@ def load(cfg: DataConfig) -> SourceData:
     if cfg.extra_unlabeled:
         from pretrainer.data.folders import load_unlabeled_folder
 
+        if src.modality != "image":
+            raise DataError("data.extra_unlabeled adds image folders; this source gives "
+                            f"{src.modality} data")
         src.x_extra, skipped = load_unlabeled_folder(cfg.extra_unlabeled, src.x_pool.shape[1:])
         src.skipped += [{**s, "folder": "extra_unlabeled"} for s in skipped]
         src.info["extra_unlabeled"] = {"path": cfg.extra_unlabeled, "count": len(src.x_extra)}

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -84,8 +83,12 @@ def _cap(x: np.ndarray, y: np.ndarray, limit: Optional[int], seed: int
     return x[idx], y[idx]
 
 
+def _row_bytes(row) -> bytes:
+    return row.encode("utf-8") if isinstance(row, str) else np.asarray(row).tobytes()
+
+
 def _hashes(x: np.ndarray) -> list[bytes]:
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
+    return [hashlib.blake2b(_row_bytes(row), digest_size=16).digest() for row in x]
 
 
 def check_contamination(arrays: dict, dedupe: bool) -> dict:
@@ -105,18 +108,42 @@ def check_contamination(arrays: dict, dedupe: bool) -> dict:
     return report
 
 
-def _example(image: np.ndarray, label: int):
+FEATURE_SPEC = {
+    "image": {"image": "raw uint8 bytes, row-major HWC"},
+    "text": {"text": "UTF-8 bytes"},
+    "tabular": {"features": "float32 list (encoded columns)"},
+}
+
+
+def _example(modality: str, row, label, regression: bool) -> bytes:
     import tensorflow as tf
 
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    })).SerializeToString()
+    f = tf.train.Feature
+    if modality == "image":
+        feats = {"image": f(bytes_list=tf.train.BytesList(value=[np.asarray(row).tobytes()]))}
+    elif modality == "text":
+        feats = {"text": f(bytes_list=tf.train.BytesList(value=[str(row).encode("utf-8")]))}
+    else:
+        feats = {"features": f(float_list=tf.train.FloatList(
+            value=np.asarray(row, np.float32).tolist()))}
+    if regression:
+        feats["target"] = f(float_list=tf.train.FloatList(
+            value=[float("nan") if label is None else float(label)]))
+    else:
+        feats["label"] = f(int64_list=tf.train.Int64List(value=[-1 if label is None
+                                                                 else int(label)]))
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
-def write_split(out_dir: Path, split: str, x: np.ndarray, y: Optional[np.ndarray],
-                shard_size: int) -> list[dict]:
-    """Write one split as TFRecord shards; return [{file, count, sha256}]."""
+def write_split(out_dir: Path, split: str, x, y: Optional[np.ndarray], shard_size: int,
+                modality: str = "image", regression: bool = False, done: Optional[dict] = None,
+                on_shard=None, advance=None) -> list[dict]:
+    """Write one split as TFRecord shards; return [{file, count, sha256}].
+
+    `done` maps shard names already written by an interrupted collect to their
+    record; such shards are verified and kept instead of rewritten. Each shard is
+    written under a temporary name and renamed, then reported to `on_shard`.
+    """
     import tensorflow as tf
 
     n = len(x)
@@ -125,10 +152,26 @@ def write_split(out_dir: Path, split: str, x: np.ndarray, y: Optional[np.ndarray
     for s in range(n_shards):
         name = f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord"
         lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-        with tf.io.TFRecordWriter(str(out_dir / name)) as writer:
+        prior = (done or {}).get(name)
+        if (prior and prior["count"] == hi - lo and (out_dir / name).is_file()
+                and sha256_file(out_dir / name) == prior["sha256"]):
+            shards.append(prior)
+            if advance:
+                advance(hi - lo)
+            continue
+        tmp = out_dir / f".{name}.tmp"
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
             for i in range(lo, hi):
-                writer.write(_example(x[i], -1 if y is None else y[i]))
-        shards.append({"file": name, "count": hi - lo, "sha256": sha256_file(out_dir / name)})
+                writer.write(_example(modality, x[i], None if y is None else y[i], regression))
+                if advance and (i - lo) % 256 == 255:
+                    advance(256)
+        if advance:
+            advance((hi - lo) % 256)
+        os.replace(tmp, out_dir / name)
+        record = {"file": name, "count": hi - lo, "sha256": sha256_file(out_dir / name)}
+        shards.append(record)
+        if on_shard:
+            on_shard(record)
     return shards
 
 
@@ -141,7 +184,8 @@ def _replace(cfg: DataConfig, **changes) -> DataConfig:
 def config_key(cfg: DataConfig, seed: int) -> str:
     """What decides a store's content: a rerun with the same key reuses the store."""
     fields = {k: getattr(cfg, k) for k in ("source", "dataset", "path", "image_size", "color",
-                                           "extra_unlabeled", "labeled_fraction",
+                                           "extra_unlabeled", "text_split", "target", "task",
+                                           "dedupe", "labeled_fraction",
                                            "labels_per_class", "val_fraction", "test_fraction",
                                            "max_samples", "max_test", "shard_size")}
     fields.update(seed=seed, format=FORMAT_VERSION)
@@ -171,80 +215,131 @@ def verify(store: Path, manifest: Optional[dict] = None) -> list[str]:
     return bad
 
 
-def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None) -> dict:
-    """Split `src` (a SourceData) and write the store at `store` atomically; return the manifest."""
-    if len(src.x_pool) == 0:
-        raise DataError("The source gave no readable examples"
-                        + (f" ({len(src.skipped)} skipped)" if src.skipped else ""))
+def _split_arrays(src, cfg: DataConfig, seed: int) -> dict:
+    """{split: (x, y)} from a SourceData, following the split rules of make_splits."""
     empty = src.x_pool[:0]
+    regression = src.task == "regression"
     if src.y_pool is None:  # unlabeled-only: everything goes to the pretraining pool
         x_pool = src.x_pool if cfg.max_samples is None else src.x_pool[:cfg.max_samples]
         none = np.zeros(0, np.int64)
-        arrays = {"unlabeled": (x_pool, None), "train": (empty, none),
-                  "val": (empty, none), "test": (empty, none)}
+        return {"unlabeled": (x_pool, None), "train": (empty, none),
+                "val": (empty, none), "test": (empty, none)}
+    # regression targets are split at random: one pseudo-class
+    strata = np.zeros(len(src.y_pool), np.int64) if regression else src.y_pool
+    order = np.arange(len(src.y_pool))
+    kept, _ = _cap(order, strata, cfg.max_samples, seed)
+    x_pool, y_pool, strata = src.x_pool[kept], src.y_pool[kept], strata[kept]
+    has_test = src.x_test is not None and len(src.x_test) > 0
+    has_val = src.x_val is not None and len(src.x_val) > 0
+    if not regression and len(np.unique(y_pool)) < 2:
+        raise DataError(f"The source gave {len(np.unique(y_pool))} class(es); need at least 2")
+    split_cfg = cfg if not has_val else _replace(cfg, val_fraction=0.0)
+    idx = make_splits(strata, split_cfg, seed, has_test)
+    if has_test:
+        t_strata = np.zeros(len(src.y_test), np.int64) if regression else src.y_test
+        t_kept, _ = _cap(np.arange(len(src.y_test)), t_strata, cfg.max_test, seed)
+        test = (src.x_test[t_kept], src.y_test[t_kept])
     else:
-        x_pool, y_pool = _cap(src.x_pool, src.y_pool, cfg.max_samples, seed)
-        has_test = src.x_test is not None and len(src.x_test) > 0
-        has_val = src.x_val is not None and len(src.x_val) > 0
-        if len(np.unique(y_pool)) < 2:
-            raise DataError(f"The source gave {len(np.unique(y_pool))} class(es); need at least 2")
-        split_cfg = cfg if not has_val else _replace(cfg, val_fraction=0.0)
-        idx = make_splits(y_pool, split_cfg, seed, has_test)
-        arrays = {
-            "unlabeled": (x_pool[idx["unlabeled"]], None),
-            "train": (x_pool[idx["train"]], y_pool[idx["train"]]),
-            "val": ((src.x_val, src.y_val) if has_val
-                    else (x_pool[idx["val"]], y_pool[idx["val"]])),
-            "test": (_cap(src.x_test, src.y_test, cfg.max_test, seed) if has_test
-                     else (x_pool[idx["test"]], y_pool[idx["test"]])),
-        }
+        test = (x_pool[idx["test"]], y_pool[idx["test"]])
+    return {
+        "unlabeled": (x_pool[idx["unlabeled"]], None),
+        "train": (x_pool[idx["train"]], y_pool[idx["train"]]),
+        "val": ((src.x_val, src.y_val) if has_val
+                else (x_pool[idx["val"]], y_pool[idx["val"]])),
+        "test": test,
+    }
+
+
+def _shape(src) -> list[int]:
+    if src.modality == "text":
+        return []
+    return [int(d) for d in np.asarray(src.x_pool[:1]).shape[1:]]
+
+
+def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
+                advance=None) -> dict:
+    """Split `src` (a SourceData) and write the store at `store`; return the manifest.
+
+    Shards go to a staging folder named after the config key; a collect killed
+    part-way leaves finished shards there and the next run with the same config
+    keeps them. The manifest is written last and the folder renamed into place,
+    so a store's manifest never claims a shard that is not complete.
+    """
+    if len(src.x_pool) == 0:
+        raise DataError("The source gave no readable examples"
+                        + (f" ({len(src.skipped)} skipped)" if src.skipped else ""))
+    arrays = _split_arrays(src, cfg, seed)
     if src.x_extra is not None and len(src.x_extra):
         arrays["unlabeled"] = (np.concatenate([arrays["unlabeled"][0], src.x_extra]), None)
     contamination = check_contamination(arrays, dedupe=cfg.dedupe)
+    regression = src.task == "regression"
     store = Path(store)
     store.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{store.name}.", suffix=".tmp", dir=store.parent))
-    try:
-        splits = {}
-        for split in SPLITS:
-            x, y = arrays[split]
-            shards = write_split(tmp, split, x, y, cfg.shard_size)
-            per_class = ({} if y is None else
-                         {src.class_names[int(c)]: int(n)
-                          for c, n in zip(*np.unique(y, return_counts=True), strict=True)})
-            splits[split] = {"count": int(len(x)), "labeled": split != "unlabeled",
-                             "per_class": per_class, "shards": shards}
-            if progress:
-                progress(split, len(x))
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "tool_version": __version__,
-            "name": cfg.name,
-            "modality": src.modality,
-            "feature_spec": {"image": "raw uint8 bytes, row-major HWC", "label": "int64, -1 = none"},
-            "shape": [int(d) for d in x_pool.shape[1:]],
-            "dtype": "uint8",
-            "num_classes": len(src.class_names),
-            "class_names": list(src.class_names),
-            "source": {"name": cfg.source, "dataset": cfg.dataset, **src.info},
-            "skipped": {"count": len(src.skipped), "files": src.skipped[:1000]},
-            "contamination": contamination,
-            "seed": seed,
-            "labeled_fraction": cfg.labeled_fraction,
-            "labels_per_class": cfg.labels_per_class,
-            "config_key": config_key(cfg, seed),
-            "splits": splits,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        # Swap in the finished store; the old one (if any) goes only after the new one is whole.
-        old = None
-        if store.exists():
-            old = store.with_name(f".{store.name}.old-{os.getpid()}")
-            os.replace(store, old)
-        os.replace(tmp, store)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return manifest
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    key = config_key(cfg, seed)
+    staging = store.with_name(f".{store.name}.partial-{key}")
+    staging.mkdir(exist_ok=True)
+    progress_file = staging / "progress.json"
+    done = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
+    if done:
+        progress and progress("resume", len(done))
+
+    def record(shard: dict) -> None:
+        done[shard["file"]] = shard
+        tmp = progress_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(done))
+        os.replace(tmp, progress_file)
+
+    splits = {}
+    for split in SPLITS:
+        x, y = arrays[split]
+        shards = write_split(staging, split, x, y, cfg.shard_size, src.modality, regression,
+                             done=done, on_shard=record, advance=advance)
+        per_class = ({} if y is None or regression else
+                     {src.class_names[int(c)]: int(n)
+                      for c, n in zip(*np.unique(y, return_counts=True), strict=True)})
+        splits[split] = {"count": int(len(x)), "labeled": split != "unlabeled",
+                         "per_class": per_class, "shards": shards}
+        if progress:
+            progress(split, len(x))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "name": cfg.name,
+        "modality": src.modality,
+        "task": "none" if src.y_pool is None else src.task,
+        "feature_spec": {**FEATURE_SPEC[src.modality],
+                         **({"target": "float32, NaN = none"} if regression
+                            else {"label": "int64, -1 = none"})},
+        "shape": _shape(src),
+        "dtype": {"image": "uint8", "text": "string", "tabular": "float32"}[src.modality],
+        "num_classes": 0 if regression else len(src.class_names),
+        "class_names": [] if regression else list(src.class_names),
+        "source": {"name": cfg.source, "dataset": cfg.dataset, **src.info},
+        "skipped": {"count": len(src.skipped), "files": src.skipped[:1000]},
+        "contamination": contamination,
+        "seed": seed,
+        "labeled_fraction": cfg.labeled_fraction,
+        "labels_per_class": cfg.labels_per_class,
+        "config_key": key,
+        "splits": splits,
+        **src.extra_manifest,
+    }
+    if src.modality == "tabular":  # standardisation statistics from the pretraining pool only
+        pool = np.asarray(arrays["unlabeled"][0], np.float64)
+        std = pool.std(axis=0)
+        manifest["feature_stats"] = {"mean": pool.mean(axis=0).tolist(),
+                                     "std": np.where(std > 1e-12, std, 1.0).tolist()}
+    progress_file.unlink(missing_ok=True)
+    for leftover in staging.iterdir():  # shards of another layout, if any
+        if leftover.name not in {sh["file"] for sp in splits.values() for sh in sp["shards"]}:
+            leftover.unlink()
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    # Swap in the finished store; the old one (if any) goes only after the new one is whole.
+    old = None
+    if store.exists():
+        old = store.with_name(f".{store.name}.old-{os.getpid()}")
+        os.replace(store, old)
+    os.replace(staging, store)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return manifest

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pretrainer.config import Config
 from pretrainer.console import console, info, table, warn
@@ -35,8 +38,25 @@ def run(cfg: Config) -> Path:
         more = f" and {len(src.skipped) - 5} more" if len(src.skipped) > 5 else ""
         warn(f"skipped {len(src.skipped)} unreadable file(s): {shown}{more} "
              f"(all listed in {store / MANIFEST})")
-    manifest = build_store(store, cfg.data, cfg.seed, src,
-                           progress=lambda split, n: info(f"  wrote {split}: {n} examples"))
+    def said(split: str, n: int) -> None:
+        if split == "resume":
+            info(f"  resuming an interrupted collect: {n} shard(s) already written")
+        elif not console.is_terminal:
+            info(f"  wrote {split}: {n} examples")
+
+    total = sum(len(a) for a in (src.x_pool, src.x_test, src.x_val, src.x_extra) if a is not None)
+    with Progress(TextColumn("collect"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("", total=total, rate="")
+        t0 = time.perf_counter()
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+            done = bar.tasks[0].completed
+            bar.update(task, rate=f"{done / max(time.perf_counter() - t0, 1e-9):.0f} ex/s")
+
+        manifest = build_store(store, cfg.data, cfg.seed, src, progress=said, advance=advance)
     c = manifest["contamination"]
     dups = {k: v for k, v in c.items() if k.endswith("_in_test") and v}
     if dups:
@@ -53,6 +73,7 @@ def _summary(store: Path, manifest: dict) -> None:
     for split in SPLITS:
         s = manifest["splits"][split]
         rows.append([split, s["count"], "yes" if s["labeled"] else "no", len(s["shards"])])
-    console.print(table(f"{manifest['name']}: {manifest['shape']} {manifest['modality']}, "
-                        f"{manifest['num_classes']} classes",
+    what = (f"{manifest['num_classes']} classes" if manifest.get("task") != "regression"
+            else "regression target")
+    console.print(table(f"{manifest['name']}: {manifest['modality']} {manifest['shape']}, {what}",
                         ["split", "examples", "labels", "shards"], rows))

@@ -23,6 +23,9 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
 
     store = store_path(cfg)
     manifest = read_manifest(store)
+    if manifest["modality"] != "image":
+        raise DataError(f"{store} holds {manifest['modality']} data; finetuning is implemented "
+                        f"for images so far (text and tabular models are not yet)")
     if manifest["splits"]["train"]["count"] == 0:
         raise DataError(f"{store} holds no labeled examples (an unlabeled-only source): use it "
                         f"to pretrain, then finetune with a labeled data config and --run")

@@ -1,0 +1,87 @@
+"""Text files as a data source (`data.source=text_files data.path=DIR`).
+
+`root/<class>/*.txt` is labeled by folder name; any other folder of `.txt` files
+(or a single file) is unlabeled text for pretraining. Documents are whole files
+(`data.text_split=file`), non-empty lines (`line`), or the pieces between
+matches of a regular expression (any other value, e.g. `'^%$'` for fortune files;
+matched per line). Files that are not valid UTF-8 are skipped, counted and listed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from pretrainer.errors import ConfigError, DataError
+
+
+def split_documents(text: str, how: str) -> list[str]:
+    if how == "file":
+        docs = [text]
+    elif how == "line":
+        docs = text.splitlines()
+    else:
+        try:
+            docs = re.split(how, text, flags=re.MULTILINE)
+        except re.error as exc:
+            raise ConfigError(f"data.text_split='{how}' is not file, line or a valid regular "
+                              f"expression: {exc}") from exc
+    return [d.strip() for d in docs if d.strip()]
+
+
+def _read(path: Path, root: Path, how: str, skipped: list) -> list[str]:
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        skipped.append({"file": str(path.relative_to(root) if path != root else path.name),
+                        "reason": f"not UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
+                                  f"{exc.start}); convert it with iconv -t utf-8"})
+        return []
+    except OSError as exc:
+        skipped.append({"file": str(path), "reason": exc.strerror or type(exc).__name__})
+        return []
+    return split_documents(text.lstrip("\ufeff"), how)
+
+
+def _txt(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.txt") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def load_text_files(path: str | None, how: str) -> dict:
+    if not path:
+        raise DataError("data.source=text_files needs data.path=DIR (a folder of .txt files)")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"data.path={path} does not exist")
+    skipped: list = []
+    if root.is_file():
+        docs = _read(root, root, how, skipped)
+        return {"texts": np.array(docs, dtype=object), "labels": None, "class_names": [],
+                "skipped": skipped, "layout": "file"}
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                        and _txt(d))
+    loose = [p for p in root.glob("*.txt") if p.is_file()]
+    if len(class_dirs) >= 2 and not loose:
+        texts, labels = [], []
+        for c, d in enumerate(class_dirs):
+            for f in _txt(d):
+                found = _read(f, root, how, skipped)
+                texts += found
+                labels += [c] * len(found)
+        if not texts:
+            raise DataError(f"No readable text under {root} ({len(skipped)} file(s) skipped)")
+        return {"texts": np.array(texts, dtype=object), "labels": np.array(labels, np.int64),
+                "class_names": [d.name for d in class_dirs], "skipped": skipped,
+                "layout": "classes"}
+    files = _txt(root)
+    if not files:
+        raise DataError(f"No .txt files under {root}")
+    texts = [doc for f in files for doc in _read(f, root, how, skipped)]
+    if not texts:
+        raise DataError(f"No readable text under {root} ({len(skipped)} file(s) skipped)")
+    return {"texts": np.array(texts, dtype=object), "labels": None, "class_names": [],
+            "skipped": skipped, "layout": "flat"}
