@@ -91,6 +91,8 @@ class BackboneConfig:
     kernel_size: int = 3
     latent_dim: int = 128  # size of the embedding the backbone outputs
     batch_norm: bool = True
+    weights: Optional[str] = None  # resnet / mobilenet: null (random) or imagenet (downloads)
+    width: float = 1.0  # mobilenet: alpha
 
     def __post_init__(self) -> None:
         if not self.filters or any(f < 1 for f in self.filters):
@@ -105,10 +107,15 @@ class PretextConfig:
     learning_rate: float = 1e-3
     noise_stddev: float = 0.0  # Gaussian input noise for denoising reconstruction
     mask_fraction: float = 0.0  # share of pixels zeroed for masked reconstruction
+    temperature: float = 0.2  # simclr: NT-Xent temperature
+    projection_dim: int = 64  # simclr: projection head output size
 
     def __post_init__(self) -> None:
         _check_range("pretext.learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)
         _check_range("pretext.mask_fraction", self.mask_fraction, 0.0, 0.95)
+        _check_range("pretext.temperature", self.temperature, 0.0, 10.0, lo_open=True)
+        if self.projection_dim < 1:
+            raise ConfigError(f"Expected pretext.projection_dim >= 1. Received: {self.projection_dim}")
         if self.noise_stddev < 0:
             raise ConfigError(f"Expected pretext.noise_stddev >= 0. Received: {self.noise_stddev}")
 

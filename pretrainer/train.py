@@ -192,7 +192,10 @@ def _restore(model: keras.Model, manager) -> int:
         return 0
     # the optimizer's slots must exist before restore, in the scope the model was built in
     with model.distribute_strategy.scope():
-        model.optimizer.build(model.trainable_variables)
+        if hasattr(model, "build_optimizers"):  # several optimizers (GANs)
+            model.build_optimizers()
+        else:
+            model.optimizer.build(model.trainable_variables)
         status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
             manager.latest_checkpoint)
     status.assert_existing_objects_matched()
@@ -202,7 +205,8 @@ def _restore(model: keras.Model, manager) -> int:
 def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_dir: Path,
         trainer: TrainerConfig, title: str, val_ds=None, validation_steps: Optional[int] = None,
         monitor: str = "val_loss", mode: str = "min",
-        restore_from: Optional[Path] = None) -> dict[str, list[float]]:
+        restore_from: Optional[Path] = None, extra_callbacks: tuple = ()
+        ) -> dict[str, list[float]]:
     """Train `model` (already compiled) with checkpoints; resume if run_dir has one.
 
     Logs go to run_dir/history.csv and run_dir/tb, checkpoints to run_dir/ckpt.
@@ -234,6 +238,7 @@ def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_
     stop = _StopRequest()
     history_cb = HistoryCSV(run_dir / "history.csv", keep_epochs=start // steps_per_epoch)
     callbacks: list[keras.callbacks.Callback] = [
+        *extra_callbacks,  # first, so the metrics they add reach history.csv and TensorBoard
         history_cb,
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tb"), write_graph=False),
         keras.callbacks.TerminateOnNaN(),
@@ -295,6 +300,12 @@ def _fit_multi_worker(model: keras.Model, train_ds, *, steps_per_epoch: int, epo
     """
     import tensorflow as tf
 
+    from pretrainer.errors import ConfigError
+
+    if type(model).train_step is not keras.Model.train_step:
+        raise ConfigError(f"{type(model).__name__} trains with its own step, which the "
+                          f"multi-worker loop does not run; use autoencoder, denoising or "
+                          f"simclr with trainer.strategy=multi_worker")
     strategy = model.distribute_strategy
     loss_fn = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
     total = epochs * steps_per_epoch

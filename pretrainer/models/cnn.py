@@ -46,3 +46,46 @@ def seed_cnn(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
     x = keras.layers.Flatten(name="flatten")(x)
     outputs = keras.layers.Dense(cfg.latent_dim, activation="relu", name="embedding")(x)
     return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+def _application(builder_name: str, input_shape: tuple[int, ...], cfg: BackboneConfig,
+                 name: str) -> keras.Model:
+    """A keras.applications trunk (global average pooled) -> Dense embedding.
+
+    Inputs are our [0, 1] images; the applications expect [-1, 1], so the model
+    rescales. ImageNet weights need three channels: grayscale is repeated.
+    """
+    from pretrainer.errors import ConfigError
+
+    h, w, c = input_shape
+    if min(h, w) < 32:
+        raise ConfigError(f"backbone '{name}' needs images of at least 32x32; the data is "
+                          f"{h}x{w}. Set data.image_size or use conv_ae / seed_cnn")
+    weights = None if cfg.weights in (None, "", "none") else cfg.weights
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
+    if weights is not None and c == 1:
+        x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    app_shape = (h, w, 3 if weights is not None else c)
+    builder = getattr(keras.applications, builder_name)
+    try:
+        trunk = builder(include_top=False, weights=weights, input_shape=app_shape,
+                        pooling="avg", **({"alpha": cfg.width} if "MobileNet" in builder_name
+                                          else {}))
+    except Exception as exc:  # offline download, unsupported width, ...
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ConfigError(f"Could not build {builder_name} (weights={weights}): {first}. "
+                          f"Offline, use backbone.weights=none") from exc
+    x = trunk(x)
+    outputs = keras.layers.Dense(cfg.latent_dim, activation="relu", name="embedding")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def resnet(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+    """ResNet50V2 from keras.applications."""
+    return _application("ResNet50V2", input_shape, cfg, "resnet")
+
+
+def mobilenet(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+    """MobileNetV2 from keras.applications (backbone.width = its alpha)."""
+    return _application("MobileNetV2", input_shape, cfg, "mobilenet")

@@ -13,7 +13,15 @@ from typing import Callable
 import keras
 
 from pretrainer.errors import ConfigError
+from pretrainer.pretext.adversarial import build_dcgan
+from pretrainer.pretext.contrastive import build_simclr
 from pretrainer.pretext.reconstruction import build_autoencoder
+
+
+def _no_target(x):
+    import tensorflow as tf
+
+    return x, tf.zeros(tf.shape(x)[:1])
 
 
 @dataclass(frozen=True)
@@ -22,11 +30,19 @@ class Pretext:
     targets: Callable  # batch of inputs -> (inputs, targets)
     health: str  # metric name logged each epoch (history.csv, TensorBoard)
     modality: str
+    embedding_rank: bool = False  # log the backbone's effective rank, alarm on collapse
+    samples: str = ""  # images saved in the run: reconstructions | generated
 
 
 PRETEXTS: dict[str, Pretext] = {
     "autoencoder": Pretext(build=build_autoencoder, targets=lambda x: (x, x),
-                           health="psnr", modality="image"),
+                           health="psnr", modality="image", samples="reconstructions"),
+    "denoising": Pretext(build=build_autoencoder, targets=lambda x: (x, x),
+                         health="psnr", modality="image", samples="reconstructions"),
+    "simclr": Pretext(build=build_simclr, targets=_no_target, health="effective_rank",
+                      modality="image", embedding_rank=True),
+    "dcgan": Pretext(build=build_dcgan, targets=_no_target, health="d_accuracy",
+                     modality="image", embedding_rank=True, samples="generated"),
 }
 
 

@@ -46,7 +46,8 @@ def psnr(x, x_hat):
     return 10.0 * ops.log(1.0 / ops.maximum(mse, 1e-10)) / math.log(10.0)
 
 
-def build_decoder(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+def build_decoder(input_shape: tuple[int, ...], cfg: BackboneConfig,
+                  batch_norm: bool = False) -> keras.Model:
     """Embedding -> image: Dense -> Reshape -> transposed convs (mirrored filters) -> crop."""
     h, w, c = input_shape
     n_up = len(cfg.filters)
@@ -56,7 +57,11 @@ def build_decoder(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Mo
     x = keras.layers.Reshape((sh, sw, cfg.filters[-1]), name="dec_reshape")(x)
     for i, filters in enumerate(reversed(cfg.filters)):
         x = keras.layers.Conv2DTranspose(filters, cfg.kernel_size, strides=2, padding="same",
-                                         activation="relu", name=f"dec_up{i}")(x)
+                                         activation=None if batch_norm else "relu",
+                                         name=f"dec_up{i}")(x)
+        if batch_norm:  # a DCGAN generator: BN before the ReLU
+            x = keras.layers.BatchNormalization(name=f"dec_bn{i}")(x)
+            x = keras.layers.Activation("relu", name=f"dec_relu{i}")(x)
     x = keras.layers.Conv2D(c, 3, padding="same", activation="sigmoid", dtype="float32",
                             name="dec_out")(x)
     dh, dw = sh * 2**n_up - h, sw * 2**n_up - w

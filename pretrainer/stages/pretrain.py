@@ -14,6 +14,8 @@ from pretrainer.data.store import MANIFEST, read_manifest
 from pretrainer.errors import DataError
 from pretrainer.models import build_backbone
 from pretrainer.pretext import get_pretext
+from pretrainer.pretext.adversarial import GeneratedGrid
+from pretrainer.pretext.health import EmbeddingRank
 from pretrainer.stages import open_run, weights_checksum
 from pretrainer.stages.collect import store_path
 from pretrainer.strategy import is_multi_worker, worker_index
@@ -56,10 +58,17 @@ def run(cfg: Config) -> Path:
         val_ds = pipeline.images(store, "val", batch_size=bs, labels=False,
                                  cache=cfg.data.cache, repeat=True).map(pretext.targets)
         val_steps = pipeline.steps(store, "val", bs)
+    extra = []
+    if pretext.embedding_rank:
+        probe = val_ds if val_ds is not None else train_ds
+        sample = next(iter(probe))[0]
+        extra.append(EmbeddingRank(backbone, sample[:256]))
+    if pretext.samples == "generated":
+        extra.append(GeneratedGrid(run_dir / "plots", seed=cfg.seed))
     history = fit(model, train_ds, steps_per_epoch=pipeline.steps(store, "unlabeled", bs),
                   epochs=cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title="pretrain", val_ds=val_ds, validation_steps=val_steps,
-                  restore_from=restore_from)
+                  restore_from=restore_from, extra_callbacks=tuple(extra))
     if is_multi_worker(strategy):
         info(f"worker {worker_index()}: {optimizer_step(model)} steps, final weights "
              f"checksum {weights_checksum(model):.6f}")
@@ -67,9 +76,10 @@ def run(cfg: Config) -> Path:
         keras.backend.clear_session()
         return run_dir
     runs.atomic_write_with(run_dir / "backbone.keras", backbone.save, suffix=".keras")
-    health_key = f"val_{pretext.health}" if val_ds is not None else pretext.health
+    health_key = (pretext.health if pretext.health == "effective_rank" or val_ds is None
+                  else f"val_{pretext.health}")
     health = float(history[health_key][-1]) if health_key in history else None
-    if val_ds is not None:
+    if val_ds is not None and pretext.samples == "reconstructions":
         _save_reconstructions(model, val_ds, run_dir / "plots" / "reconstructions.png")
     runs.update_manifest(run_dir, health={health_key: health},
                          final_loss=float(history["loss"][-1]), epochs=len(history["loss"]),

@@ -1,0 +1,63 @@
+"""SimCLR: two augmented views of each image, a projection head, the NT-Xent loss."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from pretrainer.config import BackboneConfig, PretextConfig
+
+
+def nt_xent(z1, z2, temperature: float = 0.2):
+    """Normalised-temperature cross-entropy, per example (a pure function of embeddings).
+
+    For each of the 2B views the positive is the other view of the same image and
+    the 2B-2 other views are negatives; the two directions are averaged per example.
+    """
+    z1 = ops.normalize(ops.cast(z1, "float32"), axis=-1)
+    z2 = ops.normalize(ops.cast(z2, "float32"), axis=-1)
+    b = ops.shape(z1)[0]
+    z = ops.concatenate([z1, z2], axis=0)
+    sim = ops.matmul(z, ops.transpose(z)) / temperature
+    sim = sim - 1e9 * ops.eye(2 * b)  # a view is not its own negative
+    positives = ops.concatenate([ops.arange(b) + b, ops.arange(b)], axis=0)
+    log_prob = sim - ops.logsumexp(sim, axis=1, keepdims=True)
+    per_view = -ops.take_along_axis(log_prob, positives[:, None], axis=1)[:, 0]
+    return (per_view[:b] + per_view[b:]) / 2.0
+
+
+def augmenter(channels: int, seed: int, name: str) -> keras.Sequential:
+    """Random crop-and-resize (zoom in), flip, shift and brightness/contrast jitter."""
+    layers = [
+        keras.layers.RandomZoom((-0.5, 0.0), fill_mode="reflect", seed=seed),
+        keras.layers.RandomFlip("horizontal", seed=seed + 1),
+        keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 2),
+        keras.layers.RandomBrightness(0.3, value_range=(0.0, 1.0), seed=seed + 3),
+        keras.layers.RandomContrast(0.4, seed=seed + 4),
+    ]
+    if channels == 3:  # colour jitter only where there is colour
+        layers.append(keras.layers.RandomSaturation((0.4, 1.6), seed=seed + 5))
+    return keras.Sequential(layers, name=name)
+
+
+def build_simclr(backbone: keras.Model, cfg: PretextConfig, backbone_cfg: BackboneConfig,
+                 seed: int, **compile_kwargs) -> keras.Model:
+    """x -> (view1, view2) -> backbone -> projector -> (B, 2, projection_dim)."""
+    shape = tuple(backbone.input_shape[1:])
+    inputs = keras.Input(shape=shape, name="image")
+    projector = keras.Sequential([
+        keras.layers.Dense(backbone_cfg.latent_dim, activation="relu"),
+        keras.layers.Dense(cfg.projection_dim, dtype="float32"),
+    ], name="projector")
+    views = [augmenter(shape[-1], seed + 10 * i, f"view{i + 1}")(inputs) for i in range(2)]
+    zs = [keras.layers.Reshape((1, cfg.projection_dim))(projector(backbone(v))) for v in views]
+    outputs = keras.layers.Concatenate(axis=1, name="views", dtype="float32")(zs)
+    model = keras.Model(inputs, outputs, name="simclr")
+    temperature = cfg.temperature
+
+    def loss(_, y_pred):
+        return nt_xent(y_pred[:, 0], y_pred[:, 1], temperature)
+
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss,
+                  **compile_kwargs)
+    return model
