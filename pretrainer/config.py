@@ -93,12 +93,20 @@ class BackboneConfig:
     batch_norm: bool = True
     weights: Optional[str] = None  # resnet / mobilenet: null (random) or imagenet (downloads)
     width: float = 1.0  # mobilenet: alpha
+    # transformer (text): latent_dim is the model width
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_dim: int = 256
+    sequence_length: int = 64  # tokens per document (longer ones are cut)
+    vocabulary_size: int = 4000  # WordPiece vocabulary learned from the unlabeled split
+    causal: bool = True  # decoder blocks with a causal mask (causal_lm) or encoder blocks
 
     def __post_init__(self) -> None:
-        if not self.filters or any(f < 1 for f in self.filters):
+        if any(f < 1 for f in self.filters) or (not self.filters and self.name != "mlp"):
             raise ConfigError(f"Expected backbone.filters to be positive ints. Received: {self.filters}")
-        if self.latent_dim < 1:
-            raise ConfigError(f"Expected backbone.latent_dim >= 1. Received: {self.latent_dim}")
+        if self.latent_dim < (0 if self.name == "mlp" else 1):
+            raise ConfigError(f"Expected backbone.latent_dim >= 1 (mlp: >= 0, 0 = identity). "
+                              f"Received: {self.latent_dim}")
 
 
 @dataclass
@@ -127,6 +135,7 @@ class FinetuneConfig:
     epochs: Optional[int] = None  # null: trainer.epochs
     batch_size: Optional[int] = None  # null: trainer.batch_size (few labels want small batches)
     learning_rate: float = 1e-3
+    optimizer: str = "adam"  # adam | sgd
     head_units: List[int] = field(default_factory=list)  # hidden Dense layers of the head
     dropout: float = 0.0
     loss: str = "sparse_categorical_crossentropy"  # or categorical_crossentropy (one-hot)
@@ -135,9 +144,10 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         _check_choice("finetune.init", self.init, ("pretrained", "scratch"))
         _check_choice("finetune.mode", self.mode, ("full", "linear_probe"))
+        _check_choice("finetune.optimizer", self.optimizer, ("adam", "sgd"))
         _check_choice(
             "finetune.loss", self.loss,
-            ("sparse_categorical_crossentropy", "categorical_crossentropy"),
+            ("sparse_categorical_crossentropy", "categorical_crossentropy", "mse"),
         )
         _check_range("finetune.learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)
         _check_choice("finetune.augment", self.augment, ("none", "shift", "shift_flip"))

@@ -19,6 +19,19 @@ def _evaluation_of(finetune_run: Path) -> Optional[dict]:
     return None
 
 
+def _task(dataset: dict) -> str:
+    if dataset.get("task") == "regression":
+        return (f"Regression of `{dataset['source'].get('target')}` from table rows of "
+                f"{dataset['shape'][0]} encoded features ({', '.join(dataset.get('feature_names', [])[:20])}).")
+    names = ", ".join(dataset["class_names"][:20]) + (", …" if dataset["num_classes"] > 20 else "")
+    if dataset["modality"] == "tabular":
+        return (f"Classification of table rows ({dataset['shape'][0]} encoded features) into "
+                f"{dataset['num_classes']} classes ({names}).")
+    return (f"Image classification into {dataset['num_classes']} classes ({names}). Input: images "
+            f"of shape {dataset['shape']} (the SavedModel also takes uint8 images of any size "
+            f"and resizes them).")
+
+
 def render(name: str, dataset: dict, finetune_run: Path, parity: dict,
            prune: Optional[dict] = None) -> str:
     ft = runs.read_manifest(finetune_run)
@@ -29,10 +42,7 @@ def render(name: str, dataset: dict, finetune_run: Path, parity: dict,
     lines = [
         f"# Model card: {name}", "",
         "## Task",
-        f"Image classification into {dataset['num_classes']} classes "
-        f"({', '.join(dataset['class_names'][:20])}{', …' if dataset['num_classes'] > 20 else ''}). "
-        f"Input: images of shape {dataset['shape']} (the SavedModel also takes uint8 images of any "
-        f"size and resizes them).", "",
+        _task(dataset), "",
         "## Data",
         f"- dataset `{dataset['name']}` from source `{dataset['source'].get('name')}` "
         f"({dataset['source'].get('dataset') or dataset['source'].get('path', '')})",
@@ -52,7 +62,10 @@ def render(name: str, dataset: dict, finetune_run: Path, parity: dict,
         "",
         "## Metrics",
     ]
-    if metrics:
+    if metrics and "mse" in metrics:
+        lines += [f"On the {metrics['split']} split ({metrics['samples']} examples): "
+                  f"MSE {metrics['mse']:.6g}, MAE {metrics['mae']:.6g}, R² {metrics['r2']:.4f}."]
+    elif metrics:
         lines += [f"On the {metrics['split']} split ({metrics['samples']} examples): "
                   f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
                   f"weighted F1 {metrics['f1_weighted']:.4f}."]
@@ -70,7 +83,9 @@ def render(name: str, dataset: dict, finetune_run: Path, parity: dict,
     for fmt, p in parity.items():
         lines.append(f"| {fmt}{' (' + p['quantize'] + ')' if p.get('quantize') not in (None, 'none') else ''}"
                      f" | {p['max_abs_diff']:.2e} | {p['label_agreement']:.2%} | "
-                     f"{p['accuracy_delta'] * 100:+.2f} pts | {p['latency_ms_p50']:.2f} | "
+                     + ("n/a" if p["accuracy_delta"] is None
+                        else f"{p['accuracy_delta'] * 100:+.2f} pts")
+                     + f" | {p['latency_ms_p50']:.2f} | "
                      f"{p['size_bytes'] / 1e6:.2f} | {p['passed']} |")
     lines += ["", "## Intended use",
               "Classifying images like those in the dataset above, at the input size above. "

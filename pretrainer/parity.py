@@ -20,13 +20,22 @@ import numpy as np
 def _saved_model(path: str):
     import tensorflow as tf
 
+    try:  # text models: the tokenizer's ops live in tensorflow-text, as in TF Serving builds
+        import tensorflow_text  # noqa: F401
+    except ImportError:
+        pass
     fn = tf.saved_model.load(path).signatures["serving_default"]
     (name, spec), = fn.structured_input_signature[1].items()
 
     raw = spec.dtype == tf.uint8  # pretrainer's raw-image signature: uint8 pixels in
 
     def run(x):
-        x = np.rint(x * 255.0).astype(np.uint8) if raw else x.astype(spec.dtype.as_numpy_dtype)
+        if spec.dtype == tf.string:
+            x = x.astype(str)
+        elif raw:
+            x = np.rint(x * 255.0).astype(np.uint8)
+        else:
+            x = x.astype(spec.dtype.as_numpy_dtype)
         outs = fn(**{name: tf.constant(x)})
         return (outs["probabilities"] if "probabilities" in outs
                 else next(iter(outs.values()))).numpy()

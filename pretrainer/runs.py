@@ -233,6 +233,25 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _resolved(path) -> Optional[str]:
+    if not path:
+        return None
+    return str(path) if "://" in str(path) else str(Path(path).resolve())
+
+
+def _any_sha256(path) -> str:
+    """sha256 of a local file, or of one on a TensorFlow filesystem (gs://...)."""
+    if "://" not in str(path):
+        return sha256_file(Path(path))
+    import tensorflow as tf
+
+    h = hashlib.sha256()
+    with tf.io.gfile.GFile(str(path), "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_lineage(run: Path, stage: str, cfg_yaml: str, *, parent: Optional[Path] = None,
                   dataset_manifest: Optional[Path] = None, extra: Optional[dict] = None) -> None:
     """config.yaml and manifest.json: enough to know where a run came from and redo it."""
@@ -242,8 +261,8 @@ def write_lineage(run: Path, stage: str, cfg_yaml: str, *, parent: Optional[Path
         "run": str(Path(run).resolve()),
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "parent_run": str(Path(parent).resolve()) if parent else None,
-        "dataset_manifest": str(Path(dataset_manifest).resolve()) if dataset_manifest else None,
-        "dataset_manifest_sha256": sha256_file(dataset_manifest) if dataset_manifest else None,
+        "dataset_manifest": _resolved(dataset_manifest),
+        "dataset_manifest_sha256": _any_sha256(dataset_manifest) if dataset_manifest else None,
         "versions": package_versions(),
         "git_commit": _git_commit(),
         "command": sys.argv,

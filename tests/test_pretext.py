@@ -82,3 +82,60 @@ def test_registry_lists_every_pretext():
     assert set(PRETEXTS) >= {"autoencoder", "denoising", "simclr", "dcgan"}
     with pytest.raises(Exception, match="Choose from: autoencoder"):
         get_pretext("byol")
+
+
+def test_tabular_denoising_autoencoder_twenty_steps_lower_the_loss():
+    keras.utils.set_random_seed(0)
+    cfg = BackboneConfig(name="mlp", filters=[16], latent_dim=4, batch_norm=False)
+    ae = get_pretext("denoising").build(
+        build_backbone((6,), cfg),
+        PretextConfig(name="denoising", learning_rate=0.01, noise_stddev=0.1, mask_fraction=0.2),
+        cfg, 0)
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(128, 2))
+    x = np.concatenate([z, z @ rng.normal(size=(2, 4))], axis=1).astype("float32")  # rank 2
+    loss = ae.fit(x, x, batch_size=32, epochs=5, verbose=0, shuffle=False).history["loss"]
+    assert loss[-1] < 0.8 * loss[0]
+
+
+def test_mlp_without_layers_is_the_identity():
+    cfg = BackboneConfig(name="mlp", filters=[], latent_dim=0)
+    backbone = build_backbone((3,), cfg)
+    x = np.arange(6, dtype="float32").reshape(2, 3)
+    np.testing.assert_array_equal(backbone.predict(x, verbose=0), x)
+
+
+def _token_batches():
+    rng = np.random.default_rng(0)
+    # a tiny "language": each sequence counts up from a random start, then pads
+    starts = rng.integers(5, 20, size=64)
+    ids = np.zeros((64, 12), np.int32)
+    for i, s in enumerate(starts):
+        n = rng.integers(6, 12)
+        ids[i, :n] = np.arange(s, s + n) % 40 + 5
+    return ids
+
+
+@pytest.mark.parametrize("name,causal", [("causal_lm", True), ("masked_lm", False)])
+def test_language_models_twenty_steps_lower_the_loss(name, causal):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    cfg = BackboneConfig(name="transformer", latent_dim=32, num_layers=1, num_heads=2,
+                         intermediate_dim=64, sequence_length=12, vocabulary_size=50,
+                         causal=causal)
+    pretext = get_pretext(name)
+    model = pretext.build(build_backbone((12,), cfg), PretextConfig(learning_rate=3e-3), cfg, 0)
+    targets = pretext.targets_for(50, 12) if pretext.targets_for else pretext.targets
+    ds = tf.data.Dataset.from_tensor_slices(_token_batches()).batch(16).map(targets).repeat()
+    loss = model.fit(ds, steps_per_epoch=4, epochs=5, verbose=0).history["loss"]
+    assert loss[-1] < loss[0]
+
+
+def test_token_loss_ignores_padding_targets():
+    from pretrainer.pretext.language import token_loss
+
+    logits = np.zeros((1, 3, 5), "float32")
+    logits[0, 0, 2] = 10.0
+    y = np.array([[2, -1, -1]])
+    assert float(token_loss(y, logits)[0]) < 1e-3  # the padded positions do not count

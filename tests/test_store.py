@@ -148,3 +148,19 @@ def test_interrupted_collect_resumes_and_never_publishes_a_partial_store(tmp_pat
     fresh = build_store(tmp_path / "fresh", cfg, seed=0, src=src)
     assert [sh["sha256"] for sp in m["splits"].values() for sh in sp["shards"]] == \
         [sh["sha256"] for sp in fresh["splits"].values() for sh in sp["shards"]]
+
+
+def test_store_on_a_tensorflow_filesystem(tmp_path):
+    """The store goes through tf.io.gfile: ram:// here stands in for gs://."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(90, 4, 4, 1), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 30)
+    src = SourceData(x_pool=x, y_pool=y, class_names=list("abc"))
+    cfg = DataConfig(shard_size=16, labeled_fraction=0.5)
+    m = build_store("ram://stores/toy", cfg, seed=0, src=src)
+    assert verify("ram://stores/toy") == []
+    assert read_manifest("ram://stores/toy")["config_key"] == m["config_key"]
+    xs, ys = pipeline.to_numpy(pipeline.images("ram://stores/toy", "test", batch_size=8))
+    assert len(xs) == m["splits"]["test"]["count"] and set(ys) <= {0, 1, 2}
+    again = build_store("ram://stores/toy", cfg, seed=0, src=src)  # rebuild in place
+    assert again["splits"] == m["splits"]

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from pretrainer.data.store import read_manifest
+from pretrainer.data.store import join, read_manifest
 from pretrainer.errors import DataError
 
 # Splits smaller than this are cached decoded in memory (data.cache=true); larger
@@ -38,7 +38,6 @@ def split_info(store: Path, split: str) -> dict:
 def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shuffle: bool,
              repeat: bool, cache: bool, seed: int, bytes_per_example: int):
     """Parsed, optionally cached / shuffled / repeated examples of one split (not batched)."""
-    store = Path(store)
     manifest = read_manifest(store)
     if manifest["modality"] != modality:
         raise DataError(f"{store} holds {manifest['modality']} data; this step reads {modality}")
@@ -47,7 +46,7 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
         raise DataError(f"Split '{split}' of {store} is empty; adjust data.* fractions")
     if labels and not info["labeled"]:
         raise DataError(f"Split '{split}' of {store} has no labels")
-    files = [str(store / s["file"]) for s in info["shards"]]
+    files = [join(store, s["file"]) for s in info["shards"]]
     workers = max(1, min(4, os.cpu_count() or 1))
     ds = tf.data.Dataset.from_tensor_slices(files)
     # Shuffled reads interleave shards; ordered reads (evaluation) keep the stored order.
@@ -118,11 +117,12 @@ def texts(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
 
 def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
          repeat: bool = False, labels: bool = True, cache: bool = True,
-         seed: int = 0) -> tf.data.Dataset:
-    """Batches of standardised float32 feature rows (and labels or regression targets).
+         seed: int = 0, standardize: bool = True) -> tf.data.Dataset:
+    """Batches of float32 feature rows (and labels or regression targets).
 
-    Means and standard deviations come from the unlabeled pool (manifest
-    `feature_stats`), never from the test split.
+    With `standardize`, means and standard deviations come from the unlabeled
+    pool (manifest `feature_stats`), never from the test split; without it the
+    rows are the raw encoded features (models then standardise inside).
     """
     manifest = read_manifest(store)
     n = manifest["shape"][0]
@@ -135,7 +135,8 @@ def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
 
     def parse(record):
         ex = tf.io.parse_single_example(record, spec)
-        return (ex["features"] - mean) / std, ex[target[0]]
+        x = (ex["features"] - mean) / std if standardize else ex["features"]
+        return x, ex[target[0]]
 
     ds, _, workers = _records(store, split, labels=labels, modality="tabular", parse=parse,
                               shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
@@ -144,6 +145,25 @@ def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     if not labels:
         ds = ds.map(lambda x, _: x)
     return ds.prefetch(2).with_options(_options())
+
+
+def examples(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
+             repeat: bool = False, labels: bool = True, one_hot: bool = False,
+             cache: bool = True, seed: int = 0, augment: str = "none",
+             standardize: bool = True) -> tf.data.Dataset:
+    """The reader that fits the store's modality (images, texts or rows)."""
+    modality = read_manifest(store)["modality"]
+    common = dict(batch_size=batch_size, shuffle=shuffle, repeat=repeat, labels=labels,
+                  cache=cache, seed=seed)
+    if modality == "image":
+        return images(store, split, one_hot=one_hot, augment=augment, **common)
+    if modality == "tabular":
+        ds = rows(store, split, standardize=standardize, **common)
+        if labels and one_hot:
+            n = read_manifest(store)["num_classes"]
+            ds = ds.map(lambda x, y: (x, tf.one_hot(y, n)))
+        return ds
+    return texts(store, split, **common)
 
 
 def _augment(x, shape, *, flip: bool, seed: int):

@@ -150,6 +150,7 @@ def load_text_files(cfg: DataConfig) -> SourceData:
 
 
 BUNDLED_TEXT = {"fortunes_small": "fortunes_small.json.gz"}
+BUNDLED_CSV = {"house": "house.csv"}  # the seed's worked example: price = 2 x area
 
 
 def load_bundled_text(cfg: DataConfig) -> SourceData:
@@ -174,10 +175,13 @@ def load_csv(cfg: DataConfig) -> SourceData:
     """A CSV of feature columns and an optional target column (tabular.py)."""
     from pretrainer.data.tabular import load_csv as load
 
-    r = load(cfg.path, cfg.target, cfg.task)
+    path = cfg.path
+    if not path and cfg.dataset in BUNDLED_CSV:  # a table shipped in the package
+        path = str(resources.files("pretrainer.data") / "samples" / BUNDLED_CSV[cfg.dataset])
+    r = load(path, cfg.target, cfg.task)
     return SourceData(x_pool=r["x"], y_pool=r["y"], class_names=r["class_names"],
                       modality="tabular", task=r["task"],
-                      info={"path": str(cfg.path), "target": cfg.target,
+                      info={"path": str(path), "target": cfg.target,
                             "dropped_rows_without_target":
                                 r.get("dropped_rows_without_target", 0)},
                       extra_manifest={"columns": r["encodings"],

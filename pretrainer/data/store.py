@@ -25,6 +25,46 @@ from pretrainer.errors import DataError
 from pretrainer.runs import sha256_file
 
 SPLITS = ("unlabeled", "train", "val", "test")
+
+
+# Paths go through tf.io.gfile, so a store can live on gs:// (or any filesystem
+# TensorFlow knows) as well as on local disk. pathlib would fold "gs://" to "gs:/".
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def join(store, name: str) -> str:
+    return f"{str(store).rstrip('/')}/{name}"
+
+
+def _parent_and_name(store) -> tuple[str, str]:
+    s = str(store).rstrip("/")
+    parent, _, name = s.rpartition("/")
+    return parent or ".", name
+
+
+def _sha256(path: str) -> str:
+    if not _remote(path):
+        return sha256_file(Path(path))
+    h = hashlib.sha256()
+    with _gfile().GFile(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write then rename, so a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with _gfile().GFile(tmp, "w") as f:
+        f.write(text)
+    _gfile().rename(tmp, path, overwrite=True)
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -135,7 +175,7 @@ def _example(modality: str, row, label, regression: bool) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
-def write_split(out_dir: Path, split: str, x, y: Optional[np.ndarray], shard_size: int,
+def write_split(out_dir, split: str, x, y: Optional[np.ndarray], shard_size: int,
                 modality: str = "image", regression: bool = False, done: Optional[dict] = None,
                 on_shard=None, advance=None) -> list[dict]:
     """Write one split as TFRecord shards; return [{file, count, sha256}].
@@ -153,22 +193,23 @@ def write_split(out_dir: Path, split: str, x, y: Optional[np.ndarray], shard_siz
         name = f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord"
         lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
         prior = (done or {}).get(name)
-        if (prior and prior["count"] == hi - lo and (out_dir / name).is_file()
-                and sha256_file(out_dir / name) == prior["sha256"]):
+        final = join(out_dir, name)
+        if (prior and prior["count"] == hi - lo and _gfile().exists(final)
+                and _sha256(final) == prior["sha256"]):
             shards.append(prior)
             if advance:
                 advance(hi - lo)
             continue
-        tmp = out_dir / f".{name}.tmp"
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
+        tmp = join(out_dir, f".{name}.tmp")
+        with tf.io.TFRecordWriter(tmp) as writer:
             for i in range(lo, hi):
                 writer.write(_example(modality, x[i], None if y is None else y[i], regression))
                 if advance and (i - lo) % 256 == 255:
                     advance(256)
         if advance:
             advance((hi - lo) % 256)
-        os.replace(tmp, out_dir / name)
-        record = {"file": name, "count": hi - lo, "sha256": sha256_file(out_dir / name)}
+        _gfile().rename(tmp, final, overwrite=True)
+        record = {"file": name, "count": hi - lo, "sha256": _sha256(final)}
         shards.append(record)
         if on_shard:
             on_shard(record)
@@ -192,13 +233,22 @@ def config_key(cfg: DataConfig, seed: int) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_manifest(store: Path) -> dict:
-    path = Path(store) / MANIFEST
-    if not path.is_file():
+def has_manifest(store) -> bool:
+    path = join(store, MANIFEST)
+    return _gfile().exists(path) if _remote(path) else Path(path).is_file()
+
+
+def read_manifest(store) -> dict:
+    path = join(store, MANIFEST)
+    exists = _gfile().exists(path) if _remote(path) else Path(path).is_file()
+    if not exists:
         raise DataError(f"No dataset store at {store} (missing {MANIFEST}). "
                         f"Run `pretrainer collect` first")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        if not _remote(path):
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+        with _gfile().GFile(path, "r") as f:
+            return json.loads(f.read())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON ({exc.msg}); rerun `pretrainer collect`") from exc
 
@@ -209,8 +259,8 @@ def verify(store: Path, manifest: Optional[dict] = None) -> list[str]:
     bad = []
     for split in manifest["splits"].values():
         for shard in split["shards"]:
-            path = Path(store) / shard["file"]
-            if not path.is_file() or sha256_file(path) != shard["sha256"]:
+            path = join(store, shard["file"])
+            if not _gfile().exists(path) or _sha256(path) != shard["sha256"]:
                 bad.append(shard["file"])
     return bad
 
@@ -273,21 +323,23 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
         arrays["unlabeled"] = (np.concatenate([arrays["unlabeled"][0], src.x_extra]), None)
     contamination = check_contamination(arrays, dedupe=cfg.dedupe)
     regression = src.task == "regression"
-    store = Path(store)
-    store.parent.mkdir(parents=True, exist_ok=True)
+    gfile = _gfile()
+    parent, name = _parent_and_name(store)
+    gfile.makedirs(parent)
     key = config_key(cfg, seed)
-    staging = store.with_name(f".{store.name}.partial-{key}")
-    staging.mkdir(exist_ok=True)
-    progress_file = staging / "progress.json"
-    done = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
+    staging = join(parent, f".{name}.partial-{key}")
+    gfile.makedirs(staging)
+    progress_file = join(staging, "progress.json")
+    done = {}
+    if gfile.exists(progress_file):
+        with gfile.GFile(progress_file, "r") as f:
+            done = json.loads(f.read())
     if done:
         progress and progress("resume", len(done))
 
     def record(shard: dict) -> None:
         done[shard["file"]] = shard
-        tmp = progress_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(done))
-        os.replace(tmp, progress_file)
+        _write_text(progress_file, json.dumps(done))
 
     splits = {}
     for split in SPLITS:
@@ -329,17 +381,30 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
         std = pool.std(axis=0)
         manifest["feature_stats"] = {"mean": pool.mean(axis=0).tolist(),
                                      "std": np.where(std > 1e-12, std, 1.0).tolist()}
-    progress_file.unlink(missing_ok=True)
-    for leftover in staging.iterdir():  # shards of another layout, if any
-        if leftover.name not in {sh["file"] for sp in splits.values() for sh in sp["shards"]}:
-            leftover.unlink()
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    wanted = {sh["file"] for sp in splits.values() for sh in sp["shards"]}
+    for leftover in gfile.listdir(staging):  # progress file, shards of another layout
+        if leftover not in wanted:
+            gfile.remove(join(staging, leftover))
+    text = json.dumps(manifest, indent=2) + "\n"
+    if _remote(store):
+        # Object stores cannot rename folders: move the shards in, then write the
+        # manifest last; until then the store has no manifest and reads as missing.
+        if gfile.exists(join(store, MANIFEST)):
+            gfile.remove(join(store, MANIFEST))
+        gfile.makedirs(str(store))
+        for f in wanted:
+            gfile.rename(join(staging, f), join(store, f), overwrite=True)
+        _write_text(join(store, MANIFEST), text)
+        gfile.rmtree(staging)
+        return manifest
+    _write_text(join(staging, MANIFEST), text)
     # Swap in the finished store; the old one (if any) goes only after the new one is whole.
+    local = Path(store)
     old = None
-    if store.exists():
-        old = store.with_name(f".{store.name}.old-{os.getpid()}")
-        os.replace(store, old)
-    os.replace(staging, store)
+    if local.exists():
+        old = local.with_name(f".{local.name}.old-{os.getpid()}")
+        os.replace(local, old)
+    os.replace(staging, local)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return manifest

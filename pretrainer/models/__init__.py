@@ -9,12 +9,16 @@ import keras
 from pretrainer.config import BackboneConfig
 from pretrainer.errors import ConfigError
 from pretrainer.models.cnn import conv_encoder, mobilenet, resnet, seed_cnn
+from pretrainer.models.mlp import mlp
+from pretrainer.models.transformer import transformer
 
 BACKBONES: dict[str, Callable[[tuple[int, ...], BackboneConfig], keras.Model]] = {
     "conv_ae": conv_encoder,
     "seed_cnn": seed_cnn,
     "resnet": resnet,
     "mobilenet": mobilenet,
+    "mlp": mlp,
+    "transformer": transformer,
 }
 
 

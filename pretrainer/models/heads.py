@@ -6,13 +6,13 @@ import keras
 
 
 def classifier(backbone: keras.Model, num_classes: int, *, hidden: list[int] | None = None,
-               dropout: float = 0.0) -> keras.Model:
+               dropout: float = 0.0, normalizer=None) -> keras.Model:
     """backbone -> [Dense relu]* -> [Dropout] -> Dense(num_classes, softmax).
 
     The output layer computes in float32 so mixed precision keeps stable probabilities.
     """
     inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
-    x = backbone(inputs)
+    x = backbone(normalizer(inputs) if normalizer is not None else inputs)
     for i, units in enumerate(hidden or []):
         x = keras.layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
     if dropout > 0:
@@ -20,3 +20,46 @@ def classifier(backbone: keras.Model, num_classes: int, *, hidden: list[int] | N
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                  name="probabilities")(x)
     return keras.Model(inputs, outputs, name="classifier")
+
+
+def regressor(backbone: keras.Model, *, hidden: list[int] | None = None, dropout: float = 0.0,
+              normalizer=None) -> keras.Model:
+    """[normalizer] -> backbone -> [Dense relu]* -> Dense(1), linear, float32."""
+    inputs = keras.Input(shape=backbone.input_shape[1:], name="features")
+    x = backbone(normalizer(inputs) if normalizer is not None else inputs)
+    for i, units in enumerate(hidden or []):
+        x = keras.layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(1, dtype="float32", name="prediction")(x)
+    return keras.Model(inputs, outputs, name="regressor")
+
+
+def normalizer(stats: dict) -> keras.layers.Layer:
+    """Fixed standardisation (statistics of the pretraining pool), saved with the model so an
+    export takes the raw encoded features."""
+    import numpy as np
+
+    std = np.asarray(stats["std"], np.float32)
+    return keras.layers.Normalization(mean=np.asarray(stats["mean"], np.float32),
+                                      variance=std ** 2, name="standardize")
+
+
+def text_classifier(backbone: keras.Model, tokenizer, num_classes: int, *,
+                    dropout: float = 0.0) -> keras.Model:
+    """Raw strings -> WordPiece tokenizer -> transformer -> masked mean pool -> softmax.
+
+    The tokenizer is part of the model, so the saved model and its SavedModel export
+    take text, not token ids.
+    """
+    from pretrainer.models.transformer import PaddingMask
+
+    inputs = keras.Input(shape=(), dtype="string", name="text")
+    ids = tokenizer(inputs)
+    h = backbone(ids)
+    x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(h, mask=PaddingMask()(ids))
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                 name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="text_classifier")

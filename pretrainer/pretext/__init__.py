@@ -8,13 +8,19 @@ the label-free health signal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import keras
 
 from pretrainer.errors import ConfigError
 from pretrainer.pretext.adversarial import build_dcgan
 from pretrainer.pretext.contrastive import build_simclr
+from pretrainer.pretext.language import (
+    build_causal_lm,
+    build_masked_lm,
+    causal_targets,
+    masked_targets,
+)
 from pretrainer.pretext.reconstruction import build_autoencoder
 
 
@@ -29,20 +35,30 @@ class Pretext:
     build: Callable[..., keras.Model]  # (backbone, PretextConfig, BackboneConfig, seed, **compile)
     targets: Callable  # batch of inputs -> (inputs, targets)
     health: str  # metric name logged each epoch (history.csv, TensorBoard)
-    modality: str
+    modality: tuple  # the kinds of data it trains on
     embedding_rank: bool = False  # log the backbone's effective rank, alarm on collapse
     samples: str = ""  # images saved in the run: reconstructions | generated
+    # text: (vocabulary size, sequence length) -> the targets map, when it needs them
+    targets_for: Optional[Callable] = None
+    causal: Optional[bool] = None  # the transformer block kind this pretext needs
 
 
 PRETEXTS: dict[str, Pretext] = {
     "autoencoder": Pretext(build=build_autoencoder, targets=lambda x: (x, x),
-                           health="psnr", modality="image", samples="reconstructions"),
+                           health="psnr", modality=("image", "tabular"),
+                           samples="reconstructions"),
     "denoising": Pretext(build=build_autoencoder, targets=lambda x: (x, x),
-                         health="psnr", modality="image", samples="reconstructions"),
+                         health="psnr", modality=("image", "tabular"),
+                         samples="reconstructions"),
     "simclr": Pretext(build=build_simclr, targets=_no_target, health="effective_rank",
-                      modality="image", embedding_rank=True),
+                      modality=("image",), embedding_rank=True),
+    "causal_lm": Pretext(build=build_causal_lm, targets=causal_targets, health="perplexity",
+                         modality=("text",), causal=True),
+    "masked_lm": Pretext(build=build_masked_lm, targets=None, health="perplexity",
+                         modality=("text",), causal=False,
+                         targets_for=lambda vocab, length: masked_targets(vocab, length)),
     "dcgan": Pretext(build=build_dcgan, targets=_no_target, health="d_accuracy",
-                     modality="image", embedding_rank=True, samples="generated"),
+                     modality=("image",), embedding_rank=True, samples="generated"),
 }
 
 

@@ -26,8 +26,9 @@ class RandomPixelMask(keras.layers.Layer):
         if not training or self.rate == 0:
             return x
         shape = ops.shape(x)
-        keep = keras.random.uniform((shape[0], shape[1], shape[2], 1),
-                                    seed=self.seed_generator) >= self.rate
+        # images: one draw per pixel (all channels); rows: one draw per feature
+        mask_shape = (shape[0], shape[1], shape[2], 1) if len(x.shape) == 4 else shape
+        keep = keras.random.uniform(mask_shape, seed=self.seed_generator) >= self.rate
         return x * ops.cast(keep, x.dtype)
 
     def get_config(self):
@@ -44,6 +45,16 @@ def psnr(x, x_hat):
     """Peak signal-to-noise ratio in dB for images in [0, 1] (higher is better)."""
     mse = reconstruction_loss(x, x_hat)
     return 10.0 * ops.log(1.0 / ops.maximum(mse, 1e-10)) / math.log(10.0)
+
+
+def build_row_decoder(n_features: int, cfg: BackboneConfig, embed_dim: int) -> keras.Model:
+    """Embedding -> row: the mlp's hidden layers mirrored, then a linear output."""
+    inputs = keras.Input(shape=(embed_dim,), name="embedding")
+    x = inputs
+    for i, units in enumerate(reversed(cfg.filters)):
+        x = keras.layers.Dense(units, activation="relu", name=f"dec_dense{i}")(x)
+    x = keras.layers.Dense(n_features, dtype="float32", name="dec_out")(x)
+    return keras.Model(inputs, x, name="decoder")
 
 
 def build_decoder(input_shape: tuple[int, ...], cfg: BackboneConfig,
@@ -81,8 +92,14 @@ def build_autoencoder(backbone: keras.Model, cfg: PretextConfig,
         x = keras.layers.GaussianNoise(cfg.noise_stddev, seed=seed, name="noise")(x)
     if cfg.mask_fraction > 0:
         x = RandomPixelMask(cfg.mask_fraction, seed=seed, name="mask")(x)
-    x_hat = build_decoder(input_shape, backbone_cfg)(backbone(x))
+    if len(input_shape) == 1:  # standardised table rows: no [0, 1] range, so no PSNR
+        decoder = build_row_decoder(input_shape[0], backbone_cfg, backbone.output_shape[-1])
+        metrics = []
+    else:
+        decoder = build_decoder(input_shape, backbone_cfg)
+        metrics = [psnr]
+    x_hat = decoder(backbone(x))
     model = keras.Model(inputs, x_hat, name="autoencoder")
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
-                  loss=reconstruction_loss, metrics=[psnr], **compile_kwargs)
+                  loss=reconstruction_loss, metrics=metrics, **compile_kwargs)
     return model

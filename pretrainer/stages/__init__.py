@@ -11,15 +11,22 @@ from pretrainer.errors import RunError
 
 
 def load_keras_artifact(run: Path, filename: str, shape: tuple[int, ...], hint: str = ""):
-    """Load run/filename (a .keras model) and check it takes inputs of `shape`."""
+    """Load run/filename (a .keras model) and check it takes inputs of `shape` (None: any)."""
     import keras
+
+    import pretrainer.models  # noqa: F401  (registers our layers for deserialisation)
+
+    try:  # text models hold keras-hub layers, registered when keras_hub is imported
+        import keras_hub  # noqa: F401
+    except ImportError:
+        pass
 
     path = Path(run) / filename
     if not path.is_file():
         raise RunError(f"{run} has no {filename}")
     model = keras.saving.load_model(path)
     got = tuple(model.input_shape[1:])
-    if got != tuple(shape):
+    if shape is not None and got != tuple(shape):
         raise RunError(f"{filename} takes inputs of shape {got} but the dataset's examples are "
                        f"{tuple(shape)}" + (f": {hint}" if hint else ""))
     return model

@@ -3,24 +3,42 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pretrainer.config import Config
 from pretrainer.console import console, info, table, warn
 from pretrainer.data import sources
-from pretrainer.data.store import MANIFEST, SPLITS, build_store, config_key, read_manifest, verify
+from pretrainer.data.store import (
+    MANIFEST,
+    SPLITS,
+    build_store,
+    config_key,
+    has_manifest,
+    join,
+    read_manifest,
+    verify,
+)
 
 
-def store_path(cfg: Config) -> Path:
-    return Path(cfg.paths.data) / cfg.data.name
+def store_path(cfg: Config) -> str:
+    """data/<dataset> (a string: paths.data may be gs://..., which pathlib would mangle)."""
+    return join(cfg.paths.data, cfg.data.name)
 
 
-def run(cfg: Config) -> Path:
+def ensure_store(cfg: Config) -> str:
+    """The store the config names, collected first if it is not there yet."""
+    store = store_path(cfg)
+    if not has_manifest(store):
+        info(f"no dataset store at {store} yet; collecting it first")
+        run(cfg)
+    return store
+
+
+def run(cfg: Config) -> str:
     store = store_path(cfg)
     key = config_key(cfg.data, cfg.seed)
-    if (store / MANIFEST).is_file():
+    if has_manifest(store):
         manifest = read_manifest(store)
         if manifest.get("config_key") == key:
             bad = verify(store, manifest)
@@ -37,7 +55,7 @@ def run(cfg: Config) -> Path:
         shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:5])
         more = f" and {len(src.skipped) - 5} more" if len(src.skipped) > 5 else ""
         warn(f"skipped {len(src.skipped)} unreadable file(s): {shown}{more} "
-             f"(all listed in {store / MANIFEST})")
+             f"(all listed in {join(store, MANIFEST)})")
     def said(split: str, n: int) -> None:
         if split == "resume":
             info(f"  resuming an interrupted collect: {n} shard(s) already written")
@@ -68,7 +86,7 @@ def run(cfg: Config) -> Path:
     return store
 
 
-def _summary(store: Path, manifest: dict) -> None:
+def _summary(store: str, manifest: dict) -> None:
     rows = []
     for split in SPLITS:
         s = manifest["splits"][split]

@@ -23,7 +23,7 @@ from pretrainer import modelcard, runs
 from pretrainer.config import Config, DeployConfig, to_yaml
 from pretrainer.console import console, info, table
 from pretrainer.data import pipeline
-from pretrainer.data.store import MANIFEST, read_manifest
+from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import ConfigError, ParityError, RunError
 from pretrainer.stages.collect import store_path
 from pretrainer.stages.evaluate import load_finetuned, predict_split
@@ -59,7 +59,8 @@ def float32_copy(model):
 
     def f32(node):
         if isinstance(node, dict):
-            if node.get("class_name") == "DTypePolicy" and "config" in node:
+            if (node.get("class_name") == "DTypePolicy" and "config" in node
+                    and str(node["config"].get("name", "")).startswith("mixed_")):
                 return {**node, "config": {**node["config"], "name": "float32"}}
             return {k: f32(v) for k, v in node.items()}
         if isinstance(node, list):
@@ -96,6 +97,10 @@ def export_saved_model(model, target: Path, class_names: Optional[list[str]] = N
     import keras
     import tensorflow as tf
 
+    if model.input.dtype == "string":  # text: the tokenizer is in the graph
+        return _export_text(model, target, class_names)
+    if len(model.input_shape) != 4:  # table rows: raw encoded features in, standardised inside
+        return _export_rows(model, target, class_names)
     h, w, c = model.input_shape[1:]
     names = tf.constant(class_names or [str(i) for i in range(model.output_shape[-1])])
 
@@ -117,6 +122,52 @@ def export_saved_model(model, target: Path, class_names: Optional[list[str]] = N
     archive.track(model)
     archive.add_endpoint("serving_default", serve_raw)
     archive.add_endpoint("serve_float", serve_float)
+    with runs.atomic_dir(target) as tmp:
+        archive.write_out(str(tmp), verbose=False)
+    return target
+
+
+def _export_text(model, target: Path, class_names: Optional[list[str]]) -> Path:
+    """SavedModel for text models: `serving_default` takes a batch of raw strings."""
+    import keras
+    import tensorflow as tf
+
+    names = tf.constant(class_names or [str(i) for i in range(model.output_shape[-1])])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def serve(text):
+        probs = model(text, training=False)
+        label = tf.argmax(probs, axis=-1)
+        return {"probabilities": probs, "label": label, "class_name": tf.gather(names, label)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve)
+    with runs.atomic_dir(target) as tmp:
+        archive.write_out(str(tmp), verbose=False)
+    return target
+
+
+def _export_rows(model, target: Path, class_names: Optional[list[str]]) -> Path:
+    """SavedModel for tabular models: `serving_default` takes float32 feature rows."""
+    import keras
+    import tensorflow as tf
+
+    n = model.input_shape[-1]
+    regression = not class_names
+
+    @tf.function(input_signature=[tf.TensorSpec([None, n], tf.float32, name="features")])
+    def serve(features):
+        out = model(features, training=False)
+        if regression:
+            return {"prediction": out[:, 0]}
+        label = tf.argmax(out, axis=-1)
+        return {"probabilities": out, "label": label,
+                "class_name": tf.gather(tf.constant(class_names), label)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve)
     with runs.atomic_dir(target) as tmp:
         archive.write_out(str(tmp), verbose=False)
     return target
@@ -157,6 +208,8 @@ def check_parity(fmt: str, artifact: Path, x: np.ndarray, y: np.ndarray, referen
     """Run `artifact` in a fresh process with its own runtime and compare with Keras."""
     with tempfile.TemporaryDirectory() as tmp:
         inputs, outputs = os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npy")
+        if x.dtype == object:  # text: a unicode array saves without pickling
+            x = np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in x])
         np.save(inputs, x)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
         proc = subprocess.run([sys.executable, "-m", "pretrainer.parity", fmt, str(artifact),
@@ -168,19 +221,26 @@ def check_parity(fmt: str, artifact: Path, x: np.ndarray, y: np.ndarray, referen
                            f"runtime: {tail[0]}")
         probs = np.load(outputs).astype(np.float64)
         latency = np.load(outputs.replace(".npy", "_latency.npy"))
+    probs = probs.reshape(len(x), -1)
     diff = np.abs(probs - reference.astype(np.float64))
-    keras_acc = float((reference.argmax(1) == y).mean())
-    acc = float((probs.argmax(1) == y).mean())
+    regression = reference.shape[1] == 1 and np.issubdtype(np.asarray(y).dtype, np.floating)
+    keras_acc = None if regression else float((reference.argmax(1) == y).mean())
+    acc = None if regression else float((probs.argmax(1) == y).mean())
     quantized = fmt == "litert" and cfg.quantize != "none"
-    passed = (keras_acc - acc <= cfg.max_accuracy_drop) if quantized else (
-        float(diff.max()) <= cfg.parity_atol)
+    if quantized and not regression:
+        passed = keras_acc - acc <= cfg.max_accuracy_drop
+    elif quantized:  # no accuracy for a regression: allow the quantisation step, relatively
+        passed = float(diff.max()) <= 0.05 * (float(np.abs(reference).max()) + 1e-6)
+    else:
+        passed = float(diff.max()) <= cfg.parity_atol
     size = (sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
             if artifact.is_dir() else artifact.stat().st_size)
     return {
         "format": fmt, "path": str(artifact), "quantize": cfg.quantize if fmt == "litert" else None,
         "samples": int(len(x)), "max_abs_diff": float(diff.max()),
         "label_agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
-        "keras_accuracy": keras_acc, "accuracy": acc, "accuracy_delta": acc - keras_acc,
+        "keras_accuracy": keras_acc, "accuracy": acc,
+        "accuracy_delta": None if regression else acc - keras_acc,
         "latency_ms_p50": float(np.percentile(latency, 50) * 1e3),
         "latency_ms_p95": float(np.percentile(latency, 95) * 1e3),
         "size_bytes": int(size),
@@ -221,11 +281,14 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         _require_onnx()
     store = store_path(cfg)
     manifest = read_manifest(store)
+    if manifest["modality"] == "text" and set(dcfg.formats) - {"saved_model"}:
+        raise ConfigError("text models export as saved_model only: LiteRT and ONNX cannot "
+                          "carry the WordPiece tokenizer's ops. Use deploy=text")
     ft_run, model = load_finetuned(cfg, run, tuple(manifest["shape"]))
     model = float32_copy(model)
     out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "deploy")
     runs.write_lineage(out, "deploy", to_yaml(cfg), parent=ft_run,
-                       dataset_manifest=store / MANIFEST)
+                       dataset_manifest=join(store, MANIFEST))
     export = out / "export"
     x, y, reference = predict_split(model, store, "test", limit=dcfg.parity_samples)
     pruning = None
@@ -239,8 +302,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
             model, export / dcfg.name / str(version), manifest["class_names"])
     if "litert" in dcfg.formats:
         # int8 calibration data comes from the unlabeled pool, never from the test split
-        calib = next(iter(pipeline.images(store, "unlabeled", batch_size=200, labels=False,
-                                          cache=False))).numpy()
+        calib = next(iter(pipeline.examples(store, "unlabeled", batch_size=200, labels=False,
+                                            cache=False, standardize=False))).numpy()
         artifacts["litert"] = export_litert(model, export / "model.tflite", dcfg.quantize, calib)
     if "onnx" in dcfg.formats:
         artifacts["onnx"] = export_onnx(model, export / "model.onnx")
@@ -252,7 +315,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                                                                   if pruning else {})})
     rows = [[fmt + (f" ({p['quantize']})" if p["quantize"] not in (None, "none") else ""),
              f"{p['max_abs_diff']:.2e}", f"{p['label_agreement']:.2%}",
-             f"{p['accuracy_delta'] * 100:+.2f}", f"{p['latency_ms_p50']:.2f}",
+             "n/a" if p["accuracy_delta"] is None else f"{p['accuracy_delta'] * 100:+.2f}",
+             f"{p['latency_ms_p50']:.2f}",
              f"{p['latency_ms_p95']:.2f}", f"{p['size_bytes'] / 1e6:.2f}",
              "[green]yes[/green]" if p["passed"] else "[red]NO[/red]"]
             for fmt, p in parity.items()]

@@ -11,7 +11,7 @@ from pretrainer import runs
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, info, table
 from pretrainer.data import pipeline
-from pretrainer.data.store import MANIFEST, read_manifest
+from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import RunError
 from pretrainer.stages import load_keras_artifact
 from pretrainer.stages.collect import store_path
@@ -37,6 +37,25 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     return out
 
 
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """MSE, MAE and R² (scikit-learn); R² is undefined for fewer than two examples."""
+    from sklearn import metrics as skm
+
+    out = {"samples": int(len(y_true)),
+           "mse": float(skm.mean_squared_error(y_true, y_pred)),
+           "mae": float(skm.mean_absolute_error(y_true, y_pred))}
+    out["r2"] = float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan")
+    return out
+
+
+def _regression_report(result: dict) -> str:
+    return "\n".join([
+        f"# Evaluation on the {result['split']} split", "",
+        f"Model: `{result['finetune_run']}` (init {result['init']}, {result['labels']} labels)",
+        "", "| metric | value |", "|---|---|",
+        *(f"| {k} | {result[k]:.6g} |" for k in ("mse", "mae", "r2")), ""])
+
+
 def load_finetuned(cfg: Config, run: Optional[str | Path], shape: tuple[int, ...]):
     """(finetune run, its model.keras) for `--run DIR` or the latest finished finetune run."""
     ft_run = runs.resolve(cfg.paths.runs, cfg.experiment, "finetune", run)
@@ -46,10 +65,18 @@ def load_finetuned(cfg: Config, run: Optional[str | Path], shape: tuple[int, ...
 def predict_split(model, store: Path, split: str, batch_size: int = 256,
                   limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(inputs, labels, probabilities) for up to `limit` examples of a labeled split."""
-    x, y = pipeline.to_numpy(pipeline.images(store, split, batch_size=batch_size, cache=False))
+    x, y = pipeline.to_numpy(pipeline.examples(store, split, batch_size=batch_size, cache=False,
+                                               standardize=False))
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    probs = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    if x.dtype == object:  # text: Keras takes string tensors, not object arrays
+        import tensorflow as tf
+
+        feed = tf.data.Dataset.from_tensor_slices(tf.constant(list(x))).batch(batch_size)
+        probs = np.asarray(model.predict(feed, verbose=0), dtype=np.float32)
+    else:
+        probs = np.asarray(model.predict(x, batch_size=batch_size, verbose=0),
+                           dtype=np.float32)
     return x, y, probs
 
 
@@ -62,24 +89,33 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     split = cfg.evaluate.split
     _, y, probs = predict_split(model, store, split)
     names = manifest["class_names"]
-    if probs.shape[1] != len(names):
-        raise RunError(f"The model predicts {probs.shape[1]} classes; the dataset has {len(names)}")
-    result = classification_metrics(y, probs, names)
+    regression = manifest.get("task") == "regression"
+    if regression:
+        result = regression_metrics(y, probs[:, 0])
+    else:
+        if probs.shape[1] != len(names):
+            raise RunError(f"The model predicts {probs.shape[1]} classes; the dataset has "
+                           f"{len(names)}")
+        result = classification_metrics(y, probs, names)
     ft_manifest = runs.read_manifest(ft_run)
     result.update(split=split, finetune_run=str(ft_run), init=ft_manifest.get("init"),
                   mode=ft_manifest.get("mode"), labels=ft_manifest.get("labels"))
     out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "evaluate")
     runs.write_lineage(out, "evaluate", to_yaml(cfg), parent=ft_run,
-                       dataset_manifest=store / MANIFEST, extra={"split": split})
+                       dataset_manifest=join(store, MANIFEST), extra={"split": split})
     runs.atomic_write_json(out / "metrics.json", result)
-    _confusion_png(np.array(result["confusion_matrix"]), names, out / "plots" / "confusion_matrix.png")
-    runs.atomic_write_text(out / "report.md", _report(result, names))
+    if regression:
+        shown = ("mse", "mae", "r2")
+        runs.atomic_write_text(out / "report.md", _regression_report(result))
+    else:
+        shown = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")
+        _confusion_png(np.array(result["confusion_matrix"]), names,
+                       out / "plots" / "confusion_matrix.png")
+        runs.atomic_write_text(out / "report.md", _report(result, names))
     runs.mark_done(out)
     console.print(table(
         f"evaluate ({result['init']}, {result['labels']} labels) on {split}: {len(y)} examples",
-        ["metric", "value"],
-        [[k, f"{result[k]:.4f}"] for k in ("accuracy", "precision_macro", "recall_macro",
-                                            "f1_macro", "f1_weighted")]))
+        ["metric", "value"], [[k, f"{result[k]:.4f}"] for k in shown]))
     info(f"[green]evaluate done[/green]: {out / 'metrics.json'}")
     keras.backend.clear_session()
     return out

@@ -9,27 +9,27 @@ from pretrainer import runs
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import info
 from pretrainer.data import pipeline
-from pretrainer.data.store import MANIFEST, read_manifest
+from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import DataError
 from pretrainer.models import build_backbone
-from pretrainer.models.heads import classifier
+from pretrainer.models.heads import classifier, normalizer, regressor, text_classifier
 from pretrainer.stages import load_keras_artifact, open_run
-from pretrainer.stages.collect import store_path
+from pretrainer.stages.collect import ensure_store
 from pretrainer.train import compile_kwargs, fit, optimizer_step, setup
 
 
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     import keras
 
-    store = store_path(cfg)
+    store = ensure_store(cfg)
     manifest = read_manifest(store)
-    if manifest["modality"] != "image":
-        raise DataError(f"{store} holds {manifest['modality']} data; finetuning is implemented "
-                        f"for images so far (text and tabular models are not yet)")
+    text = manifest["modality"] == "text"
     if manifest["splits"]["train"]["count"] == 0:
         raise DataError(f"{store} holds no labeled examples (an unlabeled-only source): use it "
                         f"to pretrain, then finetune with a labeled data config and --run")
     shape = tuple(manifest["shape"])
+    tabular = manifest["modality"] == "tabular"
+    regression = manifest.get("task") == "regression"
     ft = cfg.finetune
     parent = (runs.resolve(cfg.paths.runs, cfg.experiment, "pretrain", run)
               if ft.init == "pretrained" else None)
@@ -37,36 +37,51 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     n_labels = manifest["splits"]["train"]["count"]
     run_dir, resumed, chief, restore_from = open_run(
         cfg.paths.runs, cfg.experiment, "finetune", strategy, to_yaml(cfg), parent=parent,
-        dataset_manifest=store / MANIFEST,
+        dataset_manifest=join(store, MANIFEST),
         extra={"init": ft.init, "mode": ft.mode, "labels": n_labels, "strategy": why,
                "seed": cfg.seed})
     source = f"backbone from {parent}" if parent else "backbone from scratch"
     info(f"[bold]finetune[/bold] ({ft.init}, {ft.mode}): {source} -> {run_dir} "
          f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
     with strategy.scope():
-        backbone = (load_keras_artifact(parent, "backbone.keras", shape,
-                                        "pretrain on this dataset, or use finetune.init=scratch")
-                    if parent else build_backbone(shape, cfg.backbone))
+        if text:
+            backbone, tok = _text_backbone(cfg, parent, store, run_dir)
+        else:
+            backbone = (load_keras_artifact(parent, "backbone.keras", shape, "pretrain on this "
+                                            "dataset, or use finetune.init=scratch")
+                        if parent else build_backbone(shape, cfg.backbone))
         if ft.mode == "linear_probe":
             backbone.trainable = False
-        model = classifier(backbone, manifest["num_classes"], hidden=ft.head_units,
-                           dropout=ft.dropout)
-        model.compile(optimizer=keras.optimizers.Adam(ft.learning_rate), loss=ft.loss,
-                      metrics=["accuracy"], **compile_kwargs(cfg.trainer))
-    one_hot = ft.loss == "categorical_crossentropy"
+        norm = normalizer(manifest["feature_stats"]) if tabular else None
+        if text:
+            model = text_classifier(backbone, tok, manifest["num_classes"], dropout=ft.dropout)
+            loss, metrics = ft.loss, ["accuracy"]
+        elif regression:
+            model = regressor(backbone, hidden=ft.head_units, dropout=ft.dropout,
+                              normalizer=norm)
+            loss, metrics = "mse", ["mae"]
+        else:
+            model = classifier(backbone, manifest["num_classes"], hidden=ft.head_units,
+                               dropout=ft.dropout, normalizer=norm)
+            loss, metrics = ft.loss, ["accuracy"]
+        optimizer = (keras.optimizers.SGD(ft.learning_rate) if ft.optimizer == "sgd"
+                     else keras.optimizers.Adam(ft.learning_rate))
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                      **compile_kwargs(cfg.trainer))
+    one_hot = ft.loss == "categorical_crossentropy" and not regression
     bs = ft.batch_size or cfg.trainer.batch_size
-    train_ds = pipeline.images(store, "train", batch_size=bs, shuffle=True, repeat=True,
-                               one_hot=one_hot, cache=cfg.data.cache, seed=cfg.seed,
-                               augment=ft.augment)
+    read = dict(one_hot=one_hot, cache=cfg.data.cache, standardize=False)
+    train_ds = pipeline.examples(store, "train", batch_size=bs, shuffle=True, repeat=True,
+                                 seed=cfg.seed, augment=ft.augment, **read)
     val_ds, val_steps = None, None
     if manifest["splits"]["val"]["count"] > 0:
-        val_ds = pipeline.images(store, "val", batch_size=bs, one_hot=one_hot,
-                                 cache=cfg.data.cache, repeat=True)
+        val_ds = pipeline.examples(store, "val", batch_size=bs, repeat=True, **read)
         val_steps = pipeline.steps(store, "val", bs)
     history = fit(model, train_ds, steps_per_epoch=pipeline.steps(store, "train", bs),
                   epochs=ft.epochs or cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title=f"finetune[{ft.init}]", val_ds=val_ds, validation_steps=val_steps,
-                  monitor="val_accuracy", mode="max", restore_from=restore_from)
+                  monitor="val_loss" if regression else "val_accuracy",
+                  mode="min" if regression else "max", restore_from=restore_from)
     if not chief:  # the chief writes the run; this worker's scratch dir is not a run
         keras.backend.clear_session()
         return run_dir
@@ -77,5 +92,56 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     runs.mark_done(run_dir)
     shown = f"val_accuracy {final['val_accuracy']:.4f}" if "val_accuracy" in final else ""
     info(f"[green]finetune done[/green]: {run_dir / 'model.keras'}  {shown}")
+    if regression and cfg.backbone.name == "mlp" and not cfg.backbone.filters \
+            and cfg.backbone.latent_dim == 0:
+        _print_linear(model, manifest, run_dir)
     keras.backend.clear_session()
     return run_dir
+
+
+def _print_linear(model, manifest: dict, run_dir: Path) -> None:
+    """A linear model on standardised features, stated in the data's own units."""
+    import numpy as np
+
+    w, b = (np.asarray(v, np.float64) for v in model.get_layer("prediction").get_weights())
+    mean = np.asarray(manifest["feature_stats"]["mean"])
+    std = np.asarray(manifest["feature_stats"]["std"])
+    coef = w[:, 0] / std
+    intercept = float(b[0] - (coef * mean).sum())
+    target = manifest["source"].get("target") or "target"
+    terms = " + ".join(f"{c:.4f} × {n}" for c, n in zip(coef, manifest["feature_names"],
+                                                       strict=True))
+    info(f"learned: {target} ≈ {terms} + {intercept:.4f}")
+    runs.update_manifest(run_dir, linear={"coefficients": dict(zip(
+        manifest["feature_names"], coef.tolist(), strict=True)), "intercept": intercept})
+
+
+def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
+    """(transformer backbone, tokenizer): the pretrain run's, or new ones for scratch
+    (the same vocabulary recipe on the same unlabeled split, so the two are comparable)."""
+    import dataclasses
+
+    from pretrainer.models.transformer import (
+        load_vocabulary,
+        save_vocabulary,
+        tokenizer,
+        train_vocabulary,
+    )
+
+    if parent is not None:
+        if not (Path(parent) / "vocab.txt").is_file():
+            raise DataError(f"{parent} has no vocab.txt: it was not pretrained on text")
+        vocab = load_vocabulary(Path(parent) / "vocab.txt")
+        backbone = load_keras_artifact(parent, "backbone.keras", None)
+        if backbone.input.dtype not in ("int32", "int64"):
+            raise DataError(f"{parent}'s backbone takes {backbone.input_shape} images, not "
+                            f"token ids: pretrain on text first")
+        length = backbone.input_shape[1]
+    else:
+        texts = pipeline.texts(store, "unlabeled", batch_size=512, labels=False, cache=False)
+        vocab = train_vocabulary(texts, cfg.backbone.vocabulary_size)
+        length = cfg.backbone.sequence_length
+        backbone = build_backbone((length,), dataclasses.replace(
+            cfg.backbone, vocabulary_size=len(vocab)))
+    save_vocabulary(vocab, Path(run_dir) / "vocab.txt")
+    return backbone, tokenizer(vocab, length)

@@ -32,17 +32,25 @@ def run(cfg: Config) -> dict:
     dep = deploy.run(cfg, run=results["pretrained"]["finetune"])
     export = runs.read_manifest(dep)["export"]
     wall = time.perf_counter() - t0
+    regression = "mse" in results["scratch"]["metrics"]
     rows = []
     for init, r in results.items():
         m = r["metrics"]
-        rows.append([init, m["labels"], f"{m['accuracy']:.2%}", f"{m['f1_macro']:.4f}",
-                     str(Path(r["finetune"]).name)])
+        scores = ([f"{m['mse']:.4g}", f"{m['r2']:.4f}"] if regression
+                  else [f"{m['accuracy']:.2%}", f"{m['f1_macro']:.4f}"])
+        rows.append([init, m["labels"], *scores, str(Path(r["finetune"]).name)])
+    columns = ["test MSE", "R²"] if regression else ["test accuracy", "macro F1"]
     console.print(table(f"{cfg.experiment}: pretrained backbone vs scratch, same labels "
                         f"({m['samples']} test examples)",
-                        ["init", "labels", "test accuracy", "macro F1", "finetune run"], rows))
-    gain = (results["pretrained"]["metrics"]["accuracy"]
-            - results["scratch"]["metrics"]["accuracy"]) * 100
-    console.print(f"pretraining {'gained' if gain >= 0 else 'lost'} {abs(gain):.1f} accuracy "
-                  f"points; exported model: [bold]{export}[/bold]  ({wall:.0f} s)")
+                        ["init", "labels", *columns, "finetune run"], rows))
+    if regression:
+        gain = results["scratch"]["metrics"]["mse"] - results["pretrained"]["metrics"]["mse"]
+        console.print(f"pretraining {'lowered' if gain >= 0 else 'raised'} the test MSE by "
+                      f"{abs(gain):.4g}; exported model: [bold]{export}[/bold]  ({wall:.0f} s)")
+    else:
+        gain = (results["pretrained"]["metrics"]["accuracy"]
+                - results["scratch"]["metrics"]["accuracy"]) * 100
+        console.print(f"pretraining {'gained' if gain >= 0 else 'lost'} {abs(gain):.1f} "
+                      f"accuracy points; exported model: [bold]{export}[/bold]  ({wall:.0f} s)")
     return {"pretrain": pre, "results": results, "deploy": dep, "export": export,
             "wall_s": wall, "gain_points": gain}

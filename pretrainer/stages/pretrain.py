@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +11,14 @@ from pretrainer import runs
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import info
 from pretrainer.data import pipeline
-from pretrainer.data.store import MANIFEST, read_manifest
+from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import DataError
 from pretrainer.models import build_backbone
 from pretrainer.pretext import get_pretext
 from pretrainer.pretext.adversarial import GeneratedGrid
 from pretrainer.pretext.health import EmbeddingRank
 from pretrainer.stages import open_run, weights_checksum
-from pretrainer.stages.collect import store_path
+from pretrainer.stages.collect import ensure_store
 from pretrainer.strategy import is_multi_worker, worker_index
 from pretrainer.train import compile_kwargs, fit, optimizer_step, setup
 
@@ -25,38 +26,40 @@ from pretrainer.train import compile_kwargs, fit, optimizer_step, setup
 def run(cfg: Config) -> Path:
     import keras
 
-    store = store_path(cfg)
-    if not (store / MANIFEST).is_file():  # first use: build the store the config names
-        from pretrainer.stages import collect
-
-        info(f"pretrain: no dataset store at {store} yet; collecting it first")
-        collect.run(cfg)
+    store = ensure_store(cfg)
     manifest = read_manifest(store)
     pretext = get_pretext(cfg.pretext.name)
-    if manifest["modality"] != pretext.modality:
-        raise DataError(f"pretext '{cfg.pretext.name}' needs {pretext.modality} data; "
-                        f"{store} holds {manifest['modality']}")
+    if manifest["modality"] not in pretext.modality:
+        raise DataError(f"pretext '{cfg.pretext.name}' needs {' or '.join(pretext.modality)} "
+                        f"data; {store} holds {manifest['modality']}")
     strategy, why = setup(cfg.trainer, cfg.seed)
     run_dir, resumed, chief, restore_from = open_run(
         cfg.paths.runs, cfg.experiment, "pretrain", strategy, to_yaml(cfg),
-        dataset_manifest=store / MANIFEST,
+        dataset_manifest=join(store, MANIFEST),
         extra={"strategy": why, "seed": cfg.seed, "pretext": cfg.pretext.name,
                "backbone": cfg.backbone.name})
     info(f"[bold]pretrain[/bold]: {cfg.pretext.name} on {cfg.backbone.name} -> {run_dir} "
          f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
     shape = tuple(manifest["shape"])
+    bcfg, targets, prepare = cfg.backbone, pretext.targets, None
+    if manifest["modality"] == "text":
+        bcfg, targets, prepare = _text_setup(cfg, pretext, store, run_dir)
+        shape = (bcfg.sequence_length,)
     with strategy.scope():
-        backbone = build_backbone(shape, cfg.backbone)
-        model = pretext.build(backbone, cfg.pretext, cfg.backbone, cfg.seed,
+        backbone = build_backbone(shape, bcfg)
+        model = pretext.build(backbone, cfg.pretext, bcfg, cfg.seed,
                               **compile_kwargs(cfg.trainer))
     bs = cfg.trainer.batch_size
-    train_ds = pipeline.images(store, "unlabeled", batch_size=bs, shuffle=True, repeat=True,
-                               labels=False, cache=cfg.data.cache, seed=cfg.seed)
-    train_ds = train_ds.map(pretext.targets)
+
+    def read(split: str, **kw):
+        ds = pipeline.examples(store, split, batch_size=bs, labels=False, cache=cfg.data.cache,
+                               **kw)
+        return (ds.map(prepare) if prepare else ds).map(targets)
+
+    train_ds = read("unlabeled", shuffle=True, repeat=True, seed=cfg.seed)
     val_ds, val_steps = None, None
     if manifest["splits"]["val"]["count"] > 0:
-        val_ds = pipeline.images(store, "val", batch_size=bs, labels=False,
-                                 cache=cfg.data.cache, repeat=True).map(pretext.targets)
+        val_ds = read("val", repeat=True)
         val_steps = pipeline.steps(store, "val", bs)
     extra = []
     if pretext.embedding_rank:
@@ -79,7 +82,14 @@ def run(cfg: Config) -> Path:
     health_key = (pretext.health if pretext.health == "effective_rank" or val_ds is None
                   else f"val_{pretext.health}")
     health = float(history[health_key][-1]) if health_key in history else None
-    if val_ds is not None and pretext.samples == "reconstructions":
+    if health is not None and pretext.health == "perplexity":
+        health = float(math.exp(min(float(history[health_key.replace("perplexity", "loss")][-1]),
+                                    50.0)))  # exp of the mean token loss, not a mean of exps
+    if health_key not in history:  # e.g. no PSNR for table rows: the reconstruction loss
+        health_key = "val_loss" if "val_loss" in history else "loss"
+        health = float(history[health_key][-1])
+    if (val_ds is not None and pretext.samples == "reconstructions"
+            and manifest["modality"] == "image"):
         _save_reconstructions(model, val_ds, run_dir / "plots" / "reconstructions.png")
     runs.update_manifest(run_dir, health={health_key: health},
                          final_loss=float(history["loss"][-1]), epochs=len(history["loss"]),
@@ -112,3 +122,33 @@ def _save_reconstructions(model, val_ds, path: Path, n: int = 8) -> None:
     fig.suptitle("input (top) / reconstruction (bottom)", fontsize=8)
     runs.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
     plt.close(fig)
+
+
+def _text_setup(cfg: Config, pretext, store, run_dir: Path):
+    """WordPiece vocabulary from the unlabeled split (saved as vocab.txt in the run), the
+    backbone config sized to it, and the tokenize / targets maps."""
+    import dataclasses
+
+    from pretrainer.models.transformer import (
+        load_vocabulary,
+        save_vocabulary,
+        tokenizer,
+        train_vocabulary,
+    )
+
+    if pretext.causal is not None and cfg.backbone.causal != pretext.causal:
+        raise DataError(f"pretext '{cfg.pretext.name}' needs backbone.causal="
+                        f"{str(pretext.causal).lower()}")
+    vocab_file = Path(run_dir) / "vocab.txt"
+    if vocab_file.is_file():  # resuming: the same vocabulary as before
+        vocab = load_vocabulary(vocab_file)
+    else:
+        texts = pipeline.texts(store, "unlabeled", batch_size=512, labels=False, cache=False)
+        vocab = train_vocabulary(texts, cfg.backbone.vocabulary_size)
+        save_vocabulary(vocab, vocab_file)
+    info(f"  WordPiece vocabulary: {len(vocab)} tokens -> {vocab_file}")
+    bcfg = dataclasses.replace(cfg.backbone, vocabulary_size=len(vocab))
+    tok = tokenizer(vocab, bcfg.sequence_length)
+    targets = (pretext.targets_for(len(vocab), bcfg.sequence_length) if pretext.targets_for
+               else pretext.targets)
+    return bcfg, targets, lambda texts: tok(texts)

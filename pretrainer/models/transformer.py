@@ -1,0 +1,80 @@
+"""A small Transformer for text, built from keras-hub layers, and its WordPiece tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from pretrainer.config import BackboneConfig
+
+RESERVED = ["[PAD]", "[UNK]", "[MASK]", "[BOS]", "[EOS]"]  # [PAD] must stay id 0
+PAD, UNK, MASK = 0, 1, 2
+
+
+@keras.saving.register_keras_serializable(package="pretrainer")
+class PaddingMask(keras.layers.Layer):
+    """True where a token id is not [PAD] (id 0)."""
+
+    def call(self, ids):
+        return keras.ops.not_equal(ids, PAD)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def transformer(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+    """Token ids (batch, sequence_length) -> contextual embeddings (batch, length, latent_dim).
+
+    `backbone.causal=true` stacks TransformerDecoder blocks with a causal mask (GPT-style,
+    for causal_lm); otherwise TransformerEncoder blocks (BERT-style, for masked_lm).
+    Padding (id 0) is masked throughout.
+    """
+    import keras_hub
+
+    inputs = keras.Input(shape=(cfg.sequence_length,), dtype="int32", name="token_ids")
+    # An explicit padding mask, not mask_zero: an implicit Keras mask would follow the
+    # outputs into the losses and metrics and be applied there a second time.
+    padding = PaddingMask(name="padding_mask")(inputs)
+    x = keras_hub.layers.TokenAndPositionEmbedding(
+        vocabulary_size=cfg.vocabulary_size, sequence_length=cfg.sequence_length,
+        embedding_dim=cfg.latent_dim, name="embedding")(inputs)
+    for i in range(cfg.num_layers):
+        if cfg.causal:
+            x = keras_hub.layers.TransformerDecoder(cfg.intermediate_dim, cfg.num_heads,
+                                                    dropout=0.1, name=f"block{i}")(
+                x, decoder_padding_mask=padding)
+        else:
+            x = keras_hub.layers.TransformerEncoder(cfg.intermediate_dim, cfg.num_heads,
+                                                    dropout=0.1, name=f"block{i}")(
+                x, padding_mask=padding)
+    x = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")(x)
+    return keras.Model(inputs, x, name="transformer")
+
+
+def train_vocabulary(texts_ds, size: int) -> list[str]:
+    """WordPiece vocabulary learned from a dataset of strings (keras-hub)."""
+    import keras_hub
+
+    return keras_hub.tokenizers.compute_word_piece_vocabulary(
+        texts_ds, vocabulary_size=size, lowercase=True, reserved_tokens=RESERVED)
+
+
+def tokenizer(vocab: list[str], sequence_length: int):
+    import keras_hub
+
+    # dtype int32 explicitly: under the float32 default policy the saved config would say
+    # float32, which the tokenizer refuses when the model is loaded again
+    return keras_hub.tokenizers.WordPieceTokenizer(vocabulary=vocab, lowercase=True,
+                                                   sequence_length=sequence_length,
+                                                   dtype="int32", name="tokenizer")
+
+
+def save_vocabulary(vocab: list[str], path: Path) -> None:
+    from pretrainer.runs import atomic_write_text
+
+    atomic_write_text(path, "\n".join(vocab) + "\n")
+
+
+def load_vocabulary(path: Path) -> list[str]:
+    return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
