@@ -97,7 +97,7 @@ def export_saved_model(model, target: Path, class_names: Optional[list[str]] = N
     import keras
     import tensorflow as tf
 
-    if model.input.dtype == "string":  # text: the tokenizer is in the graph
+    if len(model.input_shape) == 1:  # text: a batch of strings; the tokenizer is in the graph
         return _export_text(model, target, class_names)
     if len(model.input_shape) != 4:  # table rows: raw encoded features in, standardised inside
         return _export_rows(model, target, class_names)
