@@ -90,3 +90,24 @@ def test_language_models_pretrain_finetune_deploy_raw_strings(tmp_path, experime
         assert parity["passed"] and parity["max_abs_diff"] < 1e-4
         proc = run_cli(["deploy", "--config", experiment, *TEXT, "deploy=default"], cwd=tmp_path)
         assert proc.returncode == 2 and "saved_model only" in proc.stderr
+
+
+def test_seed_cnn_trunk_pretrains_and_finetunes(tmp_path):
+    args = ["--config", "fashion_ae", "backbone=seed_cnn", *TINY[:5], "trainer.batch_size=64"]
+    for verb in ("pretrain", "finetune"):
+        proc = run_cli([verb, *args], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet", "resnet"])
+def test_keras_applications_backbones_on_a_32px_image_folder(tmp_path, backbone):
+    from test_folders import make_class_folder
+
+    root = make_class_folder(tmp_path / "imgs", per_class=12)
+    args = ["--config", "folder_ae", f"data.path={root}", "data.image_size=[32,32]",
+            f"backbone={backbone}", "backbone.latent_dim=16", "backbone.filters=[8,16]",
+            "trainer.epochs=1", "finetune.epochs=1", "trainer.batch_size=16",
+            "trainer.verbose=false"]
+    for verb in ("pretrain", "finetune"):
+        proc = run_cli([verb, *args], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
