@@ -135,8 +135,22 @@ def finetune(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMEN
 @app.command()
 def evaluate(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
              config_dir: ConfigDir = None, run: RunDir = None, cfg: PrintCfg = False,
+             compare: Annotated[Optional[List[str]], typer.Option(
+                 "--compare", help="Evaluate runs (or finetune runs) to print side by side; "
+                                   "repeat the option.")] = None,
              debug: Debug = False) -> None:
     """Score a finetune run on the test split: metrics.json, report.md, confusion matrix."""
+    if compare:
+        from pretrainer.console import error
+        from pretrainer.report import compare_runs
+
+        try:
+            compare_runs(compare)
+        except UserError as exc:
+            error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        return
+
     def body(c: Config) -> None:
         from pretrainer.stages import evaluate as stage
 
@@ -166,6 +180,21 @@ def pipeline(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMEN
         from pretrainer.stages import pipeline as stage
 
         stage.run(c)
+
+    _execute(config, config_dir, overrides, cfg, debug, body)
+
+
+@app.command()
+def study(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
+          config_dir: ConfigDir = None,
+          run: Annotated[Optional[str], typer.Option(
+              "--run", help="Pretrain run to reuse (default: pretrain once for the study).")]
+          = None, cfg: PrintCfg = False, debug: Debug = False) -> None:
+    """Pretrained vs scratch across label fractions and seeds: study.json, study.md, a plot."""
+    def body(c: Config) -> None:
+        from pretrainer.stages import study as stage
+
+        stage.run(c, pretrain_run=run)
 
     _execute(config, config_dir, overrides, cfg, debug, body)
 

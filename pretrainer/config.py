@@ -59,6 +59,7 @@ class DataConfig:
     max_samples: Optional[int] = None  # cap on the source's training pool (tiny runs)
     max_test: Optional[int] = None  # cap on the test split (tiny runs)
     dedupe: bool = False  # drop pool/train examples that duplicate a test example exactly
+    label_seed: Optional[int] = None  # draws the labeled subset only (study seeds); null: seed
     shard_size: int = 4096  # examples per TFRecord shard
     cache: bool = True  # cache decoded splits in memory when they are small (< 512 MB)
 
@@ -223,6 +224,21 @@ class EvaluateConfig:
 
 
 @dataclass
+class StudyConfig:
+    fractions: List[float] = field(default_factory=lambda: [0.01, 0.1])  # labeled fractions
+    seeds: int = 1  # label draws (and finetune seeds) per fraction
+    linear_probe: bool = False  # also finetune the pretrained backbone frozen
+
+    def __post_init__(self) -> None:
+        if not self.fractions:
+            raise ConfigError("study.fractions is empty")
+        for f in self.fractions:
+            _check_range("study.fractions[]", f, 0.0, 1.0, lo_open=True)
+        if self.seeds < 1:
+            raise ConfigError(f"Expected study.seeds >= 1. Received: {self.seeds}")
+
+
+@dataclass
 class Config:
     experiment: str = ""  # names runs/<experiment>/; empty: the config's file name
     description: str = ""  # one line, shown by `pretrainer configs`
@@ -235,6 +251,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
 _GROUPS = ("data", "backbone", "pretext", "finetune", "trainer", "deploy")

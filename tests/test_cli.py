@@ -27,7 +27,7 @@ def test_help_on_every_verb_does_not_import_tensorflow():
         "import sys\n"
         "from pretrainer.cli import app\n"
         "for verb in ([], ['collect'], ['pretrain'], ['finetune'], ['evaluate'], ['deploy'],"
-        " ['pipeline'], ['configs'], ['doctor'], ['serve']):\n"
+        " ['pipeline'], ['configs'], ['doctor'], ['serve'], ['study']):\n"
         "    try:\n"
         "        app(verb + ['--help'], prog_name='pretrainer')\n"
         "    except SystemExit as e:\n"

@@ -105,10 +105,12 @@ def make_splits(y_pool: np.ndarray, cfg: DataConfig, seed: int, has_test: bool
         rest = np.setdiff1d(rest, splits["val"])
     else:
         splits["val"] = np.array([], dtype=np.int64)
+    # label_seed redraws only the labeled subset: test, val and the pool stay put
+    label_rng = rng if cfg.label_seed is None else np.random.default_rng(cfg.label_seed)
     if cfg.labels_per_class is not None:
-        splits["train"] = _stratified_take(y_pool, rest, rng, per_class=cfg.labels_per_class)
+        splits["train"] = _stratified_take(y_pool, rest, label_rng, per_class=cfg.labels_per_class)
     else:
-        splits["train"] = _stratified_take(y_pool, rest, rng, fraction=cfg.labeled_fraction)
+        splits["train"] = _stratified_take(y_pool, rest, label_rng, fraction=cfg.labeled_fraction)
     splits["unlabeled"] = rest
     return splits
 
@@ -226,7 +228,7 @@ def config_key(cfg: DataConfig, seed: int) -> str:
     """What decides a store's content: a rerun with the same key reuses the store."""
     fields = {k: getattr(cfg, k) for k in ("source", "dataset", "path", "image_size", "color",
                                            "extra_unlabeled", "text_split", "target", "task",
-                                           "dedupe", "labeled_fraction",
+                                           "dedupe", "label_seed", "labeled_fraction",
                                            "labels_per_class", "val_fraction", "test_fraction",
                                            "max_samples", "max_test", "shard_size")}
     fields.update(seed=seed, format=FORMAT_VERSION)

@@ -34,6 +34,15 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
                                "f1": float(f[i]), "support": int(s[i])}
                         for i, name in enumerate(class_names)}
     out["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    k = min(5, len(class_names) - 1)
+    if k >= 2:
+        out[f"top{k}_accuracy"] = float(skm.top_k_accuracy_score(y_true, probs, k=k,
+                                                                  labels=labels))
+    present = np.unique(y_true)
+    if len(present) == len(class_names) and len(present) > 1:  # AUC needs every class present
+        p = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+        out["roc_auc_ovr"] = float(skm.roc_auc_score(
+            y_true, p if len(labels) > 2 else p[:, 1], multi_class="ovr", labels=labels))
     return out
 
 

@@ -68,6 +68,18 @@ def test_pipeline_writes_every_artifact(pipeline_run):
     assert "exported model" in proc.stdout
 
 
+def test_compare_prints_runs_side_by_side(pipeline_run):
+    cwd, _ = pipeline_run
+    exp = cwd / "runs" / "fashion_ae"
+    evals = sorted(str(p) for p in exp.glob("evaluate-*"))
+    finetunes = sorted(str(p) for p in exp.glob("finetune-*"))
+    proc = run_cli(["evaluate", "--compare", evals[0], "--compare", finetunes[1]], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "accuracy" in proc.stdout and "pretrained" in proc.stdout and "scratch" in proc.stdout
+    proc = run_cli(["evaluate", "--compare", str(cwd / "nope")], cwd=cwd)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
 def test_stages_rerun_alone_from_earlier_runs(pipeline_run):
     cwd, _ = pipeline_run
     exp = cwd / "runs" / "fashion_ae"

@@ -1,0 +1,150 @@
+"""study: does pretraining help on my data? Pretrained vs scratch across label fractions.
+
+Pretrain once (or reuse --run), then for every labeled fraction and seed finetune
+the pretrained backbone and the same architecture from scratch with identical
+budgets (and, when asked, a linear probe), evaluate each on the same test split,
+and write study.json, study.md and a label-efficiency plot. The test split, the
+validation split and the pretraining pool are the same in every cell; only the
+labeled subset is redrawn per seed (data.label_seed). A killed study run again
+with the same command skips the cells it finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pretrainer import runs
+from pretrainer.config import Config, to_yaml
+from pretrainer.console import console, info, table
+from pretrainer.stages import collect, evaluate, finetune, pretrain
+
+
+def _study_dir(cfg: Config) -> tuple[Path, dict]:
+    """The unfinished study with this exact config, or a new one."""
+    cfg_yaml = to_yaml(cfg)
+    base = runs.experiment_dir(cfg.paths.runs, cfg.experiment)
+    for path in sorted(base.glob("study-*"), reverse=True):
+        if (path / "config.yaml").is_file() and (path / "config.yaml").read_text() == cfg_yaml:
+            if runs.is_done(path):
+                break
+            done = json.loads((path / "study.json").read_text()) if (
+                path / "study.json").is_file() else {"cells": []}
+            return path, done
+    path = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "study")
+    runs.write_lineage(path, "study", cfg_yaml)
+    return path, {"cells": []}
+
+
+def _arms(cfg: Config) -> list[tuple[str, str, str]]:
+    """(arm name, finetune.init, finetune.mode)."""
+    arms = [("pretrained", "pretrained", cfg.finetune.mode), ("scratch", "scratch", "full")]
+    if cfg.study.linear_probe:
+        arms.append(("linear_probe", "pretrained", "linear_probe"))
+    return arms
+
+
+def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
+    out, state = _study_dir(cfg)
+    info(f"[bold]study[/bold]: {len(cfg.study.fractions)} fraction(s) x {cfg.study.seeds} "
+         f"seed(s) -> {out}")
+    collect.run(cfg)
+    pre = (runs.require_done(pretrain_run, "pretrain") if pretrain_run
+           else (Path(state["pretrain_run"]) if state.get("pretrain_run") else pretrain.run(cfg)))
+    state["pretrain_run"] = str(pre)
+    finished = {(c["fraction"], c["seed"], c["arm"]) for c in state["cells"]}
+    if finished:
+        info(f"  resuming: {len(finished)} finished cell(s) are kept")
+    for fraction in cfg.study.fractions:
+        for seed in range(cfg.study.seeds):
+            for arm, init, mode in _arms(cfg):
+                if (fraction, seed, arm) in finished:
+                    continue
+                c = copy.deepcopy(cfg)
+                c.data.labeled_fraction, c.data.labels_per_class = fraction, None
+                c.data.label_seed = cfg.seed + 1000 * seed
+                c.data.name = f"{cfg.data.name}-study-f{fraction:g}-s{seed}"
+                c.seed = cfg.seed + seed
+                c.finetune.init, c.finetune.mode = init, mode
+                collect.run(c)
+                ft = finetune.run(c, run=pre if init == "pretrained" else None)
+                metrics = json.loads((evaluate.run(c, run=ft) / "metrics.json").read_text())
+                state["cells"].append({
+                    "fraction": fraction, "seed": seed, "arm": arm, "labels": metrics["labels"],
+                    "accuracy": metrics.get("accuracy"), "f1_macro": metrics.get("f1_macro"),
+                    "mse": metrics.get("mse"), "finetune_run": str(ft)})
+                runs.atomic_write_json(out / "study.json", state)  # a kill keeps every cell so far
+    summary = summarise(state["cells"])
+    state["summary"] = summary
+    runs.atomic_write_json(out / "study.json", state)
+    _plot(summary, out / "label_efficiency.png")
+    runs.atomic_write_text(out / "study.md", _markdown(cfg, pre, summary))
+    runs.mark_done(out)
+    metric = _metric(summary)
+    rows = [[f"{s['fraction']:g}", str(s["labels"]), s["arm"],
+             f"{s['mean']:.4f} ± {s['std']:.4f}", str(s["n"])] for s in summary]
+    console.print(table(f"study: test {metric} by labeled fraction", ["fraction", "labels",
+                        "init", f"{metric} (mean ± std)", "seeds"], rows))
+    info(f"[green]study done[/green]: {out / 'study.md'}")
+    return out
+
+
+def _metric(summary_or_cells) -> str:
+    first = summary_or_cells[0]
+    return first.get("metric") or ("accuracy" if first.get("accuracy") is not None else "mse")
+
+
+def summarise(cells: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (fraction, arm)."""
+    metric = "accuracy" if cells and cells[0].get("accuracy") is not None else "mse"
+    groups: dict = {}
+    for c in cells:
+        groups.setdefault((c["fraction"], c["arm"]), []).append(c)
+    out = []
+    for (fraction, arm), cs in sorted(groups.items()):
+        vals = np.array([c[metric] for c in cs], np.float64)
+        out.append({"fraction": fraction, "arm": arm, "labels": int(np.mean([c["labels"]
+                                                                            for c in cs])),
+                    "metric": metric, "mean": float(vals.mean()), "std": float(vals.std()),
+                    "n": len(cs)})
+    return out
+
+
+def _plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in dict.fromkeys(s["arm"] for s in summary):
+        pts = [s for s in summary if s["arm"] == arm]
+        ax.errorbar([s["labels"] for s in pts], [s["mean"] for s in pts],
+                    yerr=[s["std"] for s in pts], marker="o", capsize=3, label=arm)
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled examples")
+    ax.set_ylabel(f"test {summary[0]['metric']}")
+    ax.set_title("label efficiency (mean ± std over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    runs.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
+    plt.close(fig)
+
+
+def _markdown(cfg: Config, pre: Path, summary: list[dict]) -> str:
+    metric = summary[0]["metric"]
+    lines = [f"# Study: {cfg.experiment}", "",
+             f"Pretrained backbone: `{pre}`. Every cell finetunes with the same budget "
+             f"({cfg.finetune.epochs or cfg.trainer.epochs} epochs, batch "
+             f"{cfg.finetune.batch_size or cfg.trainer.batch_size}) and is scored on the same "
+             f"test split.", "",
+             f"| fraction | labels | init | test {metric} (mean ± std) | seeds |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {s['fraction']:g} | {s['labels']} | {s['arm']} | {s['mean']:.4f} ± "
+              f"{s['std']:.4f} | {s['n']} |" for s in summary]
+    lines += ["", "![label efficiency](label_efficiency.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""pretrainer study: every cell, the plot, and a killed study that resumes."""
+
+import json
+
+import pytest
+
+from pretrainer.config import compose
+from pretrainer.stages import evaluate, study
+
+pytestmark = pytest.mark.e2e
+
+TINY = ["data.max_samples=300", "data.max_test=60", "trainer.epochs=1", "finetune.epochs=1",
+        "trainer.verbose=false", "backbone.filters=[8,16]", "backbone.latent_dim=16",
+        "study.fractions=[0.05,0.2]", "study.seeds=2", "study.linear_probe=true"]
+
+
+def test_study_cells_plot_and_resume(in_tmp, monkeypatch):
+    cfg = compose("fashion_ae", TINY)
+    real, calls = evaluate.run, {"n": 0}
+
+    def dies_on_the_fifth(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate, "run", dies_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        study.run(cfg)
+    (out,) = (in_tmp / "runs" / "fashion_ae").glob("study-*")
+    first = json.loads((out / "study.json").read_text())["cells"]
+    assert len(first) == 4
+
+    monkeypatch.setattr(evaluate, "run", real)
+    again = study.run(compose("fashion_ae", TINY))
+    assert again.resolve() == out.resolve()  # the same study, continued
+    state = json.loads((out / "study.json").read_text())
+    assert state["cells"][:4] == first
+    assert len(state["cells"]) == 2 * 2 * 3  # fractions x seeds x (pretrained, scratch, probe)
+    assert {s["arm"] for s in state["summary"]} == {"pretrained", "scratch", "linear_probe"}
+    assert (out / "label_efficiency.png").stat().st_size > 1000
+    assert "| 0.05 |" in (out / "study.md").read_text() and (out / "DONE").is_file()
+    labels = {(c["fraction"], c["seed"]): c["labels"] for c in state["cells"]}
+    assert labels[(0.05, 0)] < labels[(0.2, 0)]

@@ -1,0 +1,25 @@
+import numpy as np
+from sklearn import metrics as skm
+
+from pretrainer.stages.evaluate import classification_metrics, regression_metrics
+
+
+def test_classification_metrics_agree_with_sklearn_on_planted_predictions():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(6), 20)
+    probs = rng.random((120, 6))
+    probs[np.arange(120)[:80], y[:80]] += 2.0  # two thirds right
+    probs /= probs.sum(axis=1, keepdims=True)
+    m = classification_metrics(y, probs, [f"c{i}" for i in range(6)])
+    pred = probs.argmax(1)
+    assert m["accuracy"] == skm.accuracy_score(y, pred)
+    assert m["f1_macro"] == skm.f1_score(y, pred, average="macro")
+    assert m["top5_accuracy"] == skm.top_k_accuracy_score(y, probs, k=5)
+    assert m["roc_auc_ovr"] == skm.roc_auc_score(y, probs, multi_class="ovr")
+    assert np.array_equal(m["confusion_matrix"], skm.confusion_matrix(y, pred))
+
+
+def test_regression_metrics():
+    m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.5, 2.5]))
+    assert m["mse"] == 0.5 / 3 * 1.0 and m["mae"] == 1.0 / 3
+    assert m["r2"] == skm.r2_score([1, 2, 3], [1, 2.5, 2.5])
