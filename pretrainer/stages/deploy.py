@@ -94,7 +94,6 @@ def export_saved_model(model, target: Path, class_names: Optional[list[str]] = N
     preprocessing are a common failure). It returns `probabilities`, `label`
     and `class_name`. `serve_float` takes already-scaled float32 images.
     """
-    import keras
     import tensorflow as tf
 
     if len(model.input_shape) == 1:  # text: a batch of strings; the tokenizer is in the graph
@@ -118,10 +117,17 @@ def export_saved_model(model, target: Path, class_names: Optional[list[str]] = N
     def serve_float(images):
         return outputs(model(images, training=False))
 
+    return _write_archive(model, target, serving_default=serve_raw, serve_float=serve_float)
+
+
+def _write_archive(model, target: Path, **endpoints) -> Path:
+    """A SavedModel with the given tf.function endpoints, built aside and renamed in."""
+    import keras
+
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve_raw)
-    archive.add_endpoint("serve_float", serve_float)
+    for name, fn in endpoints.items():
+        archive.add_endpoint(name, fn)
     with runs.atomic_dir(target) as tmp:
         archive.write_out(str(tmp), verbose=False)
     return target
@@ -129,7 +135,6 @@ def export_saved_model(model, target: Path, class_names: Optional[list[str]] = N
 
 def _export_text(model, target: Path, class_names: Optional[list[str]]) -> Path:
     """SavedModel for text models: `serving_default` takes a batch of raw strings."""
-    import keras
     import tensorflow as tf
 
     names = tf.constant(class_names or [str(i) for i in range(model.output_shape[-1])])
@@ -140,17 +145,11 @@ def _export_text(model, target: Path, class_names: Optional[list[str]]) -> Path:
         label = tf.argmax(probs, axis=-1)
         return {"probabilities": probs, "label": label, "class_name": tf.gather(names, label)}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serve)
-    with runs.atomic_dir(target) as tmp:
-        archive.write_out(str(tmp), verbose=False)
-    return target
+    return _write_archive(model, target, serving_default=serve)
 
 
 def _export_rows(model, target: Path, class_names: Optional[list[str]]) -> Path:
     """SavedModel for tabular models: `serving_default` takes float32 feature rows."""
-    import keras
     import tensorflow as tf
 
     n = model.input_shape[-1]
@@ -165,12 +164,7 @@ def _export_rows(model, target: Path, class_names: Optional[list[str]]) -> Path:
         return {"probabilities": out, "label": label,
                 "class_name": tf.gather(tf.constant(class_names), label)}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serve)
-    with runs.atomic_dir(target) as tmp:
-        archive.write_out(str(tmp), verbose=False)
-    return target
+    return _write_archive(model, target, serving_default=serve)
 
 
 def export_litert(model, target: Path, quantize: str, representative: np.ndarray) -> Path:
