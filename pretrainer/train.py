@@ -205,8 +205,8 @@ def _restore(model: keras.Model, manager) -> int:
 def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_dir: Path,
         trainer: TrainerConfig, title: str, val_ds=None, validation_steps: Optional[int] = None,
         monitor: str = "val_loss", mode: str = "min",
-        restore_from: Optional[Path] = None, extra_callbacks: tuple = ()
-        ) -> dict[str, list[float]]:
+        restore_from: Optional[Path] = None, extra_callbacks: tuple = (),
+        class_weight: Optional[dict] = None) -> dict[str, list[float]]:
     """Train `model` (already compiled) with checkpoints; resume if run_dir has one.
 
     Logs go to run_dir/history.csv and run_dir/tb, checkpoints to run_dir/ckpt.
@@ -266,7 +266,7 @@ def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_
             model.fit(train_ds.skip(skip) if skip else train_ds, initial_epoch=first_epoch,
                       epochs=last_epoch, steps_per_epoch=steps, validation_data=val_ds,
                       validation_steps=validation_steps, callbacks=callbacks, verbose=0,
-                      shuffle=False)
+                      shuffle=False, class_weight=class_weight)
             if stop.signal is not None or model.stop_training:
                 break
     step = optimizer_step(model)

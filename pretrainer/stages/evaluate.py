@@ -94,6 +94,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
 
     store = store_path(cfg)
     manifest = read_manifest(store)
+    if run is not None and runs.read_manifest(runs.require_done(run)).get("stage") == "pretrain":
+        return embedding_quality(cfg, runs.require_done(run, "pretrain"), store, manifest)
     ft_run, model = load_finetuned(cfg, run, tuple(manifest["shape"]))
     split = cfg.evaluate.split
     _, y, probs = predict_split(model, store, split)
@@ -162,3 +164,61 @@ def _report(result: dict, names: list[str]) -> str:
                      f"{c['support']} |")
     lines += ["", "![confusion matrix](plots/confusion_matrix.png)", ""]
     return "\n".join(lines)
+
+
+def embed(backbone, store, split: str, manifest: dict, vocab_file: Path) -> tuple:
+    """(features, labels) of a labeled split through a frozen backbone (mean-pooled for text)."""
+    x, y = pipeline.to_numpy(pipeline.examples(store, split, batch_size=256, cache=False,
+                                               standardize=True))
+    if manifest["modality"] == "text":
+        import tensorflow as tf
+
+        from pretrainer.models.transformer import PAD, load_vocabulary, tokenizer
+
+        tok = tokenizer(load_vocabulary(vocab_file), backbone.input_shape[1])
+        ids = np.asarray(tok(tf.constant(list(x))))
+        h = np.asarray(backbone.predict(ids, batch_size=256, verbose=0), np.float32)
+        mask = (ids != PAD)[..., None]
+        feats = (h * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+    else:
+        feats = np.asarray(backbone.predict(x, batch_size=256, verbose=0), np.float32)
+        feats = feats.reshape(len(feats), -1)
+    return feats, y
+
+
+def embedding_quality(cfg: Config, pretrain_run: Path, store, manifest: dict) -> Path:
+    """Label-efficiency of frozen features without training a head: kNN accuracy and a
+    logistic-regression probe (scikit-learn), fitted on the labeled train split."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    if manifest.get("task") == "regression" or manifest["num_classes"] < 2:
+        raise RunError("embedding quality needs a labeled classification dataset")
+    backbone = load_keras_artifact(pretrain_run, "backbone.keras", None)
+    vocab = pretrain_run / "vocab.txt"
+    x_tr, y_tr = embed(backbone, store, "train", manifest, vocab)
+    x_te, y_te = embed(backbone, store, cfg.evaluate.split, manifest, vocab)
+    scaler = StandardScaler().fit(x_tr)
+    x_tr, x_te = scaler.transform(x_tr), scaler.transform(x_te)
+    k = max(1, min(5, len(y_tr) // max(manifest["num_classes"], 1)))
+    knn = KNeighborsClassifier(n_neighbors=k).fit(x_tr, y_tr)
+    probe = LogisticRegression(max_iter=2000, C=0.1).fit(x_tr, y_tr)
+    result = {"split": cfg.evaluate.split, "pretrain_run": str(pretrain_run),
+              "labels": int(len(y_tr)), "samples": int(len(y_te)), "knn_k": k,
+              "knn_accuracy": float((knn.predict(x_te) == y_te).mean()),
+              "linear_probe_accuracy": float((probe.predict(x_te) == y_te).mean()),
+              "feature_dim": int(x_tr.shape[1])}
+    out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "evaluate")
+    runs.write_lineage(out, "evaluate", to_yaml(cfg), parent=pretrain_run,
+                       dataset_manifest=join(store, MANIFEST), extra={"kind": "embedding"})
+    runs.atomic_write_json(out / "metrics.json", result)
+    runs.mark_done(out)
+    console.print(table(f"embedding quality of {pretrain_run.name} ({result['labels']} labels, "
+                        f"{result['samples']} {cfg.evaluate.split} examples)", ["metric", "value"],
+                        [[f"kNN accuracy (k={k})", f"{result['knn_accuracy']:.4f}"],
+                         ["logistic probe accuracy", f"{result['linear_probe_accuracy']:.4f}"]]))
+    info(f"[green]evaluate done[/green]: {out / 'metrics.json'}")
+    keras.backend.clear_session()
+    return out

@@ -64,11 +64,14 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
             model = classifier(backbone, manifest["num_classes"], hidden=ft.head_units,
                                dropout=ft.dropout, normalizer=norm)
             loss, metrics = ft.loss, ["accuracy"]
-        optimizer = (keras.optimizers.SGD(ft.learning_rate) if ft.optimizer == "sgd"
-                     else keras.optimizers.Adam(ft.learning_rate))
+        if ft.label_smoothing > 0 and not regression:  # needs one-hot targets
+            loss = keras.losses.CategoricalCrossentropy(label_smoothing=ft.label_smoothing)
+        lr = _learning_rate(ft, manifest, cfg)
+        optimizer = (keras.optimizers.SGD(lr) if ft.optimizer == "sgd"
+                     else keras.optimizers.Adam(lr))
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                       **compile_kwargs(cfg.trainer))
-    one_hot = ft.loss == "categorical_crossentropy" and not regression
+    one_hot = (ft.loss == "categorical_crossentropy" or ft.label_smoothing > 0) and not regression
     bs = ft.batch_size or cfg.trainer.batch_size
     read = dict(one_hot=one_hot, cache=cfg.data.cache, standardize=False)
     train_ds = pipeline.examples(store, "train", batch_size=bs, shuffle=True, repeat=True,
@@ -81,7 +84,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                   epochs=ft.epochs or cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title=f"finetune[{ft.init}]", val_ds=val_ds, validation_steps=val_steps,
                   monitor="val_loss" if regression else "val_accuracy",
-                  mode="min" if regression else "max", restore_from=restore_from)
+                  mode="min" if regression else "max", restore_from=restore_from,
+                  class_weight=_class_weight(ft, manifest) if not regression else None)
     if not chief:  # the chief writes the run; this worker's scratch dir is not a run
         keras.backend.clear_session()
         return run_dir
@@ -145,3 +149,31 @@ def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
             cfg.backbone, vocabulary_size=len(vocab)))
     save_vocabulary(vocab, Path(run_dir) / "vocab.txt")
     return backbone, tokenizer(vocab, length)
+
+
+def _learning_rate(ft, manifest: dict, cfg: Config):
+    """A float, or warm-up + cosine decay over the run's optimizer steps."""
+    if ft.schedule == "constant" and ft.warmup_epochs == 0:
+        return ft.learning_rate
+    import keras
+
+    bs = ft.batch_size or cfg.trainer.batch_size
+    per_epoch = max(1, -(-manifest["splits"]["train"]["count"] // bs))
+    total = per_epoch * (ft.epochs or cfg.trainer.epochs)
+    warmup = min(per_epoch * ft.warmup_epochs, total - 1)
+    if ft.schedule == "constant":  # warm-up, then flat
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=1, alpha=1.0, warmup_target=ft.learning_rate, warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else ft.learning_rate, decay_steps=max(1, total - warmup),
+        warmup_target=ft.learning_rate if warmup else None, warmup_steps=warmup)
+
+
+def _class_weight(ft, manifest: dict) -> Optional[dict]:
+    """Inverse-frequency weights of the labeled split (finetune.class_weight=balanced)."""
+    if ft.class_weight == "none":
+        return None
+    counts = manifest["splits"]["train"]["per_class"]
+    total, n = sum(counts.values()), len(counts)
+    index = {name: i for i, name in enumerate(manifest["class_names"])}
+    return {index[name]: total / (n * c) for name, c in counts.items() if c}

@@ -127,3 +127,15 @@ def test_cifar_offline_is_one_line_error(tmp_path):
         assert "Traceback" not in proc.stderr
         assert "cifar10" in proc.stderr and "fashion_ae" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) <= 3
+
+
+def test_embedding_quality_straight_after_pretrain(pipeline_run):
+    cwd, _ = pipeline_run
+    (pre,) = [p for p in (cwd / "runs" / "fashion_ae").glob("pretrain-*") if (p / "DONE").exists()]
+    proc = run_cli(["evaluate", "--run", str(pre), *TINY], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kNN accuracy" in proc.stdout and "logistic probe accuracy" in proc.stdout
+    newest = sorted((cwd / "runs" / "fashion_ae").glob("evaluate-*"))[-1]
+    metrics = json.loads((newest / "metrics.json").read_text())
+    assert 0.1 <= metrics["knn_accuracy"] <= 1.0 and metrics["feature_dim"] == 16
+    assert metrics["linear_probe_accuracy"] > 0.15  # 10 classes: better than chance
