@@ -141,6 +141,7 @@ class FinetuneConfig:
     dropout: float = 0.0
     loss: str = "sparse_categorical_crossentropy"  # or categorical_crossentropy (one-hot)
     augment: str = "none"  # none | shift (random +-10% translation) | shift_flip (+ mirror)
+    backbone_lr_multiplier: float = 1.0  # full mode: the backbone's updates are scaled by this
     label_smoothing: float = 0.0  # classification: soften one-hot targets
     class_weight: str = "none"  # none | balanced (inverse class frequency of the labeled split)
     schedule: str = "constant"  # constant | cosine (decay to 0 over the run)
@@ -157,6 +158,7 @@ class FinetuneConfig:
         _check_range("finetune.learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)
         _check_choice("finetune.augment", self.augment, ("none", "shift", "shift_flip"))
         _check_range("finetune.label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _check_range("finetune.backbone_lr_multiplier", self.backbone_lr_multiplier, 0.0, 10.0)
         _check_choice("finetune.class_weight", self.class_weight, ("none", "balanced"))
         _check_choice("finetune.schedule", self.schedule, ("constant", "cosine"))
         if self.warmup_epochs < 0:

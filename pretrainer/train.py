@@ -113,6 +113,29 @@ class RichProgress(keras.callbacks.Callback):
         console.print(f"  {self.title} epoch {epoch + 1}/{self.epochs}  {shown}")
 
 
+class ScaledUpdates(keras.callbacks.Callback):
+    """Per-variable learning rates for any optimizer: after each step, scale the change of
+    `variables` by `multiplier` (the learning rate multiplies the update, so this is that
+    variable's learning rate times `multiplier`; optimizer states are unaffected).
+
+    Keras 3 optimizers take one learning rate for all variables, hence this. With
+    steps_per_execution > 1 it acts once per execution, on the summed update.
+    """
+
+    def __init__(self, variables: list, multiplier: float):
+        super().__init__()
+        self.variables, self.multiplier = list(variables), float(multiplier)
+        self.before: list = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.before = [keras.ops.convert_to_numpy(v) for v in self.variables]
+
+    def on_train_batch_end(self, batch, logs=None):
+        for v, old in zip(self.variables, self.before, strict=True):
+            new = keras.ops.convert_to_numpy(v)
+            v.assign(old + self.multiplier * (new - old))
+
+
 class Preempted(UserError):
     """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
 

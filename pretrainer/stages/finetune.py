@@ -15,7 +15,7 @@ from pretrainer.models import build_backbone
 from pretrainer.models.heads import classifier, normalizer, regressor, text_classifier
 from pretrainer.stages import load_keras_artifact, open_run
 from pretrainer.stages.collect import ensure_store
-from pretrainer.train import compile_kwargs, fit, optimizer_step, setup
+from pretrainer.train import ScaledUpdates, compile_kwargs, fit, optimizer_step, setup
 
 
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
@@ -85,7 +85,10 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                   title=f"finetune[{ft.init}]", val_ds=val_ds, validation_steps=val_steps,
                   monitor="val_loss" if regression else "val_accuracy",
                   mode="min" if regression else "max", restore_from=restore_from,
-                  class_weight=_class_weight(ft, manifest) if not regression else None)
+                  class_weight=_class_weight(ft, manifest) if not regression else None,
+                  extra_callbacks=(ScaledUpdates(backbone.trainable_variables,
+                                                 ft.backbone_lr_multiplier),)
+                  if ft.mode == "full" and ft.backbone_lr_multiplier != 1.0 else ())
     if not chief:  # the chief writes the run; this worker's scratch dir is not a run
         keras.backend.clear_session()
         return run_dir
