@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterator, Optional
 from pretrainer.errors import RunError
 
 DONE = "DONE"
-STAGES = ("pretrain", "finetune", "evaluate", "deploy")
 
 
 def _fsync_dir(path: Path) -> None:

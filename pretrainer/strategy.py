@@ -25,11 +25,6 @@ from pretrainer.errors import ConfigError
 _CACHE: dict = {}
 
 
-def describe(strategy: tf.distribute.Strategy) -> str:
-    devices = getattr(strategy.extended, "worker_devices", ())
-    return f"{type(strategy).__name__}({', '.join(devices)})"
-
-
 def cluster_tasks() -> int:
     """Number of tasks TF_CONFIG describes (0 when unset or unreadable)."""
     try:

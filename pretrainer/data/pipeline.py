@@ -95,6 +95,14 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     return ds.prefetch(2).with_options(_options())
 
 
+def _batched(ds, batch_size: int, labels: bool) -> tf.data.Dataset:
+    """Batch (features, label) pairs, dropping the label when it is not wanted."""
+    ds = ds.batch(batch_size)
+    if not labels:
+        ds = ds.map(lambda x, _: x)
+    return ds.prefetch(2).with_options(_options())
+
+
 def texts(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
           repeat: bool = False, labels: bool = True, cache: bool = True,
           seed: int = 0) -> tf.data.Dataset:
@@ -106,13 +114,10 @@ def texts(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
         ex = tf.io.parse_single_example(record, spec)
         return ex["text"], ex["label"]
 
-    ds, _, workers = _records(store, split, labels=labels, modality="text", parse=parse,
-                              shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
-                              bytes_per_example=512)
-    ds = ds.batch(batch_size)
-    if not labels:
-        ds = ds.map(lambda t, _: t)
-    return ds.prefetch(2).with_options(_options())
+    ds, _, _ = _records(store, split, labels=labels, modality="text", parse=parse,
+                        shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
+                        bytes_per_example=512)
+    return _batched(ds, batch_size, labels)
 
 
 def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
@@ -138,13 +143,10 @@ def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
         x = (ex["features"] - mean) / std if standardize else ex["features"]
         return x, ex[target[0]]
 
-    ds, _, workers = _records(store, split, labels=labels, modality="tabular", parse=parse,
-                              shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
-                              bytes_per_example=4 * n)
-    ds = ds.batch(batch_size)
-    if not labels:
-        ds = ds.map(lambda x, _: x)
-    return ds.prefetch(2).with_options(_options())
+    ds, _, _ = _records(store, split, labels=labels, modality="tabular", parse=parse,
+                        shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
+                        bytes_per_example=4 * n)
+    return _batched(ds, batch_size, labels)
 
 
 def examples(store: Path, split: str, *, batch_size: int, shuffle: bool = False,

@@ -5,18 +5,25 @@ from __future__ import annotations
 import keras
 
 
+def _trunk(backbone: keras.Model, input_name: str, hidden: list[int] | None, dropout: float,
+           normalizer):
+    """Input -> [normalizer] -> backbone -> [Dense relu]* -> [Dropout]: what every head shares."""
+    inputs = keras.Input(shape=backbone.input_shape[1:], name=input_name)
+    x = backbone(normalizer(inputs) if normalizer is not None else inputs)
+    for i, units in enumerate(hidden or []):
+        x = keras.layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    return inputs, x
+
+
 def classifier(backbone: keras.Model, num_classes: int, *, hidden: list[int] | None = None,
                dropout: float = 0.0, normalizer=None) -> keras.Model:
     """backbone -> [Dense relu]* -> [Dropout] -> Dense(num_classes, softmax).
 
     The output layer computes in float32 so mixed precision keeps stable probabilities.
     """
-    inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
-    x = backbone(normalizer(inputs) if normalizer is not None else inputs)
-    for i, units in enumerate(hidden or []):
-        x = keras.layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
-    if dropout > 0:
-        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    inputs, x = _trunk(backbone, "image", hidden, dropout, normalizer)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                  name="probabilities")(x)
     return keras.Model(inputs, outputs, name="classifier")
@@ -25,12 +32,7 @@ def classifier(backbone: keras.Model, num_classes: int, *, hidden: list[int] | N
 def regressor(backbone: keras.Model, *, hidden: list[int] | None = None, dropout: float = 0.0,
               normalizer=None) -> keras.Model:
     """[normalizer] -> backbone -> [Dense relu]* -> Dense(1), linear, float32."""
-    inputs = keras.Input(shape=backbone.input_shape[1:], name="features")
-    x = backbone(normalizer(inputs) if normalizer is not None else inputs)
-    for i, units in enumerate(hidden or []):
-        x = keras.layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
-    if dropout > 0:
-        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    inputs, x = _trunk(backbone, "features", hidden, dropout, normalizer)
     outputs = keras.layers.Dense(1, dtype="float32", name="prediction")(x)
     return keras.Model(inputs, outputs, name="regressor")
 

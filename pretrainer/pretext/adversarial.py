@@ -61,10 +61,14 @@ class DCGAN(keras.Model):
         return {"loss": ops.mean(d) + ops.mean(g), "d_loss": ops.mean(d),
                 "g_loss": ops.mean(g), "d_accuracy": (real_acc + fake_acc) / 2}
 
+    @staticmethod
+    def _real(data):
+        return data[0] if isinstance(data, tuple) else data
+
     def train_step(self, data):
         import tensorflow as tf  # a two-optimizer step needs the backend's tape
 
-        real = data[0] if isinstance(data, tuple) else data
+        real = self._real(data)
         n = ops.shape(real)[0]
         with tf.GradientTape() as tape:
             fake = self.generator(self._noise(n), training=True)
@@ -86,7 +90,7 @@ class DCGAN(keras.Model):
         return self._logs(d, g, real_logits, fake_logits)
 
     def test_step(self, data):
-        real = data[0] if isinstance(data, tuple) else data
+        real = self._real(data)
         n = ops.shape(real)[0]
         real_logits = self.discriminator(real, training=False)
         fake_logits = self.discriminator(self.generator(self._noise(n), training=False),
