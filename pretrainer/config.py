@@ -131,8 +131,9 @@ class PretextConfig:
 
 @dataclass
 class FinetuneConfig:
-    init: str = "pretrained"  # pretrained | scratch
-    mode: str = "full"  # full | linear_probe
+    init: str = "pretrained"  # pretrained | scratch | public (ImageNet weights: resnet, mobilenet)
+    mode: str = "full"  # full | linear_probe | gradual (unfreeze one block from the top per N epochs)
+    unfreeze_every: int = 1  # gradual: epochs between unfreezing the next backbone block
     epochs: Optional[int] = None  # null: trainer.epochs
     batch_size: Optional[int] = None  # null: trainer.batch_size (few labels want small batches)
     learning_rate: float = 1e-3
@@ -146,10 +147,23 @@ class FinetuneConfig:
     class_weight: str = "none"  # none | balanced (inverse class frequency of the labeled split)
     schedule: str = "constant"  # constant | cosine (decay to 0 over the run)
     warmup_epochs: int = 0  # linear warm-up before the schedule
+    steps_per_epoch: Optional[int] = None  # null: one pass over the labeled split
+    # Semi-supervised use of the unlabeled split while finetuning (images, classification):
+    # none | fixmatch (confident predictions on a weak view train a strong view)
+    semi_supervised: str = "none"
+    unlabeled_ratio: int = 3  # fixmatch: unlabeled images per labeled image in a step
+    confidence: float = 0.95  # fixmatch: pseudo-labels need this max probability
+    unlabeled_weight: float = 1.0  # fixmatch: weight of the unlabeled loss
 
     def __post_init__(self) -> None:
-        _check_choice("finetune.init", self.init, ("pretrained", "scratch"))
-        _check_choice("finetune.mode", self.mode, ("full", "linear_probe"))
+        _check_choice("finetune.init", self.init, ("pretrained", "scratch", "public"))
+        _check_choice("finetune.mode", self.mode, ("full", "linear_probe", "gradual"))
+        _check_choice("finetune.semi_supervised", self.semi_supervised, ("none", "fixmatch"))
+        _check_range("finetune.confidence", self.confidence, 0.0, 1.0)
+        _check_range("finetune.unlabeled_weight", self.unlabeled_weight, 0.0, 100.0)
+        for key in ("unfreeze_every", "unlabeled_ratio"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"Expected finetune.{key} >= 1. Received: {getattr(self, key)}")
         _check_choice("finetune.optimizer", self.optimizer, ("adam", "sgd"))
         _check_choice(
             "finetune.loss", self.loss,
@@ -164,7 +178,7 @@ class FinetuneConfig:
         if self.warmup_epochs < 0:
             raise ConfigError(f"Expected finetune.warmup_epochs >= 0. Received: {self.warmup_epochs}")
         _check_range("finetune.dropout", self.dropout, 0.0, 0.95)
-        for key in ("epochs", "batch_size"):
+        for key in ("epochs", "batch_size", "steps_per_epoch"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"Expected finetune.{key} >= 1 or null. Received: {value}")
@@ -229,9 +243,15 @@ class DeployConfig:
 @dataclass
 class EvaluateConfig:
     split: str = "test"
+    explain: int = 0  # images: write attribution maps for this many examples (0 = off)
+    explain_method: str = "integrated_gradients"  # integrated_gradients | saliency
 
     def __post_init__(self) -> None:
         _check_choice("evaluate.split", self.split, ("test", "val", "train"))
+        _check_choice("evaluate.explain_method", self.explain_method,
+                      ("integrated_gradients", "saliency"))
+        if not 0 <= self.explain <= 256:
+            raise ConfigError(f"Expected evaluate.explain in [0, 256]. Received: {self.explain}")
 
 
 @dataclass

@@ -149,6 +149,25 @@ def load_text_files(cfg: DataConfig) -> SourceData:
                             "text_split": cfg.text_split})
 
 
+def load_idx(cfg: DataConfig) -> SourceData:
+    """A folder of IDX files (MNIST, Fashion-MNIST, KMNIST layout), e.g. Debian's
+    dataset-fashion-mnist in /usr/share/datasets/fashion-mnist."""
+    from pretrainer.data.idx import load_idx_folder
+
+    if not cfg.path:
+        raise DataError("data.source=idx needs data.path=<folder with train-images-idx3-ubyte"
+                        "[.gz] and friends>")
+    splits = load_idx_folder(cfg.path)
+    x, y = splits["train"]
+    n = int(max(y.max(), splits["test"][1].max() if "test" in splits else 0)) + 1
+    names = KERAS_DATASETS.get(cfg.dataset)
+    if names is None or len(names) != n:
+        names = [str(i) for i in range(n)]
+    x_te, y_te = splits.get("test", (None, None))
+    return SourceData(x_pool=x, y_pool=y, x_test=x_te, y_test=y_te, class_names=names,
+                      info={"path": str(cfg.path), "format": "idx"})
+
+
 BUNDLED_TEXT = {"fortunes_small": "fortunes_small.json.gz"}
 BUNDLED_CSV = {"house": "house.csv"}  # the seed's worked example: price = 2 x area
 
@@ -191,6 +210,7 @@ def load_csv(cfg: DataConfig) -> SourceData:
 SOURCES: dict[str, Callable[[DataConfig], SourceData]] = {
     "bundled": load_bundled,
     "keras": load_keras,
+    "idx": load_idx,
     "sklearn": load_sklearn,
     "image_folder": load_image_folder,
     "text_files": load_text_files,

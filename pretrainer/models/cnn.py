@@ -75,7 +75,8 @@ def _application(builder_name: str, input_shape: tuple[int, ...], cfg: BackboneC
     except Exception as exc:  # offline download, unsupported width, ...
         first = str(exc).strip().splitlines()[0][:200]
         raise ConfigError(f"Could not build {builder_name} (weights={weights}): {first}. "
-                          f"Offline, use backbone.weights=none") from exc
+                          f"Offline and not cached in ~/.keras/models: use backbone.weights=none"
+                          f" or finetune.init=pretrained / scratch") from exc
     x = trunk(x)
     outputs = keras.layers.Dense(cfg.latent_dim, activation="relu", name="embedding")(x)
     return keras.Model(inputs, outputs, name=name)

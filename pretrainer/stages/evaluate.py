@@ -98,7 +98,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         return embedding_quality(cfg, runs.require_done(run, "pretrain"), store, manifest)
     ft_run, model = load_finetuned(cfg, run, tuple(manifest["shape"]))
     split = cfg.evaluate.split
-    _, y, probs = predict_split(model, store, split)
+    x, y, probs = predict_split(model, store, split)
     names = manifest["class_names"]
     regression = manifest.get("task") == "regression"
     if regression:
@@ -122,7 +122,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         shown = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")
         _confusion_png(np.array(result["confusion_matrix"]), names,
                        out / "plots" / "confusion_matrix.png")
-        runs.atomic_write_text(out / "report.md", _report(result, names))
+        explained = _explain(cfg, model, x, y, probs, names, out, manifest["modality"])
+        runs.atomic_write_text(out / "report.md", _report(result, names, explained))
     runs.mark_done(out)
     console.print(table(
         f"evaluate ({result['init']}, {result['labels']} labels) on {split}: {len(y)} examples",
@@ -150,7 +151,32 @@ def _confusion_png(cm: np.ndarray, names: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def _report(result: dict, names: list[str]) -> str:
+def _explain(cfg: Config, model, x, y, probs, names: list[str], out: Path,
+             modality: str) -> Optional[str]:
+    """evaluate.explain=N: attribution maps of N examples (half right, half wrong) as a PNG."""
+    n, method = cfg.evaluate.explain, cfg.evaluate.explain_method
+    if n == 0:
+        return None
+    if modality != "image":
+        info(f"[yellow]evaluate.explain draws image maps; skipped for {modality} data[/yellow]")
+        return None
+    from pretrainer.explain import attributions, grid_png, pick
+
+    pred = probs.argmax(axis=1)
+    idx = pick(y, pred, n)
+    maps = attributions(model, x[idx], pred[idx], method)
+    titles = [f"{names[y[i]]} → {names[pred[i]]} ({probs[i, pred[i]]:.2f})" for i in idx]
+    rel = f"plots/{method}.png"
+    grid_png(x[idx], maps, titles, out / rel, method)
+    runs.atomic_write_json(out / "explain.json", {
+        "method": method, "target": "predicted class",
+        "examples": [{"index": int(i), "true": names[y[i]], "predicted": names[pred[i]],
+                      "probability": float(probs[i, pred[i]])} for i in idx]})
+    info(f"  {method.replace('_', ' ')} maps for {len(idx)} examples: {out / rel}")
+    return rel
+
+
+def _report(result: dict, names: list[str], explained: Optional[str] = None) -> str:
     lines = [f"# Evaluation on the {result['split']} split", "",
              f"Model: `{result['finetune_run']}` (init {result['init']}, mode {result['mode']}, "
              f"{result['labels']} labels)", "", "| metric | value |", "|---|---|"]
@@ -163,6 +189,9 @@ def _report(result: dict, names: list[str]) -> str:
         lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
                      f"{c['support']} |")
     lines += ["", "![confusion matrix](plots/confusion_matrix.png)", ""]
+    if explained:
+        lines += ["Attribution maps for the predicted class (half correct, half misclassified "
+                  "examples; see explain.json):", "", f"![attributions]({explained})", ""]
     return "\n".join(lines)
 
 

@@ -10,12 +10,21 @@ from pretrainer.config import Config, to_yaml
 from pretrainer.console import info
 from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, join, read_manifest
-from pretrainer.errors import DataError
+from pretrainer.errors import ConfigError, DataError
 from pretrainer.models import build_backbone
 from pretrainer.models.heads import classifier, normalizer, regressor, text_classifier
 from pretrainer.stages import load_keras_artifact, open_run
 from pretrainer.stages.collect import ensure_store
-from pretrainer.train import ScaledUpdates, compile_kwargs, fit, optimizer_step, setup
+from pretrainer.strategy import is_multi_worker
+from pretrainer.train import (
+    GradualUnfreeze,
+    ScaledUpdates,
+    backbone_blocks,
+    compile_kwargs,
+    fit,
+    optimizer_step,
+    setup,
+)
 
 
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
@@ -31,21 +40,40 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     tabular = manifest["modality"] == "tabular"
     regression = manifest.get("task") == "regression"
     ft = cfg.finetune
+    if ft.init == "public" and (text or tabular):
+        raise ConfigError(f"finetune.init=public provides ImageNet image backbones; this store "
+                          f"holds {manifest['modality']} data. Use init=pretrained or scratch")
+    if ft.init == "public" and cfg.backbone.name not in PUBLIC_WEIGHTS:
+        raise ConfigError(f"finetune.init=public needs a backbone with public weights "
+                          f"({', '.join(PUBLIC_WEIGHTS)}); backbone '{cfg.backbone.name}' has "
+                          f"none. Use backbone=resnet or backbone=mobilenet, or init=pretrained")
+    semi = ft.semi_supervised != "none"
+    if semi and (text or tabular or regression or manifest["splits"]["unlabeled"]["count"] == 0):
+        raise ConfigError("finetune.semi_supervised=fixmatch needs image classification data "
+                          "with an unlabeled split; set finetune.semi_supervised=none")
     parent = (runs.resolve(cfg.paths.runs, cfg.experiment, "pretrain", run)
               if ft.init == "pretrained" else None)
     strategy, why = setup(cfg.trainer, cfg.seed)
+    if semi and is_multi_worker(strategy):
+        raise ConfigError("finetune.semi_supervised=fixmatch runs on one machine (cpu, gpu, "
+                          "mirrored or tpu), not multi_worker")
     n_labels = manifest["splits"]["train"]["count"]
     run_dir, resumed, chief, restore_from = open_run(
         cfg.paths.runs, cfg.experiment, "finetune", strategy, to_yaml(cfg), parent=parent,
         dataset_manifest=join(store, MANIFEST),
         extra={"init": ft.init, "mode": ft.mode, "labels": n_labels, "strategy": why,
-               "seed": cfg.seed})
-    source = f"backbone from {parent}" if parent else "backbone from scratch"
+               "seed": cfg.seed, "semi_supervised": ft.semi_supervised})
+    source = (f"backbone from {parent}" if parent else "ImageNet backbone"
+              if ft.init == "public" else "backbone from scratch")
     info(f"[bold]finetune[/bold] ({ft.init}, {ft.mode}): {source} -> {run_dir} "
          f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
+    bs = ft.batch_size or cfg.trainer.batch_size
+    steps_per_epoch = ft.steps_per_epoch or pipeline.steps(store, "train", bs)
     with strategy.scope():
         if text:
             backbone, tok = _text_backbone(cfg, parent, store, run_dir)
+        elif ft.init == "public":
+            backbone = _public_backbone(cfg, shape)
         else:
             backbone = (load_keras_artifact(parent, "backbone.keras", shape, "pretrain on this "
                                             "dataset, or use finetune.init=scratch")
@@ -66,36 +94,51 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
             loss, metrics = ft.loss, ["accuracy"]
         if ft.label_smoothing > 0 and not regression:  # needs one-hot targets
             loss = keras.losses.CategoricalCrossentropy(label_smoothing=ft.label_smoothing)
-        lr = _learning_rate(ft, manifest, cfg)
+        class_weight = _class_weight(ft, manifest) if not regression else None
+        trained = model
+        if semi:
+            from pretrainer.semi import Consistency
+
+            trained = Consistency(model, threshold=ft.confidence, weight=ft.unlabeled_weight,
+                                  class_weight=class_weight)
+            class_weight = None  # applied inside Consistency's train_step
+        lr = _learning_rate(ft, steps_per_epoch, cfg)
         optimizer = (keras.optimizers.SGD(lr) if ft.optimizer == "sgd"
                      else keras.optimizers.Adam(lr))
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                      **compile_kwargs(cfg.trainer))
+        trained.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                        **compile_kwargs(cfg.trainer))
     one_hot = (ft.loss == "categorical_crossentropy" or ft.label_smoothing > 0) and not regression
-    bs = ft.batch_size or cfg.trainer.batch_size
     read = dict(one_hot=one_hot, cache=cfg.data.cache, standardize=False)
     train_ds = pipeline.examples(store, "train", batch_size=bs, shuffle=True, repeat=True,
                                  seed=cfg.seed, augment=ft.augment, **read)
+    if semi:
+        from pretrainer.semi import unlabeled_views, zip_views
+
+        train_ds = zip_views(train_ds, unlabeled_views(
+            store, batch_size=bs * ft.unlabeled_ratio, weak=ft.augment, seed=cfg.seed,
+            cache=cfg.data.cache))
     val_ds, val_steps = None, None
     if manifest["splits"]["val"]["count"] > 0:
         val_ds = pipeline.examples(store, "val", batch_size=bs, repeat=True, **read)
         val_steps = pipeline.steps(store, "val", bs)
-    history = fit(model, train_ds, steps_per_epoch=pipeline.steps(store, "train", bs),
+    callbacks = []
+    if ft.mode == "full" and ft.backbone_lr_multiplier != 1.0:
+        callbacks.append(ScaledUpdates(backbone.trainable_variables, ft.backbone_lr_multiplier))
+    if ft.mode == "gradual":
+        callbacks.append(GradualUnfreeze(backbone_blocks(backbone), ft.unfreeze_every))
+    history = fit(trained, train_ds, steps_per_epoch=steps_per_epoch,
                   epochs=ft.epochs or cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title=f"finetune[{ft.init}]", val_ds=val_ds, validation_steps=val_steps,
                   monitor="val_loss" if regression else "val_accuracy",
                   mode="min" if regression else "max", restore_from=restore_from,
-                  class_weight=_class_weight(ft, manifest) if not regression else None,
-                  extra_callbacks=(ScaledUpdates(backbone.trainable_variables,
-                                                 ft.backbone_lr_multiplier),)
-                  if ft.mode == "full" and ft.backbone_lr_multiplier != 1.0 else ())
+                  class_weight=class_weight, extra_callbacks=tuple(callbacks))
     if not chief:  # the chief writes the run; this worker's scratch dir is not a run
         keras.backend.clear_session()
         return run_dir
     runs.atomic_write_with(run_dir / "model.keras", model.save, suffix=".keras")
     final = {k: float(v[-1]) for k, v in history.items()}
     runs.update_manifest(run_dir, final_metrics=final, epochs=len(history["loss"]),
-                         steps=optimizer_step(model))
+                         steps=optimizer_step(trained))
     runs.mark_done(run_dir)
     shown = f"val_accuracy {final['val_accuracy']:.4f}" if "val_accuracy" in final else ""
     info(f"[green]finetune done[/green]: {run_dir / 'model.keras'}  {shown}")
@@ -154,14 +197,24 @@ def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
     return backbone, tokenizer(vocab, length)
 
 
-def _learning_rate(ft, manifest: dict, cfg: Config):
+def _public_backbone(cfg: Config, shape: tuple):
+    """finetune.init=public: keras.applications' ImageNet weights (downloaded once)."""
+    import dataclasses
+
+    # keras.applications downloads the weights once into ~/.keras/models; offline and not
+    # cached, the builder's error is one line that names init=pretrained/scratch
+    return build_backbone(shape, dataclasses.replace(cfg.backbone, weights="imagenet"))
+
+
+PUBLIC_WEIGHTS = {"resnet": "ResNet50V2", "mobilenet": "MobileNetV2"}
+
+
+def _learning_rate(ft, per_epoch: int, cfg: Config):
     """A float, or warm-up + cosine decay over the run's optimizer steps."""
     if ft.schedule == "constant" and ft.warmup_epochs == 0:
         return ft.learning_rate
     import keras
 
-    bs = ft.batch_size or cfg.trainer.batch_size
-    per_epoch = max(1, -(-manifest["splits"]["train"]["count"] // bs))
     total = per_epoch * (ft.epochs or cfg.trainer.epochs)
     warmup = min(per_epoch * ft.warmup_epochs, total - 1)
     if ft.schedule == "constant":  # warm-up, then flat

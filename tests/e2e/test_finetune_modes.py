@@ -42,7 +42,76 @@ def test_class_weights_and_schedule():
     cfg = compose("fashion_ae")
     lr = finetune._learning_rate(FinetuneConfig(schedule="cosine", warmup_epochs=1, epochs=4,
                                                 batch_size=10, learning_rate=0.1),
-                                 manifest, cfg)
+                                 3, cfg)
     values = [float(lr(step)) for step in (0, 3, 10, 39)]
     assert values[0] < values[1] <= 0.1 + 1e-7 and values[3] < values[2]
     assert isinstance(TrainerConfig().epochs, int)
+
+
+def test_gradual_unfreezing_thaws_from_the_top(in_tmp):
+    pre = pretrain.run(compose("fashion_ae", TINY))
+    backbone = keras.saving.load_model(pre / "backbone.keras")
+    ft = finetune.run(compose("fashion_ae", [*TINY, "finetune.mode=gradual",
+                                             "finetune.unfreeze_every=1"]), run=pre)
+    inner = keras.saving.load_model(ft / "model.keras").get_layer("conv_ae")
+    # epoch 1: all frozen (head only); epoch 2: the top block (the embedding) thaws
+    for layer, moved in (("embedding", True), ("conv1_s1", False), ("bn1_s1", False),
+                         ("conv0_s2", False)):
+        same = all(np.array_equal(a, b) for a, b in zip(
+            backbone.get_layer(layer).get_weights(), inner.get_layer(layer).get_weights(),
+            strict=True))
+        assert same != moved, layer
+    history = (ft / "history.csv").read_text().splitlines()
+    col = history[0].split(",").index("thawed_blocks")
+    assert [float(r.split(",")[col]) for r in history[1:]] == [0.0, 1.0]
+
+
+def test_fixmatch_uses_the_unlabeled_pool_and_saves_a_plain_classifier(in_tmp):
+    cfg = compose("fashion_ae", [*TINY, "finetune.init=scratch",
+                                 "finetune.semi_supervised=fixmatch", "finetune.confidence=0.0",
+                                 "finetune.steps_per_epoch=3", "finetune.epochs=1"])
+    ft = finetune.run(cfg)
+    header, row = (ft / "history.csv").read_text().splitlines()[:2]
+    logs = dict(zip(header.split(","), map(float, row.split(",")), strict=True))
+    assert logs["confident_share"] == 1.0 and logs["unlabeled_loss"] > 0
+    assert "val_confident_share" not in logs and "val_accuracy" in logs
+    model = keras.saving.load_model(ft / "model.keras")
+    assert model.name == "classifier"
+    probs = model.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["finetune.init=public"], "backbone=resnet"),
+    (["finetune.init=public", "backbone=resnet"], "32x32"),
+    (["finetune.semi_supervised=fixmatch", "--config", "text_mlm"], "image classification"),
+])
+def test_unusable_finetune_choices_are_one_line_errors(in_tmp, args, needle):
+    from tests.conftest import run_cli
+
+    env = {"KERAS_HOME": str(in_tmp / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9"}
+    proc = run_cli(["finetune", *args, *TINY], cwd=in_tmp, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    if "32x32" not in needle:  # refused before a run directory is made
+        assert not list(in_tmp.glob("runs/*/finetune-*"))
+
+
+def test_public_weights_offline_is_a_one_line_config_error(monkeypatch, tmp_path):
+
+    from pretrainer.errors import ConfigError
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", _offline_get_file)
+    cfg = compose("fashion_ae", ["finetune.init=public", "backbone=mobilenet"])
+    with pytest.raises(ConfigError) as err:
+        finetune._public_backbone(cfg, (32, 32, 1))
+    msg = str(err.value)
+    assert "MobileNetV2" in msg and "finetune.init=pretrained" in msg and "\n" not in msg
+
+
+def _offline_get_file(*args, **kwargs):
+    raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                    "[Errno -3] Temporary failure in name resolution")

@@ -1,0 +1,112 @@
+"""Semi-supervised finetuning: use the unlabeled pool while training the head (FixMatch idea).
+
+Each step sees a labeled batch and `ratio` times as many unlabeled images in two
+views: a weak one (the finetune augmentation) and a strong one (translation,
+brightness/contrast jitter and a cut-out square). The model's confident
+predictions on the weak view (max probability >= `threshold`) become targets
+for the strong view; the unlabeled loss is weighted by `weight`. Sohn et al.
+2020, "FixMatch". Keras has no semi-supervised trainer, hence this model.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from pretrainer.data import pipeline
+
+
+def strong_augment(x: tf.Tensor, shape, seed: int = 0) -> tf.Tensor:
+    """Translation, per-image brightness and contrast jitter, and a cut-out square
+    of half the image side filled with grey; values stay in [0, 1]."""
+    h, w = shape[0], shape[1]
+    x = pipeline._augment(x, shape, flip=False, seed=seed)
+    n = tf.shape(x)[0]
+    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    contrast = tf.random.uniform([n, 1, 1, 1], 0.5, 1.5)
+    brightness = tf.random.uniform([n, 1, 1, 1], -0.25, 0.25)
+    x = (x - mean) * contrast + mean + brightness
+    size_h, size_w = max(1, h // 2), max(1, w // 2)
+    cy = tf.random.uniform([n, 1, 1, 1], 0, h, dtype=tf.int32)
+    cx = tf.random.uniform([n, 1, 1, 1], 0, w, dtype=tf.int32)
+    rows = tf.reshape(tf.range(h), [1, h, 1, 1])
+    cols = tf.reshape(tf.range(w), [1, 1, w, 1])
+    inside = ((tf.abs(rows - cy) <= size_h // 2) & (tf.abs(cols - cx) <= size_w // 2))
+    x = tf.where(inside, 0.5, x)
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def unlabeled_views(store, *, batch_size: int, weak: str, seed: int, cache: bool):
+    """Repeating batches of (weak view, strong view) from the store's unlabeled split."""
+    shape = pipeline.read_manifest(store)["shape"]
+    ds = pipeline.images(store, "unlabeled", batch_size=batch_size, shuffle=True, repeat=True,
+                         labels=False, cache=cache, seed=seed + 1)
+
+    def views(u):
+        w = pipeline._augment(u, shape, flip=weak == "shift_flip", seed=seed) \
+            if weak != "none" else u
+        return w, strong_augment(u, shape, seed=seed)
+
+    return ds.map(views, num_parallel_calls=2).prefetch(2)
+
+
+def zip_views(labeled, unlabeled):
+    """({"image", "weak", "strong"}, y) batches, the structure Consistency trains on
+    (Keras builds a model from the x of the first batch, so x is a dict, not a tuple)."""
+    ds = tf.data.Dataset.zip((labeled, unlabeled))
+    return ds.map(lambda xy, ws: ({"image": xy[0], "weak": ws[0], "strong": ws[1]}, xy[1]))
+
+
+class Consistency(keras.Model):
+    """Wraps a classifier; trains it on batches from `zip_views`. Inference,
+    evaluation and saving go to the wrapped classifier."""
+
+    def __init__(self, classifier: keras.Model, *, threshold: float, weight: float,
+                 class_weight=None, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        self.threshold, self.weight = float(threshold), float(weight)
+        self.class_weight = (None if class_weight is None else
+                             tf.constant([class_weight[i] for i in range(len(class_weight))],
+                                         tf.float32))
+        self.unlabeled_loss = keras.metrics.Mean(name="unlabeled_loss")
+        self.mask_rate = keras.metrics.Mean(name="confident_share")
+
+    def call(self, x, training=False):
+        if isinstance(x, dict):  # a training batch: the labeled images are under "image"
+            x = x["image"]
+        return self.classifier(x, training=training)
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        return {k: v for k, v in logs.items()
+                if k not in (self.unlabeled_loss.name, self.mask_rate.name)}
+
+    def train_step(self, data):
+        inputs, y = data
+        x, weak, strong = inputs["image"], inputs["weak"], inputs["strong"]
+        n_l, n_u = tf.shape(x)[0], tf.shape(weak)[0]
+        with tf.GradientTape() as tape:
+            # one forward pass over all three batches, as FixMatch does (BatchNorm sees them all)
+            probs = self.classifier(tf.concat([x, weak, strong], 0), training=True)
+            p_l, p_w, p_s = probs[:n_l], probs[n_l:n_l + n_u], probs[n_l + n_u:]
+            sample_weight = None
+            if self.class_weight is not None:
+                sparse = y if y.shape.rank == 1 else tf.argmax(y, -1)
+                sample_weight = tf.gather(self.class_weight, sparse)
+            loss_l = self.compute_loss(x=x, y=y, y_pred=p_l, sample_weight=sample_weight)
+            p_w = tf.stop_gradient(tf.cast(p_w, tf.float32))
+            confident = tf.cast(tf.reduce_max(p_w, -1) >= self.threshold, tf.float32)
+            ce = keras.losses.sparse_categorical_crossentropy(tf.argmax(p_w, -1),
+                                                              tf.cast(p_s, tf.float32))
+            loss_u = tf.reduce_mean(ce * confident)
+            loss = loss_l + self.weight * loss_u
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=False))
+        for m in self.metrics:
+            if m.name == "loss":
+                m.update_state(loss)
+        self.unlabeled_loss.update_state(loss_u)
+        self.mask_rate.update_state(tf.reduce_mean(confident))
+        return self.compute_metrics(x, y, p_l, sample_weight=sample_weight)
