@@ -8,7 +8,9 @@ ratios measured side by side are what to compare):
 
 - startup: `pretrainer --help` vs `python -c "import tensorflow"`.
 - seed_recipe: the seed's CNN trained with `model.fit` on NumPy arrays (the
-  seed's own code) vs pretrainer's training loop reading its TFRecord store.
+  seed's own code) vs `pretrainer finetune --config cifar_cnn` reading its store
+  (CIFAR-10 when cached by Keras, else the bundled sample), float32 and
+  mixed_bfloat16, with the test accuracy of both after the same epochs.
 - input_pipeline: training steps/s from the store vs from the same batches
   already in memory (ratio >= 0.95 means the input pipeline is not the bottleneck).
 """
@@ -79,35 +81,71 @@ def _seed_cnn(shape, num_classes: int):
     return model
 
 
-def bench_seed_recipe(repeats: int, n: int, epochs: int) -> dict:
+def _seed_data():
+    """(name, overrides, x_train, y_train, x_test, y_test): CIFAR-10 when Keras has it
+    cached, else the bundled Fashion-MNIST sample; the same arrays pretrainer collects."""
     import numpy as np
 
-    from pretrainer.data import pipeline
+    from pretrainer.config import compose
+    from pretrainer.data import sources
 
+    for name, extra in (("cifar10", []), ("fashion_bundled", ["data=fashion_bundled"])):
+        cfg = compose("cifar_cnn", extra)
+        try:
+            src = sources.load(cfg.data)
+        except Exception:  # offline without the CIFAR file
+            continue
+        return (name, extra, src.x_pool.astype("float32") / 255.0,
+                np.eye(10, dtype="float32")[src.y_pool], src.x_test.astype("float32") / 255.0,
+                np.eye(10, dtype="float32")[src.y_test])
+    raise RuntimeError("no data for the seed recipe benchmark")
+
+
+def bench_seed_recipe(repeats: int, epochs: int, limit: int | None, precision: str) -> dict:
+    """The seed's code (fit on NumPy arrays with validation_data) vs `pretrainer finetune
+    --config cifar_cnn finetune.init=scratch` on its store; same data, epochs and batch."""
+    import keras
+
+    from pretrainer.config import compose
+    from pretrainer.stages import collect, finetune
+
+    name, extra, x, y, xt, yt = _seed_data()
+    caps = [f"data.max_samples={limit}", f"data.max_test={limit // 5}"] if limit else []
+    if limit:
+        x, y, xt, yt = x[:limit], y[:limit], xt[:limit // 5], yt[:limit // 5]
+    accuracy = {}
     with tempfile.TemporaryDirectory() as tmp:
-        store = _store(Path(tmp), n)
-        x, y = pipeline.to_numpy(pipeline.images(store, "train", batch_size=256, cache=False))
-        y1 = np.eye(10, dtype="float32")[y]
-        steps = pipeline.steps(store, "train", 64)
+        overrides = [*extra, *caps, f"finetune.epochs={epochs}", "trainer.verbose=false",
+                     f"trainer.precision={precision}", f"paths.runs={tmp}/runs",
+                     f"paths.data={tmp}/data", "finetune.init=scratch"]
+        collect.run(compose("cifar_cnn", overrides))  # collecting is not part of training
 
-        def seed():  # the seed's own code: fit on NumPy arrays, batch 64
+        def seed():
+            keras.mixed_precision.set_global_policy("float32")
             model = _seed_cnn(x.shape[1:], 10)
             t0 = time.perf_counter()
-            model.fit(x, y1, epochs=epochs, batch_size=64, verbose=0)
-            return time.perf_counter() - t0
+            model.fit(x, y, epochs=epochs, batch_size=64, validation_data=(xt, yt), verbose=0)
+            seconds = time.perf_counter() - t0
+            accuracy["seed"] = float(model.evaluate(xt, yt, verbose=0)[1])
+            return seconds
 
-        def ours():  # pretrainer's pipeline: the store, repeat + steps_per_epoch
-            model = _seed_cnn(x.shape[1:], 10)
-            ds = pipeline.images(store, "train", batch_size=64, shuffle=True, repeat=True,
-                                 one_hot=True)
+        def ours():
             t0 = time.perf_counter()
-            model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0)
-            return time.perf_counter() - t0
+            run = finetune.run(compose("cifar_cnn", overrides))
+            seconds = time.perf_counter() - t0
+            model = keras.saving.load_model(run / "model.keras")
+            accuracy["pretrainer"] = float((model.predict(xt, verbose=0).argmax(1)
+                                            == yt.argmax(1)).mean())
+            return seconds
 
         r = paired(seed, ours, repeats)
-    r.update(what=f"seed CNN, {n} samples x {epochs} epochs, batch 64 (seconds)",
+    keras.mixed_precision.set_global_policy("float32")
+    n = len(x)
+    r.update(what=f"seed CNN on {name}, {n} samples x {epochs} epochs, batch 64, pretrainer in "
+                  f"{precision} (seconds)",
              samples_per_s_seed=n * epochs / r["baseline_s"],
-             samples_per_s_pretrainer=n * epochs / r["candidate_s"])
+             samples_per_s_pretrainer=n * epochs / r["candidate_s"],
+             test_accuracy_seed=accuracy["seed"], test_accuracy_pretrainer=accuracy["pretrainer"])
     return r
 
 
@@ -148,10 +186,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = ap.parse_args()
-    n, epochs, repeats = (256, 1, 1) if args.smoke else (6000, 2, args.repeats)
+    n, epochs, repeats = (256, 1, 1) if args.smoke else (6000, 5, args.repeats)
+    limit = 300 if args.smoke else None
     results = {
         "startup": bench_startup(repeats),
-        "seed_recipe": bench_seed_recipe(repeats, n, epochs),
+        "seed_recipe": bench_seed_recipe(repeats, epochs, limit, "float32"),
+        "seed_recipe_bf16": bench_seed_recipe(repeats, epochs, limit, "mixed_bfloat16"),
         "input_pipeline": bench_input_pipeline(repeats, n),
     }
     results["_meta"] = {"smoke": args.smoke, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
@@ -163,6 +203,11 @@ def main() -> None:
             continue
         print(f"| {name} | {r['what']} | {r['baseline_s']:.3f} | {r['candidate_s']:.3f} | "
               f"{r['speedup']:.2f}x |")
+    for name in ("seed_recipe", "seed_recipe_bf16"):
+        r = results[name]
+        print(f"\n{name}: test accuracy seed {r['test_accuracy_seed']:.4f}, pretrainer "
+              f"{r['test_accuracy_pretrainer']:.4f}; samples/s {r['samples_per_s_seed']:.0f} vs "
+              f"{r['samples_per_s_pretrainer']:.0f}")
     print(f"\nJSON: {args.out}")
 
 

@@ -140,6 +140,7 @@ class FinetuneConfig:
     optimizer: str = "adam"  # adam | sgd
     head_units: List[int] = field(default_factory=list)  # hidden Dense layers of the head
     dropout: float = 0.0
+    feature_norm: str = "none"  # image classifiers: none | batch | layer, on the embedding
     loss: str = "sparse_categorical_crossentropy"  # or categorical_crossentropy (one-hot)
     augment: str = "none"  # none | shift (random +-10% translation) | shift_flip (+ mirror)
     backbone_lr_multiplier: float = 1.0  # full mode: the backbone's updates are scaled by this
@@ -154,10 +155,12 @@ class FinetuneConfig:
     unlabeled_ratio: int = 3  # fixmatch: unlabeled images per labeled image in a step
     confidence: float = 0.95  # fixmatch: pseudo-labels need this max probability
     unlabeled_weight: float = 1.0  # fixmatch: weight of the unlabeled loss
+    distribution_alignment: bool = False  # fixmatch: push pseudo-labels towards balanced classes
 
     def __post_init__(self) -> None:
         _check_choice("finetune.init", self.init, ("pretrained", "scratch", "public"))
         _check_choice("finetune.mode", self.mode, ("full", "linear_probe", "gradual"))
+        _check_choice("finetune.feature_norm", self.feature_norm, ("none", "batch", "layer"))
         _check_choice("finetune.semi_supervised", self.semi_supervised, ("none", "fixmatch"))
         _check_range("finetune.confidence", self.confidence, 0.0, 1.0)
         _check_range("finetune.unlabeled_weight", self.unlabeled_weight, 0.0, 100.0)

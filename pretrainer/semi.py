@@ -62,10 +62,15 @@ class Consistency(keras.Model):
     evaluation and saving go to the wrapped classifier."""
 
     def __init__(self, classifier: keras.Model, *, threshold: float, weight: float,
-                 class_weight=None, **kwargs):
+                 class_weight=None, align: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.classifier = classifier
-        self.threshold, self.weight = float(threshold), float(weight)
+        self.threshold, self.weight, self.align = float(threshold), float(weight), bool(align)
+        k = classifier.output_shape[-1]
+        # distribution alignment (ReMixMatch): a running mean of the predicted class
+        # distribution on unlabeled images, starting uniform
+        self.p_model = self.add_weight(shape=(k,), initializer=keras.initializers.Constant(1 / k),
+                                       trainable=False, aggregation="mean", name="p_model")
         self.class_weight = (None if class_weight is None else
                              tf.constant([class_weight[i] for i in range(len(class_weight))],
                                          tf.float32))
@@ -96,6 +101,10 @@ class Consistency(keras.Model):
                 sample_weight = tf.gather(self.class_weight, sparse)
             loss_l = self.compute_loss(x=x, y=y, y_pred=p_l, sample_weight=sample_weight)
             p_w = tf.stop_gradient(tf.cast(p_w, tf.float32))
+            if self.align:  # scale towards a uniform class distribution, renormalise
+                self.p_model.assign(0.999 * self.p_model + 0.001 * tf.reduce_mean(p_w, 0))
+                p_w = p_w / tf.maximum(self.p_model, 1e-6)
+                p_w = p_w / tf.reduce_sum(p_w, -1, keepdims=True)
             confident = tf.cast(tf.reduce_max(p_w, -1) >= self.threshold, tf.float32)
             ce = keras.losses.sparse_categorical_crossentropy(tf.argmax(p_w, -1),
                                                               tf.cast(p_s, tf.float32))

@@ -52,7 +52,10 @@ def load_idx_folder(folder: str | Path) -> dict:
     """{split: (images NHWC uint8, labels int64)} for the splits present (train required)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"data.path={folder} is not a folder of IDX files")
+        hint = (" (Debian/Ubuntu: apt-get install dataset-fashion-mnist)"
+                if "fashion-mnist" in str(folder) else "")
+        raise DataError(f"data.path={folder} is not a folder of IDX files{hint}. "
+                        f"Set data.path=<folder with train-images-idx3-ubyte[.gz]>")
     out = {}
     for split, (img_stem, lab_stem) in STEMS.items():
         img, lab = _find(folder, img_stem), _find(folder, lab_stem)

@@ -6,10 +6,22 @@ import keras
 
 
 def _trunk(backbone: keras.Model, input_name: str, hidden: list[int] | None, dropout: float,
-           normalizer):
-    """Input -> [normalizer] -> backbone -> [Dense relu]* -> [Dropout]: what every head shares."""
+           normalizer, feature_norm: str = "none"):
+    """Input -> [normalizer] -> backbone -> [feature norm] -> [Dense relu]* -> [Dropout]:
+    what every head shares.
+
+    feature_norm="batch" standardises each embedding feature (BatchNormalization):
+    pretrained embeddings can be far from unit scale (the autoencoder's had norms
+    near 100 against 0.2 for a fresh backbone), which makes a new head's softmax
+    saturate on its first step.
+    """
     inputs = keras.Input(shape=backbone.input_shape[1:], name=input_name)
     x = backbone(normalizer(inputs) if normalizer is not None else inputs)
+    if feature_norm == "batch":
+        # momentum 0.9: a few hundred finetuning steps must be enough for the moving statistics
+        x = keras.layers.BatchNormalization(momentum=0.9, name="feature_norm")(x)
+    elif feature_norm == "layer":
+        x = keras.layers.LayerNormalization(name="feature_norm")(x)
     for i, units in enumerate(hidden or []):
         x = keras.layers.Dense(units, activation="relu", name=f"head_dense{i}")(x)
     if dropout > 0:
@@ -18,12 +30,13 @@ def _trunk(backbone: keras.Model, input_name: str, hidden: list[int] | None, dro
 
 
 def classifier(backbone: keras.Model, num_classes: int, *, hidden: list[int] | None = None,
-               dropout: float = 0.0, normalizer=None) -> keras.Model:
+               dropout: float = 0.0, normalizer=None, feature_norm: str = "none"
+               ) -> keras.Model:
     """backbone -> [Dense relu]* -> [Dropout] -> Dense(num_classes, softmax).
 
     The output layer computes in float32 so mixed precision keeps stable probabilities.
     """
-    inputs, x = _trunk(backbone, "image", hidden, dropout, normalizer)
+    inputs, x = _trunk(backbone, "image", hidden, dropout, normalizer, feature_norm)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                  name="probabilities")(x)
     return keras.Model(inputs, outputs, name="classifier")

@@ -90,7 +90,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
             loss, metrics = "mse", ["mae"]
         else:
             model = classifier(backbone, manifest["num_classes"], hidden=ft.head_units,
-                               dropout=ft.dropout, normalizer=norm)
+                               dropout=ft.dropout, normalizer=norm,
+                               feature_norm=ft.feature_norm)
             loss, metrics = ft.loss, ["accuracy"]
         if ft.label_smoothing > 0 and not regression:  # needs one-hot targets
             loss = keras.losses.CategoricalCrossentropy(label_smoothing=ft.label_smoothing)
@@ -100,7 +101,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
             from pretrainer.semi import Consistency
 
             trained = Consistency(model, threshold=ft.confidence, weight=ft.unlabeled_weight,
-                                  class_weight=class_weight)
+                                  class_weight=class_weight, align=ft.distribution_alignment)
             class_weight = None  # applied inside Consistency's train_step
         lr = _learning_rate(ft, steps_per_epoch, cfg)
         optimizer = (keras.optimizers.SGD(lr) if ft.optimizer == "sgd"

@@ -40,11 +40,21 @@ def _study_dir(cfg: Config) -> tuple[Path, dict]:
     return path, {"cells": []}
 
 
-def _arms(cfg: Config) -> list[tuple[str, str, str]]:
-    """(arm name, finetune.init, finetune.mode)."""
-    arms = [("pretrained", "pretrained", cfg.finetune.mode), ("scratch", "scratch", "full")]
+def _arms(cfg: Config) -> list[tuple[str, str, str, str]]:
+    """(arm name, finetune.init, finetune.mode, finetune.semi_supervised).
+
+    pretrained and scratch share the experiment's finetune recipe, semi-supervised
+    use of the unlabeled pool included, so their gap is what pretraining adds. With
+    a semi-supervised recipe, `scratch_labels_only` is also trained: the same
+    architecture on the labeled split alone, i.e. without any unlabeled data.
+    """
+    semi = cfg.finetune.semi_supervised
+    arms = [("pretrained", "pretrained", cfg.finetune.mode, semi),
+            ("scratch", "scratch", "full", semi)]
+    if semi != "none":
+        arms.append(("scratch_labels_only", "scratch", "full", "none"))
     if cfg.study.linear_probe:
-        arms.append(("linear_probe", "pretrained", "linear_probe"))
+        arms.append(("linear_probe", "pretrained", "linear_probe", "none"))
     return arms
 
 
@@ -61,7 +71,7 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
         info(f"  resuming: {len(finished)} finished cell(s) are kept")
     for fraction in cfg.study.fractions:
         for seed in range(cfg.study.seeds):
-            for arm, init, mode in _arms(cfg):
+            for arm, init, mode, semi in _arms(cfg):
                 if (fraction, seed, arm) in finished:
                     continue
                 c = copy.deepcopy(cfg)
@@ -70,6 +80,7 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
                 c.data.name = f"{cfg.data.name}-study-f{fraction:g}-s{seed}"
                 c.seed = cfg.seed + seed
                 c.finetune.init, c.finetune.mode = init, mode
+                c.finetune.semi_supervised = semi
                 collect.run(c)
                 ft = finetune.run(c, run=pre if init == "pretrained" else None)
                 metrics = json.loads((evaluate.run(c, run=ft) / "metrics.json").read_text())
