@@ -24,15 +24,37 @@ class TrainingError(UserError):
     """Training diverged (NaN/Inf loss)."""
 
 
-def setup(trainer: TrainerConfig, seed: int):
-    """Seed every RNG, set the precision policy and pick the strategy (built before any op)."""
+# Backbone families measured faster in mixed precision (benchmarks/throughput.py and
+# benchmarks/run.py on an AMX CPU); the rest stay float32 under precision=auto.
+MIXED_PRECISION_FAMILIES = ("conv_ae", "seed_cnn", "resnet", "mobilenet")
+
+
+def resolve_precision(precision: str, family: str) -> tuple[str, str]:
+    """(Keras dtype policy, why) for trainer.precision; `auto` asks the hardware."""
+    if precision != "auto":
+        return precision, precision
+    if family not in MIXED_PRECISION_FAMILIES:
+        return "float32", f"float32 (auto: {family} is not faster in mixed precision here)"
+    import tensorflow as tf
+
+    from pretrainer.stages.doctor import precision_advice
+
+    policy, why = precision_advice(tf.config.list_physical_devices("GPU"))
+    return policy, f"{policy} (auto: {why})"
+
+
+def setup(trainer: TrainerConfig, seed: int, family: str = ""):
+    """Seed every RNG, set the precision policy and pick the strategy (built before any op).
+    Returns (strategy, a line saying which strategy and precision were chosen and why)."""
     from pretrainer.strategy import get_strategy
 
     keras.utils.set_random_seed(seed)
-    keras.mixed_precision.set_global_policy(trainer.precision)
+    policy, precision_why = resolve_precision(trainer.precision, family)
+    keras.mixed_precision.set_global_policy(policy)
     strategy, why = get_strategy(trainer.strategy, trainer.devices, trainer.tpu,
                                  trainer.connect_timeout)
-    return strategy, why
+    return strategy, why if policy == "float32" and trainer.precision != "auto" \
+        else f"{why}; {precision_why}"
 
 
 def optimizer_step(model: keras.Model) -> int:

@@ -150,9 +150,13 @@ def _markdown(cfg: Config, pre: Path, summary: list[dict]) -> str:
     metric = summary[0]["metric"]
     lines = [f"# Study: {cfg.experiment}", "",
              f"Pretrained backbone: `{pre}`. Every cell finetunes with the same budget "
-             f"({cfg.finetune.epochs or cfg.trainer.epochs} epochs, batch "
+             f"({cfg.finetune.epochs or cfg.trainer.epochs} epochs of "
+             f"{cfg.finetune.steps_per_epoch or 'one pass over the labels in'} steps, batch "
              f"{cfg.finetune.batch_size or cfg.trainer.batch_size}) and is scored on the same "
-             f"test split.", "",
+             f"test split. `pretrained` and `scratch` share the finetuning recipe"
+             + (f" (semi_supervised={cfg.finetune.semi_supervised}: both also learn from the "
+                f"unlabeled split); `scratch_labels_only` never sees unlabeled data"
+                if cfg.finetune.semi_supervised != "none" else "") + ".", "",
              f"| fraction | labels | init | test {metric} (mean ± std) | seeds |",
              "|---|---|---|---|---|"]
     lines += [f"| {s['fraction']:g} | {s['labels']} | {s['arm']} | {s['mean']:.4f} ± "

@@ -139,3 +139,17 @@ def test_embedding_quality_straight_after_pretrain(pipeline_run):
     metrics = json.loads((newest / "metrics.json").read_text())
     assert 0.1 <= metrics["knn_accuracy"] <= 1.0 and metrics["feature_dim"] == 16
     assert metrics["linear_probe_accuracy"] > 0.15  # 10 classes: better than chance
+
+
+def test_evaluate_explain_writes_a_map_grid_of_right_and_wrong_examples(pipeline_run):
+    cwd, _ = pipeline_run
+    proc = run_cli(["evaluate", *TINY, "evaluate.explain=6", "evaluate.explain_method=saliency"],
+                   cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    newest = sorted((cwd / "runs" / "fashion_ae").glob("evaluate-*"))[-1]
+    assert (newest / "plots" / "saliency.png").read_bytes()[:4] == b"\x89PNG"
+    shown = json.loads((newest / "explain.json").read_text())["examples"]
+    assert len(shown) == 6
+    wrong = sum(e["true"] != e["predicted"] for e in shown)
+    assert wrong == 3  # a 1-epoch model on 120 test images gets at least 3 wrong and 3 right
+    assert "saliency.png" in (newest / "report.md").read_text()
