@@ -139,10 +139,10 @@ def _peak_rss_mib(cmd: list[str], cwd: Path) -> float:
     return int(proc.stdout.split()[-1]) / 1024
 
 
-def bench_memory(n: int) -> dict:
+def bench_memory(n: int, full_data: bool = True) -> dict:
     full = Path("/usr/share/datasets/fashion-mnist")
-    data = (["data=fashion_mnist_idx"] if (full / "train-images-idx3-ubyte.gz").is_file()
-            else [])
+    data = (["data=fashion_mnist_idx"] if full_data and (full / "train-images-idx3-ubyte.gz"
+                                                         ).is_file() else [])
     out = {"data": "full Fashion-MNIST (idx)" if data else "bundled sample"}
     with tempfile.TemporaryDirectory() as tmp:
         for key, size in (("n", n), ("10n", 10 * n)):
@@ -203,10 +203,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "throughput.json")
     args = ap.parse_args()
     n, batch, mem_n, rounds = (256, 64, 100, 1) if args.smoke else (4096, 128, 5000, 5)
-    ceilings = {"float32": matmul_ceiling("float32"), "bfloat16": matmul_ceiling("bfloat16")}
+    size = 512 if args.smoke else 2048
+    ceilings = {"float32": matmul_ceiling("float32", size),
+                "bfloat16": matmul_ceiling("bfloat16", size)}
     results = {"ceilings_gflop_per_s": ceilings,
                "pretext": bench_pretexts(n, batch),
-               "memory": bench_memory(mem_n),
+               "memory": bench_memory(mem_n, full_data=not args.smoke),
                "export": bench_export(rounds, 20 if args.smoke else 100),
                "_meta": {"smoke": args.smoke, "cpus": os.cpu_count()}}
     args.out.write_text(json.dumps(results, indent=2) + "\n")

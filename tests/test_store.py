@@ -70,7 +70,7 @@ def test_missing_store_and_unlabeled_split_give_clear_errors(tmp_path):
 
 
 def test_unknown_source_lists_valid_ones():
-    with pytest.raises(DataError, match="bundled, keras, sklearn"):
+    with pytest.raises(DataError, match="bundled, keras, idx, sklearn"):
         get_source("s3_bucket")
 
 

@@ -73,14 +73,16 @@ def test_tpu_offline_is_a_clear_error_within_the_timeout():
     assert "trainer.tpu=local" in lines[0] and "Cannot reach the TPU" in lines[1]
 
 
-def test_precision_auto_follows_the_hardware_for_measured_families(monkeypatch):
+def test_precision_auto_is_float32_on_cpu_and_follows_a_gpu(monkeypatch):
+    import tensorflow as tf
+
     from pretrainer.stages import doctor
     from pretrainer.train import resolve_precision
 
-    assert resolve_precision("mixed_bfloat16", "transformer")[0] == "mixed_bfloat16"
-    assert resolve_precision("auto", "transformer")[0] == "float32"
-    monkeypatch.setattr(doctor, "precision_advice", lambda gpus: ("mixed_bfloat16", "AMX"))
-    policy, why = resolve_precision("auto", "conv_ae")
-    assert policy == "mixed_bfloat16" and "AMX" in why
-    monkeypatch.setattr(doctor, "precision_advice", lambda gpus: ("float32", "no bf16 units"))
-    assert resolve_precision("auto", "seed_cnn")[0] == "float32"
+    assert resolve_precision("mixed_bfloat16")[0] == "mixed_bfloat16"
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert resolve_precision("auto")[0] == "float32"
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["gpu0"])
+    monkeypatch.setattr(doctor, "precision_advice", lambda gpus: ("mixed_bfloat16", "cc 9.0"))
+    policy, why = resolve_precision("auto")
+    assert policy == "mixed_bfloat16" and "cc 9.0" in why

@@ -66,8 +66,11 @@ def run(runs_root: str = "runs") -> bool:
         add("strategy auto", True, f"{type(strategy).__name__} ({why})")
     except UserError as exc:
         add("strategy auto", False, str(exc))
+    from pretrainer.train import resolve_precision
+
     advice, why = precision_advice(gpus)
-    add("precision", True, f"suggest trainer.precision={advice}: {why}")
+    policy, _ = resolve_precision("auto")
+    add("precision", True, f"trainer.precision=auto uses {policy}; hardware: {why}")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             t0 = time.perf_counter()

@@ -53,7 +53,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                           "with an unlabeled split; set finetune.semi_supervised=none")
     parent = (runs.resolve(cfg.paths.runs, cfg.experiment, "pretrain", run)
               if ft.init == "pretrained" else None)
-    strategy, why = setup(cfg.trainer, cfg.seed, cfg.backbone.name)
+    strategy, why = setup(cfg.trainer, cfg.seed)
     if semi and is_multi_worker(strategy):
         raise ConfigError("finetune.semi_supervised=fixmatch runs on one machine (cpu, gpu, "
                           "mirrored or tpu), not multi_worker")

@@ -32,7 +32,7 @@ def run(cfg: Config) -> Path:
     if manifest["modality"] not in pretext.modality:
         raise DataError(f"pretext '{cfg.pretext.name}' needs {' or '.join(pretext.modality)} "
                         f"data; {store} holds {manifest['modality']}")
-    strategy, why = setup(cfg.trainer, cfg.seed, cfg.backbone.name)
+    strategy, why = setup(cfg.trainer, cfg.seed)
     run_dir, resumed, chief, restore_from = open_run(
         cfg.paths.runs, cfg.experiment, "pretrain", strategy, to_yaml(cfg),
         dataset_manifest=join(store, MANIFEST),
