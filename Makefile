@@ -35,6 +35,7 @@ lint: install-dev
 bench: install-dev
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/precision.py
 	$(BIN)/python benchmarks/collect_read.py
 
 samples: install

@@ -27,24 +27,17 @@ class TrainingError(UserError):
 def resolve_precision(precision: str) -> tuple[str, str]:
     """(Keras dtype policy, why) for trainer.precision.
 
-    `auto`: float32 on CPUs and TPUs-without-a-GPU; on this project's AMX-BF16 CPU,
-    mixed_bfloat16 trained the seed CNN at 0.90x, the autoencoder and SimCLR at 1.09x,
-    DCGAN at 0.54x and the transformer LM at 1.00x of float32 (benchmarks/), so it is
-    not worth its rounding there. On GPUs, the mixed policy their matrix units support
-    (bf16 from compute capability 8.0, fp16 from 7.0), as Keras' mixed-precision guide
-    advises; that path has not been measured here.
+    `auto` is float32: mixed precision was measured no faster for pretrainer's
+    models on both kinds of hardware tried (benchmarks/throughput.py and run.py on an
+    AMX-BF16 CPU: seed CNN 0.90x, autoencoder and SimCLR 1.09x, DCGAN 0.54x, LM 1.00x;
+    benchmarks/precision.py on an H200 with Keras' JAX backend, batch 128 and 1024:
+    bf16 0.71x-1.30x and fp16 0.48x-1.37x across seed CNN, conv_ae, autoencoder,
+    SimCLR and ResNet50V2 at 32x32, no consistent gain). Bigger models and images
+    can gain; set mixed_bfloat16 / mixed_float16 explicitly and measure.
     """
     if precision != "auto":
         return precision, precision
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return "float32", "float32 (auto: mixed precision measured no faster on CPU)"
-    from pretrainer.stages.doctor import precision_advice
-
-    policy, why = precision_advice(gpus)
-    return policy, f"{policy} (auto: {why})"
+    return "float32", "float32 (auto: mixed precision measured no faster for these models)"
 
 
 def setup(trainer: TrainerConfig, seed: int):

@@ -42,3 +42,16 @@ def test_throughput_benchmark_smoke(tmp_path):
     assert all(r["train_flops_per_sample"] > 0 for r in results["pretext"])
     assert results["memory"]["ratio"] > 0
     assert results["export"]["p50_ms"]["keras"] > 0 and "litert" in results["export"]["p50_ms"]
+
+
+def test_precision_benchmark_smoke(tmp_path):
+    out = tmp_path / "p.json"
+    proc = subprocess.run([sys.executable, "benchmarks/precision.py", "--smoke", "--models",
+                           "seed_cnn_classifier,autoencoder", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["model"] for r in rows} == {"seed_cnn_classifier", "autoencoder"}
+    assert all(r["samples_per_s"]["mixed_bfloat16"] > 0 for r in rows)

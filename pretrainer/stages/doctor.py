@@ -70,7 +70,9 @@ def run(runs_root: str = "runs") -> bool:
 
     advice, why = precision_advice(gpus)
     policy, _ = resolve_precision("auto")
-    add("precision", True, f"trainer.precision=auto uses {policy}; hardware: {why}")
+    add("precision", True, f"trainer.precision=auto uses {policy}; hardware: {why} (mixed "
+                          f"precision pays off for large models: measure with "
+                          f"benchmarks/precision.py)")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             t0 = time.perf_counter()
