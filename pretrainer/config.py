@@ -156,6 +156,9 @@ class FinetuneConfig:
     confidence: float = 0.95  # fixmatch: pseudo-labels need this max probability
     unlabeled_weight: float = 1.0  # fixmatch: weight of the unlabeled loss
     distribution_alignment: bool = False  # fixmatch: push pseudo-labels towards balanced classes
+    # keep an exponential moving average of the weights and end with it (Keras' use_ema);
+    # null: off. FixMatch evaluates such an average.
+    ema_momentum: Optional[float] = None
 
     def __post_init__(self) -> None:
         _check_choice("finetune.init", self.init, ("pretrained", "scratch", "public"))
@@ -164,6 +167,8 @@ class FinetuneConfig:
         _check_choice("finetune.semi_supervised", self.semi_supervised, ("none", "fixmatch"))
         _check_range("finetune.confidence", self.confidence, 0.0, 1.0)
         _check_range("finetune.unlabeled_weight", self.unlabeled_weight, 0.0, 100.0)
+        if self.ema_momentum is not None:
+            _check_range("finetune.ema_momentum", self.ema_momentum, 0.0, 1.0, lo_open=True)
         for key in ("unfreeze_every", "unlabeled_ratio"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"Expected finetune.{key} >= 1. Received: {getattr(self, key)}")

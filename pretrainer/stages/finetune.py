@@ -104,8 +104,10 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                                   class_weight=class_weight, align=ft.distribution_alignment)
             class_weight = None  # applied inside Consistency's train_step
         lr = _learning_rate(ft, steps_per_epoch, cfg)
-        optimizer = (keras.optimizers.SGD(lr) if ft.optimizer == "sgd"
-                     else keras.optimizers.Adam(lr))
+        ema = ({"use_ema": True, "ema_momentum": ft.ema_momentum}
+               if ft.ema_momentum is not None else {})
+        optimizer = (keras.optimizers.SGD(lr, **ema) if ft.optimizer == "sgd"
+                     else keras.optimizers.Adam(lr, **ema))
         trained.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         **compile_kwargs(cfg.trainer))
     one_hot = (ft.loss == "categorical_crossentropy" or ft.label_smoothing > 0) and not regression

@@ -115,3 +115,17 @@ def test_public_weights_offline_is_a_one_line_config_error(monkeypatch, tmp_path
 def _offline_get_file(*args, **kwargs):
     raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
                     "[Errno -3] Temporary failure in name resolution")
+
+
+def test_ema_momentum_ends_on_the_moving_average(in_tmp):
+    pre = pretrain.run(compose("fashion_ae", TINY))
+    start = keras.saving.load_model(pre / "backbone.keras").trainable_weights
+    moved = {}
+    for extra in ([], ["finetune.ema_momentum=0.9999999"]):
+        ft = finetune.run(compose("fashion_ae", [*TINY, "finetune.epochs=3",
+                                                 "finetune.steps_per_epoch=10", *extra]), run=pre)
+        inner = keras.saving.load_model(ft / "model.keras").get_layer("conv_ae")
+        moved[bool(extra)] = sum(float(np.abs(np.asarray(a) - np.asarray(b)).sum())
+                                 for a, b in zip(start, inner.trainable_weights, strict=True))
+    # Keras starts the average at the weights after the first step, then it barely moves
+    assert 0 < moved[True] < 0.25 * moved[False]
