@@ -20,7 +20,7 @@ def strong_augment(x: tf.Tensor, shape, seed: int = 0) -> tf.Tensor:
     """Translation, per-image brightness and contrast jitter, and a cut-out square
     of half the image side filled with grey; values stay in [0, 1]."""
     h, w = shape[0], shape[1]
-    x = pipeline._augment(x, shape, flip=False, seed=seed)
+    x = pipeline.shift_augment(x, shape, flip=False, seed=seed)
     n = tf.shape(x)[0]
     mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
     contrast = tf.random.uniform([n, 1, 1, 1], 0.5, 1.5)
@@ -43,7 +43,7 @@ def unlabeled_views(store, *, batch_size: int, weak: str, seed: int, cache: bool
                          labels=False, cache=cache, seed=seed + 1)
 
     def views(u):
-        w = pipeline._augment(u, shape, flip=weak == "shift_flip", seed=seed) \
+        w = pipeline.shift_augment(u, shape, flip=weak == "shift_flip", seed=seed) \
             if weak != "none" else u
         return w, strong_augment(u, shape, seed=seed)
 

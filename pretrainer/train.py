@@ -173,34 +173,25 @@ def backbone_blocks(model: keras.Model) -> list[list]:
     return blocks[::-1]
 
 
-class GradualUnfreeze(keras.callbacks.Callback):
+class GradualUnfreeze(ScaledUpdates):
     """finetune.mode=gradual: the backbone starts frozen and thaws one block from the top
     every `every` epochs (the head trains throughout: ULMFiT's gradual unfreezing).
 
-    Freezing is done by putting a frozen block's weights (BatchNorm statistics
-    included) back after every step, so one compiled model and one optimizer
-    serve the whole run and a resumed run freezes exactly what the epoch says;
-    Keras 3 cannot add variables to an optimizer that is already built.
+    A frozen block's weights (BatchNorm statistics included) get a zero update
+    multiplier, i.e. are put back after every step, so one compiled model and one
+    optimizer serve the whole run and a resumed run freezes exactly what the epoch
+    says; Keras 3 cannot add variables to an optimizer that is already built.
     """
 
     def __init__(self, blocks: list[list], every: int):
-        super().__init__()
+        super().__init__([], 0.0)
         self.blocks, self.every = blocks, int(every)
-        self.frozen: list = []
-        self.before: list = []
 
     def thawed(self, epoch: int) -> int:
         return min(len(self.blocks), epoch // self.every)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.frozen = [v for blk in self.blocks[self.thawed(epoch):] for v in blk]
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.before = [keras.ops.convert_to_numpy(v) for v in self.frozen]
-
-    def on_train_batch_end(self, batch, logs=None):
-        for v, old in zip(self.frozen, self.before, strict=True):
-            v.assign(old)
+        self.variables = [v for blk in self.blocks[self.thawed(epoch):] for v in blk]
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

@@ -1,41 +1,32 @@
+import json
 import subprocess
 import sys
 
 from conftest import ROOT
 
 
-def test_benchmark_harness_smoke(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+def _smoke(script: str, out, *extra: str, timeout: int = 600):
+    """Run a benchmark harness in --smoke mode; (its stdout, the JSON it wrote)."""
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", "--smoke", *extra, "--out",
+                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| seed_recipe |" in proc.stdout and "| startup |" in proc.stdout
-    import json
+    return proc.stdout, json.loads(out.read_text())
 
-    results = json.loads(out.read_text())
+
+def test_benchmark_harness_smoke(tmp_path):
+    stdout, results = _smoke("run.py", tmp_path / "bench.json")
+    assert "| seed_recipe |" in stdout and "| startup |" in stdout
     for name in ("startup", "seed_recipe", "input_pipeline"):
         assert results[name]["speedup"] > 0
 
 
 def test_collect_read_benchmark_smoke(tmp_path):
-    out = tmp_path / "cr.json"
-    proc = subprocess.run([sys.executable, "benchmarks/collect_read.py", "--smoke", "--out",
-                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
-
-    results = json.loads(out.read_text())
+    _, results = _smoke("collect_read.py", tmp_path / "cr.json")
     assert results["collect_images_per_s"] > 0 and results["rss_10x_mib"] > 0
 
 
 def test_throughput_benchmark_smoke(tmp_path):
-    out = tmp_path / "tp.json"
-    proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--smoke", "--out",
-                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
-
-    results = json.loads(out.read_text())
+    _, results = _smoke("throughput.py", tmp_path / "tp.json", timeout=900)
     assert results["ceilings_gflop_per_s"]["float32"] > 0
     pretexts = {(r["pretext"], r["precision"]) for r in results["pretext"]}
     assert ("simclr", "mixed_bfloat16") in pretexts and ("causal_lm", "float32") in pretexts
@@ -45,13 +36,8 @@ def test_throughput_benchmark_smoke(tmp_path):
 
 
 def test_precision_benchmark_smoke(tmp_path):
-    out = tmp_path / "p.json"
-    proc = subprocess.run([sys.executable, "benchmarks/precision.py", "--smoke", "--models",
-                           "seed_cnn_classifier,autoencoder", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
-
-    rows = json.loads(out.read_text())["rows"]
+    _, results = _smoke("precision.py", tmp_path / "p.json", "--models",
+                        "seed_cnn_classifier,autoencoder")
+    rows = results["rows"]
     assert {r["model"] for r in rows} == {"seed_cnn_classifier", "autoencoder"}
     assert all(r["samples_per_s"]["mixed_bfloat16"] > 0 for r in rows)

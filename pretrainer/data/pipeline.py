@@ -84,7 +84,7 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     def finish(img, label):
         x = tf.cast(img, tf.float32) / 255.0
         if augment != "none":
-            x = _augment(x, shape, flip=augment == "shift_flip", seed=seed)
+            x = shift_augment(x, shape, flip=augment == "shift_flip", seed=seed)
         if not labels:
             return x
         if one_hot:
@@ -168,7 +168,7 @@ def examples(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     return texts(store, split, **common)
 
 
-def _augment(x, shape, *, flip: bool, seed: int):
+def shift_augment(x, shape, *, flip: bool, seed: int):
     """Random translation by up to 10% (zero padding) and optional mirror, per image."""
     h, w = shape[0], shape[1]
     ph, pw = max(1, h // 10), max(1, w // 10)
