@@ -25,6 +25,70 @@ from typing import Any, Callable, Iterator, Optional
 from pretrainer.errors import RunError
 
 DONE = "DONE"
+LOCK = ".lock"
+
+# Locks this process holds: {resolved lock path: open file}. flock belongs to an open
+# file, and a second open of the same file in this process would conflict with the
+# first, so a stage that takes a lock its own process already holds keeps it.
+_HELD: dict[str, Any] = {}
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, json.JSONDecodeError):
+        return "another process"
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')}"
+
+
+def acquire_lock(path: Path, what: str, *, wait: bool = False,
+                 on_wait: Optional[Callable[[str], None]] = None) -> None:
+    """Hold an OS-level lock (flock) on `path` until release_lock or process exit.
+
+    Held by a live process: raise RunError naming it (or, with `wait`, block until it
+    is free after telling `on_wait`). A lock left by a dead process is free (the OS
+    drops flock locks when their process ends), so it is simply taken over.
+    """
+    import fcntl
+
+    path = Path(path)
+    key = str(path.resolve())
+    if key in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        who = _holder(path)
+        if not wait:
+            f.close()
+            raise RunError(f"{what} is in use by {who}; wait for it to finish or stop it "
+                           f"(lock: {path})") from None
+        if on_wait:
+            on_wait(f"waiting for {who}, which holds {what}")
+        fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": platform.node(),
+                        "since": _dt.datetime.now().isoformat(timespec="seconds"),
+                        "command": sys.argv}))
+    f.flush()
+    _HELD[key] = f
+
+
+def release_lock(path: Path) -> None:
+    import fcntl
+
+    f = _HELD.pop(str(Path(path).resolve()), None)
+    if f is not None:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def lock_run(run: Path) -> None:
+    """One writer per run directory (released by mark_done or at process exit)."""
+    acquire_lock(Path(run) / LOCK, f"run {run}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -148,9 +212,14 @@ def start_run(runs_root: str | Path, experiment: str, stage: str, cfg_yaml: str,
     """(run directory, resumed?): resume the same unfinished run, or create a new one."""
     found = resumable_run(runs_root, experiment, stage, cfg_yaml)
     if found is not None:
-        update_manifest(found, resumed=read_manifest(found).get("resumed", 0) + 1)
-        return found, True
+        lock_run(found)  # a live process still writing it: a clear error, exit 2
+        if is_done(found):  # it finished while we waited for the lock check
+            release_lock(Path(found) / LOCK)
+        else:
+            update_manifest(found, resumed=read_manifest(found).get("resumed", 0) + 1)
+            return found, True
     run = new_run_dir(runs_root, experiment, stage)
+    lock_run(run)
     write_lineage(run, stage, cfg_yaml, **lineage)
     return run, False
 
@@ -161,6 +230,7 @@ def is_done(run: Path) -> bool:
 
 def mark_done(run: Path) -> None:
     atomic_write_text(Path(run) / DONE, _dt.datetime.now().isoformat(timespec="seconds") + "\n")
+    release_lock(Path(run) / LOCK)
 
 
 def require_done(run: str | Path, stage: Optional[str] = None) -> Path:

@@ -16,19 +16,21 @@ import tensorflow as tf
 from pretrainer.data import pipeline
 
 
-def strong_augment(x: tf.Tensor, shape, seed: int = 0) -> tf.Tensor:
+def strong_augment(x: tf.Tensor, shape, seed) -> tf.Tensor:
     """Translation, per-image brightness and contrast jitter, and a cut-out square
-    of half the image side filled with grey; values stay in [0, 1]."""
+    of half the image side filled with grey; values stay in [0, 1]. `seed` is a
+    stateless-RNG seed (pipeline.batch_seed), so a resumed run draws the same."""
     h, w = shape[0], shape[1]
-    x = pipeline.shift_augment(x, shape, flip=False, seed=seed)
+    s = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    x = pipeline.shift_augment(x, shape, flip=False, seed=s[0])
     n = tf.shape(x)[0]
     mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    contrast = tf.random.uniform([n, 1, 1, 1], 0.5, 1.5)
-    brightness = tf.random.uniform([n, 1, 1, 1], -0.25, 0.25)
+    contrast = tf.random.stateless_uniform([n, 1, 1, 1], s[1], 0.5, 1.5)
+    brightness = tf.random.stateless_uniform([n, 1, 1, 1], s[2], -0.25, 0.25)
     x = (x - mean) * contrast + mean + brightness
     size_h, size_w = max(1, h // 2), max(1, w // 2)
-    cy = tf.random.uniform([n, 1, 1, 1], 0, h, dtype=tf.int32)
-    cx = tf.random.uniform([n, 1, 1, 1], 0, w, dtype=tf.int32)
+    cy = tf.random.stateless_uniform([n, 1, 1, 1], s[3], 0, h, dtype=tf.int32)
+    cx = tf.random.stateless_uniform([n, 1, 1, 1], s[4], 0, w, dtype=tf.int32)
     rows = tf.reshape(tf.range(h), [1, h, 1, 1])
     cols = tf.reshape(tf.range(w), [1, 1, w, 1])
     inside = ((tf.abs(rows - cy) <= size_h // 2) & (tf.abs(cols - cx) <= size_w // 2))
@@ -36,18 +38,23 @@ def strong_augment(x: tf.Tensor, shape, seed: int = 0) -> tf.Tensor:
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
-def unlabeled_views(store, *, batch_size: int, weak: str, seed: int, cache: bool):
-    """Repeating batches of (weak view, strong view) from the store's unlabeled split."""
+def unlabeled_views(store, *, batch_size: int, weak: str, seed: int, cache: bool,
+                    start_batch: int = 0):
+    """Repeating batches of (weak view, strong view) from the store's unlabeled split,
+    from batch `start_batch` on (views drawn from (seed, batch index): exact resume)."""
     shape = pipeline.read_manifest(store)["shape"]
     ds = pipeline.images(store, "unlabeled", batch_size=batch_size, shuffle=True, repeat=True,
-                         labels=False, cache=cache, seed=seed + 1)
+                         labels=False, cache=cache, seed=seed + 1, start_batch=start_batch)
 
-    def views(u):
-        w = pipeline.shift_augment(u, shape, flip=weak == "shift_flip", seed=seed) \
+    def views(index, u):
+        weak_seed, strong_seed = tf.unstack(tf.random.experimental.stateless_split(
+            pipeline.batch_seed(seed + 2, index), 2))
+        w = pipeline.shift_augment(u, shape, flip=weak == "shift_flip", seed=weak_seed) \
             if weak != "none" else u
-        return w, strong_augment(u, shape, seed=seed)
+        return w, strong_augment(u, shape, seed=strong_seed)
 
-    return ds.map(views, num_parallel_calls=2).prefetch(2)
+    return ds.enumerate(start_batch).map(views, num_parallel_calls=2,
+                                         deterministic=True).prefetch(2)
 
 
 def zip_views(labeled, unlabeled):

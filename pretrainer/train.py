@@ -234,7 +234,9 @@ class StepCheckpoint(keras.callbacks.Callback):
 
     Keras' BackupAndRestore resumes at the start of the interrupted epoch (a kill
     late in an epoch repeats up to a whole epoch of steps); this keeps the loss to
-    at most `every` steps, and `fit` resumes from the exact step.
+    at most `every` steps, and `fit` resumes from the exact step. Beside each
+    checkpoint it keeps the running state of the epoch's metrics, so the history
+    row of a resumed epoch averages all of its steps, not only those after the resume.
     """
 
     def __init__(self, manager, every: int, stop: _StopRequest):
@@ -245,7 +247,8 @@ class StepCheckpoint(keras.callbacks.Callback):
     def _save(self) -> int:
         step = optimizer_step(self.model)
         if step != self.last:
-            self.manager.save(checkpoint_number=step)
+            path = self.manager.save(checkpoint_number=step)
+            save_metric_state(self.model, path)
             self.last = step
         return step
 
@@ -264,15 +267,66 @@ class StepCheckpoint(keras.callbacks.Callback):
             self._save()
 
 
+def _metric_variables(model: keras.Model) -> dict:
+    return {f"{i}:{v.path}": v for i, v in enumerate(
+        v for m in model.metrics for v in m.variables)}
+
+
+def save_metric_state(model: keras.Model, ckpt_path: str) -> None:
+    """The epoch's running metric totals at this checkpoint, in `<ckpt>.metrics.json`."""
+    import json
+
+    import numpy as np
+
+    state = {k: np.asarray(keras.ops.convert_to_numpy(v)).tolist()
+             for k, v in _metric_variables(model).items()}
+    atomic_write_text(Path(f"{ckpt_path}.metrics.json"), json.dumps(state))
+    ckpt_dir = Path(ckpt_path).parent
+    kept = {Path(p).name for p in [ckpt_path]}
+    for old in ckpt_dir.glob("*.metrics.json"):  # the manager keeps only the newest few
+        prefix = old.name.removesuffix(".metrics.json")
+        if prefix not in kept and not any(ckpt_dir.glob(f"{prefix}.index")):
+            old.unlink(missing_ok=True)
+
+
+class RestoreMetricState(keras.callbacks.Callback):
+    """On the first (resumed, partial) epoch, put back the metric totals of the steps
+    taken before the interruption (Keras resets metrics just before on_epoch_begin)."""
+
+    def __init__(self, state: Optional[dict]):
+        super().__init__()
+        self.state = state
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self.state:
+            return
+        variables = _metric_variables(self.model)
+        if set(variables) == set(self.state):
+            for k, v in variables.items():
+                v.assign(self.state[k])
+        self.state = None
+
+
 def _finite(logs) -> bool:
     loss = (logs or {}).get("loss")
     return loss is None or math.isfinite(float(loss))
 
 
-def _restore(model: keras.Model, manager) -> int:
-    """Restore the latest checkpoint (if any) into model and optimizer; return its step."""
+def checkpoint(model: keras.Model):
+    """What a checkpoint holds: the model, its optimizer and the model's RNG states.
+
+    Keras' SeedGenerator states (dropout, random augmentation layers, a GAN's noise)
+    are variables no layer attribute tracks, so tf.train.Checkpoint(model=...) alone
+    would restart them from their initial value on resume and draw other masks.
+    """
     import tensorflow as tf
 
+    rng = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    return tf.train.Checkpoint(model=model, optimizer=model.optimizer, rng=rng)
+
+
+def _restore(model: keras.Model, manager) -> int:
+    """Restore the latest checkpoint (if any) into model and optimizer; return its step."""
     if not manager.latest_checkpoint:
         return 0
     # the optimizer's slots must exist before restore, in the scope the model was built in
@@ -281,13 +335,20 @@ def _restore(model: keras.Model, manager) -> int:
             model.build_optimizers()
         else:
             model.optimizer.build(model.trainable_variables)
-        status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(
-            manager.latest_checkpoint)
+        status = checkpoint(model).restore(manager.latest_checkpoint)
     status.assert_existing_objects_matched()
     return optimizer_step(model)
 
 
-def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_dir: Path,
+def _metric_state(ckpt_path: Optional[str]) -> Optional[dict]:
+    import json
+
+    if not ckpt_path or not Path(f"{ckpt_path}.metrics.json").is_file():
+        return None
+    return json.loads(Path(f"{ckpt_path}.metrics.json").read_text())
+
+
+def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, run_dir: Path,
         trainer: TrainerConfig, title: str, val_ds=None, validation_steps: Optional[int] = None,
         monitor: str = "val_loss", mode: str = "min",
         restore_from: Optional[Path] = None, extra_callbacks: tuple = (),
@@ -295,9 +356,12 @@ def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_
     """Train `model` (already compiled) with checkpoints; resume if run_dir has one.
 
     Logs go to run_dir/history.csv and run_dir/tb, checkpoints to run_dir/ckpt.
-    `train_ds` must repeat (one epoch = `steps_per_epoch` batches) and be
-    deterministic for its seed, so that skipping the steps already taken puts a
-    resumed run on the batch it would have seen. `val_ds` must repeat too and
+    `train_data(start_batch)` returns the endless training stream from that batch
+    on (one epoch = `steps_per_epoch` batches); batch k must be the same whatever
+    the start (pipeline readers take `start_batch`), which makes a resumed run see
+    exactly the batches of an uninterrupted one. A tf.data.Dataset is accepted too
+    and is then skipped, which is exact only if each new iterator over it repeats
+    the same order. `val_ds` must repeat too and
     yield exactly `validation_steps` batches per pass: Keras 3.15 keeps the
     validation iterator between epochs, so a finite one runs dry.
     """
@@ -306,16 +370,18 @@ def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_
     from pretrainer.strategy import is_multi_worker
 
     run_dir = Path(run_dir)
-    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    make_train = train_data if callable(train_data) else (
+        lambda start: train_data.skip(start) if start else train_data)
+    ckpt = checkpoint(model)
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
-    if restore_from is not None:  # a non-chief worker restores what the chief saved
-        start = _restore(model, tf.train.CheckpointManager(
-            ckpt, str(Path(restore_from) / "ckpt"), max_to_keep=2))
-    else:
-        start = _restore(model, manager)
+    source = manager if restore_from is None else tf.train.CheckpointManager(
+        ckpt, str(Path(restore_from) / "ckpt"), max_to_keep=2)  # a non-chief worker
+    start = _restore(model, source)
+    metric_state = _metric_state(source.latest_checkpoint) if start % steps_per_epoch else None
     total = epochs * steps_per_epoch
     if is_multi_worker(model.distribute_strategy):
-        return _fit_multi_worker(model, train_ds, steps_per_epoch=steps_per_epoch, epochs=epochs,
+        return _fit_multi_worker(model, make_train(start), steps_per_epoch=steps_per_epoch,
+                                 epochs=epochs,
                                  run_dir=run_dir, trainer=trainer, title=title, val_ds=val_ds,
                                  validation_steps=validation_steps, start=start, manager=manager)
     if start:
@@ -323,6 +389,7 @@ def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_
     stop = _StopRequest()
     history_cb = HistoryCSV(run_dir / "history.csv", keep_epochs=start // steps_per_epoch)
     callbacks: list[keras.callbacks.Callback] = [
+        RestoreMetricState(metric_state),
         *extra_callbacks,  # first, so the metrics they add reach history.csv and TensorBoard
         history_cb,
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tb"), write_graph=False),
@@ -348,7 +415,7 @@ def fit(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int, run_
     with _catch_stop_signals(stop):
         for skip, first_epoch, steps in segments:
             last_epoch = first_epoch + 1 if steps != steps_per_epoch else epochs
-            model.fit(train_ds.skip(skip) if skip else train_ds, initial_epoch=first_epoch,
+            model.fit(make_train(skip), initial_epoch=first_epoch,
                       epochs=last_epoch, steps_per_epoch=steps, validation_data=val_ds,
                       validation_steps=validation_steps, callbacks=callbacks, verbose=0,
                       shuffle=False, class_weight=class_weight)
@@ -425,7 +492,7 @@ def _fit_multi_worker(model: keras.Model, train_ds, *, steps_per_epoch: int, epo
     history_cb = HistoryCSV(run_dir / "history.csv", keep_epochs=start // steps_per_epoch)
     stop = _StopRequest()
     step, last_saved = start, start
-    train_it = iter(strategy.experimental_distribute_dataset(train_ds.skip(start)))
+    train_it = iter(strategy.experimental_distribute_dataset(train_ds))
     val_it = (iter(strategy.experimental_distribute_dataset(val_ds))
               if val_ds is not None else None)
     with _catch_stop_signals(stop):

@@ -35,38 +35,105 @@ def split_info(store: Path, split: str) -> dict:
     return manifest["splits"][split]
 
 
+# Shuffled reads interleave this many shards at once and draw from a buffer of
+# blocks of this many records; a cached split is permuted whole.
+SHUFFLE_SHARDS = 16
+SHUFFLE_BUFFER = 10_000
+_PASSES = 2**62  # "forever" for repeated reads
+
+
+def _block_shuffle(ds, block: int, seed: tf.Tensor):
+    """Permute consecutive blocks of `block` records, block i by a stateless draw from
+    (seed, i). tf.data's shuffle() takes its seed through the global-seed logic, which
+    rejects a per-pass tensor seed when the global seed is 0; this has no global state."""
+    def permute(i, records):
+        first = tf.nest.flatten(records)[0]
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(first)[0]), seed=tf.random.experimental.stateless_fold_in(seed, i))
+        return tf.nest.map_structure(lambda t: tf.gather(t, order), records)
+
+    return ds.batch(block).enumerate().map(permute).unbatch()
+
+
 def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shuffle: bool,
-             repeat: bool, cache: bool, seed: int, bytes_per_example: int):
-    """Parsed, optionally cached / shuffled / repeated examples of one split (not batched)."""
+             repeat: bool, cache: bool, seed: int, bytes_per_example: int, skip: int = 0):
+    """Parsed, optionally cached / shuffled / repeated examples of one split (not batched).
+
+    Order guarantee for shuffled reads: the store holds every split in a seeded random
+    permutation (store.shuffled), so each shard is a uniform sample of the split; pass
+    `p` over the split then reads the shards in an order drawn from (seed, p),
+    interleaves up to SHUFFLE_SHARDS of them record by record and shuffles through a
+    SHUFFLE_BUFFER-record blocks, each permuted (the whole split at once when it is
+    cached in memory). The
+    order of pass p depends on (seed, p) only, never on how many iterators came
+    before, so a resumed run that skips the `skip` records it has already consumed
+    sees exactly the records an uninterrupted run would.
+    Unshuffled reads keep the stored order; with `repeat` each pass is the same.
+    """
     manifest = read_manifest(store)
     if manifest["modality"] != modality:
         raise DataError(f"{store} holds {manifest['modality']} data; this step reads {modality}")
     info = split_info(store, split)
-    if info["count"] == 0:
+    n = info["count"]
+    if n == 0:
         raise DataError(f"Split '{split}' of {store} is empty; adjust data.* fractions")
     if labels and not info["labeled"]:
         raise DataError(f"Split '{split}' of {store} has no labels")
     files = [join(store, s["file"]) for s in info["shards"]]
     workers = max(1, min(4, os.cpu_count() or 1))
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    # Shuffled reads interleave shards; ordered reads (evaluation) keep the stored order.
-    cycle = min(len(files), workers) if shuffle else 1
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=cycle,
-                       deterministic=True)
-    ds = ds.map(parse, num_parallel_calls=workers)
-    if cache and info["count"] * bytes_per_example < CACHE_LIMIT_BYTES:
-        ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(min(info["count"], 10_000), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
+    cached = cache and n * bytes_per_example < CACHE_LIMIT_BYTES
+
+    def stored_order():
+        ds = tf.data.Dataset.from_tensor_slices(files).flat_map(tf.data.TFRecordDataset)
+        return ds.map(parse, num_parallel_calls=workers, deterministic=True)
+
+    if not shuffle:
+        ds = stored_order()
+        if cached:
+            ds = ds.cache()
+        return ds.skip(skip) if skip else ds, manifest, workers
+
+    base = stored_order().cache() if cached else None
+    files_t = tf.constant(files)
+    cycle = min(len(files), SHUFFLE_SHARDS)
+
+    def one_pass(p):
+        pass_seed = tf.stack([tf.constant(int(seed), tf.int64), p])
+        if base is not None:  # in memory: the whole split in a new order every pass
+            return _block_shuffle(base, n, pass_seed)
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(len(files)), seed=tf.random.experimental.stateless_fold_in(pass_seed, -1))
+        ds = tf.data.Dataset.from_tensor_slices(tf.gather(files_t, order))
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+                           num_parallel_calls=min(cycle, workers), deterministic=True)
+        ds = ds.map(parse, num_parallel_calls=workers, deterministic=True)
+        return _block_shuffle(ds, min(n, SHUFFLE_BUFFER), pass_seed)
+
+    first, offset = divmod(int(skip), n)
+    ds = tf.data.Dataset.range(first, _PASSES if repeat else first + 1).flat_map(one_pass)
+    return ds.skip(offset) if offset else ds, manifest, workers
+
+
+def _repeat_batches(ds, batch_size: int, *, shuffle: bool, repeat: bool, start_batch: int):
+    """Batch; unshuffled repeated reads (validation) repeat whole passes, so every pass
+    yields the same batches; shuffled reads batch the endless record stream."""
+    ds = ds.batch(batch_size)
+    if repeat and not shuffle:
         ds = ds.repeat()
-    return ds, manifest, workers
+        if start_batch:
+            ds = ds.skip(start_batch)
+    return ds
 
 
 def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
            repeat: bool = False, labels: bool = True, one_hot: bool = False,
-           cache: bool = True, seed: int = 0, augment: str = "none") -> tf.data.Dataset:
-    """Batches of float32 images in [0, 1] (and int64 or one-hot labels)."""
+           cache: bool = True, seed: int = 0, augment: str = "none",
+           start_batch: int = 0) -> tf.data.Dataset:
+    """Batches of float32 images in [0, 1] (and int64 or one-hot labels).
+
+    `start_batch`: begin at that batch of the stream (a resumed run); augmentation
+    draws from (seed, batch index), so batch k is the same whatever the start.
+    """
     shape = read_manifest(store)["shape"]
     spec = {"image": tf.io.FixedLenFeature([], tf.string),
             "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -78,26 +145,42 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     # cached as uint8, before scaling: 4x smaller than float32
     ds, manifest, workers = _records(store, split, labels=labels, modality="image", parse=parse,
                                      shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
-                                     bytes_per_example=int(np.prod(shape)))
+                                     bytes_per_example=int(np.prod(shape)),
+                                     skip=_records_to_skip(start_batch, batch_size, shuffle))
     num_classes = manifest["num_classes"]
 
-    def finish(img, label):
+    def finish(index, batch):
+        img, label = batch
         x = tf.cast(img, tf.float32) / 255.0
         if augment != "none":
-            x = shift_augment(x, shape, flip=augment == "shift_flip", seed=seed)
+            x = shift_augment(x, shape, flip=augment == "shift_flip",
+                              seed=batch_seed(seed, index))
         if not labels:
             return x
         if one_hot:
             return x, tf.one_hot(label, num_classes)
         return x, label
 
-    ds = ds.batch(batch_size).map(finish, num_parallel_calls=workers)
+    ds = _repeat_batches(ds, batch_size, shuffle=shuffle, repeat=repeat,
+                         start_batch=start_batch)
+    ds = ds.enumerate(start_batch).map(finish, num_parallel_calls=workers, deterministic=True)
     return ds.prefetch(2).with_options(_options())
 
 
-def _batched(ds, batch_size: int, labels: bool) -> tf.data.Dataset:
+def _records_to_skip(start_batch: int, batch_size: int, shuffle: bool) -> int:
+    # a shuffled stream is endless records batched in order: batch k starts at record k*bs
+    return int(start_batch) * int(batch_size) if shuffle else 0
+
+
+def batch_seed(seed: int, index) -> tf.Tensor:
+    """The stateless-RNG seed of batch `index` of a stream seeded `seed`."""
+    return tf.stack([tf.constant(int(seed), tf.int64), tf.cast(index, tf.int64)])
+
+
+def _batched(ds, batch_size: int, labels: bool, *, shuffle: bool = False, repeat: bool = False,
+             start_batch: int = 0) -> tf.data.Dataset:
     """Batch (features, label) pairs, dropping the label when it is not wanted."""
-    ds = ds.batch(batch_size)
+    ds = _repeat_batches(ds, batch_size, shuffle=shuffle, repeat=repeat, start_batch=start_batch)
     if not labels:
         ds = ds.map(lambda x, _: x)
     return ds.prefetch(2).with_options(_options())
@@ -105,7 +188,7 @@ def _batched(ds, batch_size: int, labels: bool) -> tf.data.Dataset:
 
 def texts(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
           repeat: bool = False, labels: bool = True, cache: bool = True,
-          seed: int = 0) -> tf.data.Dataset:
+          seed: int = 0, start_batch: int = 0) -> tf.data.Dataset:
     """Batches of UTF-8 strings (and int64 labels)."""
     spec = {"text": tf.io.FixedLenFeature([], tf.string),
             "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -116,13 +199,15 @@ def texts(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
 
     ds, _, _ = _records(store, split, labels=labels, modality="text", parse=parse,
                         shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
-                        bytes_per_example=512)
-    return _batched(ds, batch_size, labels)
+                        bytes_per_example=512,
+                        skip=_records_to_skip(start_batch, batch_size, shuffle))
+    return _batched(ds, batch_size, labels, shuffle=shuffle, repeat=repeat,
+                    start_batch=start_batch)
 
 
 def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
          repeat: bool = False, labels: bool = True, cache: bool = True,
-         seed: int = 0, standardize: bool = True) -> tf.data.Dataset:
+         seed: int = 0, standardize: bool = True, start_batch: int = 0) -> tf.data.Dataset:
     """Batches of float32 feature rows (and labels or regression targets).
 
     With `standardize`, means and standard deviations come from the unlabeled
@@ -145,18 +230,20 @@ def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
 
     ds, _, _ = _records(store, split, labels=labels, modality="tabular", parse=parse,
                         shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
-                        bytes_per_example=4 * n)
-    return _batched(ds, batch_size, labels)
+                        bytes_per_example=4 * n,
+                        skip=_records_to_skip(start_batch, batch_size, shuffle))
+    return _batched(ds, batch_size, labels, shuffle=shuffle, repeat=repeat,
+                    start_batch=start_batch)
 
 
 def examples(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
              repeat: bool = False, labels: bool = True, one_hot: bool = False,
              cache: bool = True, seed: int = 0, augment: str = "none",
-             standardize: bool = True) -> tf.data.Dataset:
+             standardize: bool = True, start_batch: int = 0) -> tf.data.Dataset:
     """The reader that fits the store's modality (images, texts or rows)."""
     modality = read_manifest(store)["modality"]
     common = dict(batch_size=batch_size, shuffle=shuffle, repeat=repeat, labels=labels,
-                  cache=cache, seed=seed)
+                  cache=cache, seed=seed, start_batch=start_batch)
     if modality == "image":
         return images(store, split, one_hot=one_hot, augment=augment, **common)
     if modality == "tabular":
@@ -168,15 +255,22 @@ def examples(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     return texts(store, split, **common)
 
 
-def shift_augment(x, shape, *, flip: bool, seed: int):
-    """Random translation by up to 10% (zero padding) and optional mirror, per image."""
+def shift_augment(x, shape, *, flip: bool, seed):
+    """Random translation by up to 10% (zero padding) and optional mirror, per image.
+
+    `seed` is a stateless-RNG seed (shape [2], e.g. batch_seed): the same batch and
+    seed give the same augmentation in any process, which exact resume relies on.
+    """
     h, w = shape[0], shape[1]
     ph, pw = max(1, h // 10), max(1, w // 10)
     x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
     n = tf.shape(x)[0]
-    x = tf.map_fn(lambda im: tf.image.random_crop(im, shape), x)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    per_image = tf.random.experimental.stateless_split(crop_seed, n)
+    x = tf.map_fn(lambda a: tf.image.stateless_random_crop(a[0], shape, seed=a[1]),
+                  (x, per_image), fn_output_signature=x.dtype)
     if flip:
-        mirror = tf.random.uniform([n, 1, 1, 1]) < 0.5
+        mirror = tf.random.stateless_uniform([n, 1, 1, 1], seed=flip_seed) < 0.5
         x = tf.where(mirror, tf.reverse(x, axis=[2]), x)
     return x
 

@@ -66,7 +66,9 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
     _gfile().rename(tmp, path, overwrite=True)
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+# 2: every split is written in a seeded random order (format 1 kept the source's
+# order, e.g. class folders one after another, which trained broken models).
+FORMAT_VERSION = 2
 
 
 def _stratified_take(labels: np.ndarray, idx: np.ndarray, rng: np.random.Generator, *,
@@ -302,6 +304,21 @@ def _split_arrays(src, cfg: DataConfig, seed: int) -> dict:
     }
 
 
+def shuffled(arrays: dict, seed: int) -> dict:
+    """Each split in a seeded random permutation, whatever order the source had.
+
+    Sources arrive sorted (class folders one after another, CSVs by date); a split
+    written that way gives a reader's bounded shuffle buffer long runs of one class.
+    Written shuffled, any window of records is an i.i.d.-like sample of the split.
+    """
+    out = {}
+    for i, split in enumerate(SPLITS):
+        x, y = arrays[split]
+        perm = np.random.default_rng([seed, 7919, i]).permutation(len(x))
+        out[split] = (x[perm], None if y is None else y[perm])
+    return out
+
+
 def _shape(src) -> list[int]:
     if src.modality == "text":
         return []
@@ -324,6 +341,7 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
     if src.x_extra is not None and len(src.x_extra):
         arrays["unlabeled"] = (np.concatenate([arrays["unlabeled"][0], src.x_extra]), None)
     contamination = check_contamination(arrays, dedupe=cfg.dedupe)
+    arrays = shuffled(arrays, seed)
     regression = src.task == "regression"
     gfile = _gfile()
     parent, name = _parent_and_name(store)

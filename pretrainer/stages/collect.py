@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pretrainer import runs
 from pretrainer.config import Config
 from pretrainer.console import console, info, table, warn
 from pretrainer.data import sources
 from pretrainer.data.store import (
+    FORMAT_VERSION,
     MANIFEST,
     SPLITS,
     build_store,
@@ -26,18 +29,48 @@ def store_path(cfg: Config) -> str:
     return join(cfg.paths.data, cfg.data.name)
 
 
+def lock_store(store: str) -> None:
+    """One writer per store: a second collect of it waits (and says so) for the first.
+    Stores on gs:// and other remote filesystems are not locked (no flock there)."""
+    if "://" in store:
+        return
+    parent, _, name = store.rstrip("/").rpartition("/")
+    runs.acquire_lock(Path(parent or ".") / f".{name}.lock", f"dataset store {store}",
+                      wait=True, on_wait=lambda msg: info(f"collect: {msg}"))
+
+
 def ensure_store(cfg: Config) -> str:
-    """The store the config names, collected first if it is not there yet."""
+    """The store the config names, collected first if it is missing, was written by an
+    older format (which kept the source's order), or holds another data config."""
     store = store_path(cfg)
-    if not has_manifest(store):
+    if has_manifest(store):
+        manifest = read_manifest(store)
+        if manifest.get("config_key") == config_key(cfg.data, cfg.seed):
+            return store
+        why = (f"was written by store format {manifest.get('format_version', 1)} (now "
+               f"{FORMAT_VERSION}, which shuffles every split)"
+               if manifest.get("format_version", 1) != FORMAT_VERSION
+               else "holds another data config")
+        info(f"the dataset store at {store} {why}; rebuilding it")
+    else:
         info(f"no dataset store at {store} yet; collecting it first")
-        run(cfg)
+    run(cfg)
     return store
 
 
 def run(cfg: Config) -> str:
     store = store_path(cfg)
     key = config_key(cfg.data, cfg.seed)
+    lock_store(store)
+    try:
+        return _collect(cfg, store, key)
+    finally:
+        if "://" not in store:
+            parent, _, name = store.rstrip("/").rpartition("/")
+            runs.release_lock(Path(parent or ".") / f".{name}.lock")
+
+
+def _collect(cfg: Config, store: str, key: str) -> str:
     if has_manifest(store):
         manifest = read_manifest(store)
         if manifest.get("config_key") == key:

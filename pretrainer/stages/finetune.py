@@ -112,14 +112,19 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                         **compile_kwargs(cfg.trainer))
     one_hot = (ft.loss == "categorical_crossentropy" or ft.label_smoothing > 0) and not regression
     read = dict(one_hot=one_hot, cache=cfg.data.cache, standardize=False)
-    train_ds = pipeline.examples(store, "train", batch_size=bs, shuffle=True, repeat=True,
-                                 seed=cfg.seed, augment=ft.augment, **read)
-    if semi:
+
+    def train_data(start_batch: int):
+        """The training stream from batch `start_batch` on (exact resume)."""
+        ds = pipeline.examples(store, "train", batch_size=bs, shuffle=True, repeat=True,
+                               seed=cfg.seed, augment=ft.augment, start_batch=start_batch,
+                               **read)
+        if not semi:
+            return ds
         from pretrainer.semi import unlabeled_views, zip_views
 
-        train_ds = zip_views(train_ds, unlabeled_views(
+        return zip_views(ds, unlabeled_views(
             store, batch_size=bs * ft.unlabeled_ratio, weak=ft.augment, seed=cfg.seed,
-            cache=cfg.data.cache))
+            cache=cfg.data.cache, start_batch=start_batch))
     val_ds, val_steps = None, None
     if manifest["splits"]["val"]["count"] > 0:
         val_ds = pipeline.examples(store, "val", batch_size=bs, repeat=True, **read)
@@ -129,7 +134,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         callbacks.append(ScaledUpdates(backbone.trainable_variables, ft.backbone_lr_multiplier))
     if ft.mode == "gradual":
         callbacks.append(GradualUnfreeze(backbone_blocks(backbone), ft.unfreeze_every))
-    history = fit(trained, train_ds, steps_per_epoch=steps_per_epoch,
+    history = fit(trained, train_data, steps_per_epoch=steps_per_epoch,
                   epochs=ft.epochs or cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title=f"finetune[{ft.init}]", val_ds=val_ds, validation_steps=val_steps,
                   monitor="val_loss" if regression else "val_accuracy",

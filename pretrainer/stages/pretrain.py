@@ -56,19 +56,22 @@ def run(cfg: Config) -> Path:
                                **kw)
         return (ds.map(prepare) if prepare else ds).map(targets)
 
-    train_ds = read("unlabeled", shuffle=True, repeat=True, seed=cfg.seed)
+    def train_data(start_batch: int):
+        return read("unlabeled", shuffle=True, repeat=True, seed=cfg.seed,
+                    start_batch=start_batch)
+
     val_ds, val_steps = None, None
     if manifest["splits"]["val"]["count"] > 0:
         val_ds = read("val", repeat=True)
         val_steps = pipeline.steps(store, "val", bs)
     extra = []
     if pretext.embedding_rank:
-        probe = val_ds if val_ds is not None else train_ds
+        probe = val_ds if val_ds is not None else train_data(0)
         sample = next(iter(probe))[0]
         extra.append(EmbeddingRank(backbone, sample[:256]))
     if pretext.samples == "generated":
         extra.append(GeneratedGrid(run_dir / "plots", seed=cfg.seed))
-    history = fit(model, train_ds, steps_per_epoch=pipeline.steps(store, "unlabeled", bs),
+    history = fit(model, train_data, steps_per_epoch=pipeline.steps(store, "unlabeled", bs),
                   epochs=cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title="pretrain", val_ds=val_ds, validation_steps=val_steps,
                   restore_from=restore_from, extra_callbacks=tuple(extra))

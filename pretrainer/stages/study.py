@@ -32,10 +32,12 @@ def _study_dir(cfg: Config) -> tuple[Path, dict]:
         if (path / "config.yaml").is_file() and (path / "config.yaml").read_text() == cfg_yaml:
             if runs.is_done(path):
                 break
+            runs.lock_run(path)
             done = json.loads((path / "study.json").read_text()) if (
                 path / "study.json").is_file() else {"cells": []}
             return path, done
     path = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "study")
+    runs.lock_run(path)
     runs.write_lineage(path, "study", cfg_yaml)
     return path, {"cells": []}
 
