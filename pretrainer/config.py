@@ -385,6 +385,23 @@ def _explain_override_error(overrides: list[str], exc: Exception) -> str:
     return msg
 
 
+def _reject_hydra_only(override: str) -> None:
+    """Hydra accepts `+key=v` (add a key), `~key` (delete one) and `hydra.*` on a structured
+    config and they change nothing we read: a typo would be silently ignored."""
+    key = override.split("=", 1)[0]
+    bare = key.lstrip("+~")
+    if key.startswith(("+", "~")):
+        parent, bad = _schema_node(bare)
+        where = (bad.rsplit(".", 1)[0] if "." in bad else "the config") if parent else ""
+        valid = (f" Valid keys in {where}: {', '.join(f.name for f in dataclasses.fields(parent))}"
+                 if parent is not None else "")
+        raise ConfigError(f"'{override}': adding or deleting keys ({key[0]}) is not supported; "
+                          f"set an existing key as key=value.{valid}")
+    if bare == "hydra" or bare.startswith("hydra."):
+        raise ConfigError(f"'{override}': hydra.* settings are not read by pretrainer (runs go "
+                          f"to paths.runs, stores to paths.data)")
+
+
 def compose(name: str = DEFAULT_EXPERIMENT, overrides: Optional[list[str]] = None,
             config_dir: Optional[str] = None) -> Config:
     """Compose configs/<name>.yaml with overrides into a validated `Config`."""
@@ -397,6 +414,8 @@ def compose(name: str = DEFAULT_EXPERIMENT, overrides: Optional[list[str]] = Non
     experiments = list_experiments(config_dir)
     if name not in experiments:
         raise ConfigError(f"Unknown config '{name}'. Choose from: {', '.join(experiments)}")
+    for ov in overrides:
+        _reject_hydra_only(ov)
     dirs = config_dirs(config_dir)
     _store_schema()
     GlobalHydra.instance().clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 # Logs and CI are not terminals: Rich would wrap tables at 80 columns there.
@@ -12,22 +13,32 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 
+def esc(value) -> str:
+    """A user-supplied value (path, file or class name) safe to put in a markup string:
+    Rich would read `bad[/b].jpg` as a closing tag and crash, or swallow `[bold]`."""
+    return escape(str(value))
+
+
 def info(msg: str) -> None:
+    """Print `msg` (our markup; interpolate user values through esc())."""
     console.print(msg)
 
 
 def warn(msg: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {msg}")
+    """Plain text (no markup is read in it)."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(msg)}")
 
 
 def error(msg: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {msg}", soft_wrap=True)
+    """Plain text (no markup is read in it)."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(msg)}", soft_wrap=True)
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
-    t = Table(title=title, title_justify="left")
+    """A table of plain values: no markup is read in the title or cells."""
+    t = Table(title=escape(title), title_justify="left")
     for col in columns:
-        t.add_column(col)
+        t.add_column(escape(col))
     for row in rows:
-        t.add_row(*[str(c) for c in row])
+        t.add_row(*[escape(str(c)) for c in row])
     return t

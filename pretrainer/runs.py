@@ -100,6 +100,19 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_umask_allows(path: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700 whatever the umask; give the artifact the mode a
+    plain open()/mkdir would (a TF Serving process or a teammate must be able to read it)."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success fsync and rename it into place.
@@ -115,6 +128,7 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        _as_umask_allows(tmp_path)
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     finally:
@@ -153,6 +167,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _as_umask_allows(tmp, directory=True)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     finally:
@@ -321,6 +336,21 @@ def _any_sha256(path) -> str:
     return h.hexdigest()
 
 
+def _dataset_key(dataset_manifest) -> Optional[str]:
+    """The store's config key (what decided its content), read from its manifest."""
+    if not dataset_manifest:
+        return None
+    try:
+        if "://" in str(dataset_manifest):
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(str(dataset_manifest), "r") as f:
+                return json.loads(f.read()).get("config_key")
+        return json.loads(Path(dataset_manifest).read_text(encoding="utf-8")).get("config_key")
+    except (OSError, ValueError):
+        return None
+
+
 def write_lineage(run: Path, stage: str, cfg_yaml: str, *, parent: Optional[Path] = None,
                   dataset_manifest: Optional[Path] = None, extra: Optional[dict] = None) -> None:
     """config.yaml and manifest.json: enough to know where a run came from and redo it."""
@@ -332,6 +362,7 @@ def write_lineage(run: Path, stage: str, cfg_yaml: str, *, parent: Optional[Path
         "parent_run": str(Path(parent).resolve()) if parent else None,
         "dataset_manifest": _resolved(dataset_manifest),
         "dataset_manifest_sha256": _any_sha256(dataset_manifest) if dataset_manifest else None,
+        "dataset_key": _dataset_key(dataset_manifest),
         "versions": package_versions(),
         "git_commit": _git_commit(),
         "command": sys.argv,

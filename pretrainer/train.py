@@ -15,7 +15,7 @@ import keras
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pretrainer.config import TrainerConfig
-from pretrainer.console import console
+from pretrainer.console import console, esc
 from pretrainer.errors import UserError
 from pretrainer.runs import atomic_write_text
 
@@ -128,7 +128,7 @@ class RichProgress(keras.callbacks.Callback):
             self.progress = None
         shown = "  ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items()
                           if k != "learning_rate")
-        console.print(f"  {self.title} epoch {epoch + 1}/{self.epochs}  {shown}")
+        console.print(f"  {esc(self.title)} epoch {epoch + 1}/{self.epochs}  {shown}")
 
 
 class ScaledUpdates(keras.callbacks.Callback):
@@ -385,7 +385,7 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
                                  run_dir=run_dir, trainer=trainer, title=title, val_ds=val_ds,
                                  validation_steps=validation_steps, start=start, manager=manager)
     if start:
-        console.print(f"  {title}: resuming from the checkpoint at step {start}/{total}")
+        console.print(f"  {esc(title)}: resuming from the checkpoint at step {start}/{total}")
     stop = _StopRequest()
     history_cb = HistoryCSV(run_dir / "history.csv", keep_epochs=start // steps_per_epoch)
     callbacks: list[keras.callbacks.Callback] = [
@@ -462,7 +462,7 @@ def _fit_multi_worker(model: keras.Model, train_ds, *, steps_per_epoch: int, epo
     loss_fn = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
     total = epochs * steps_per_epoch
     if start:
-        console.print(f"  {title}: resuming from the checkpoint at step {start}/{total}")
+        console.print(f"  {esc(title)}: resuming from the checkpoint at step {start}/{total}")
 
     def replica_loss(batch, training: bool):
         x, y = batch
@@ -526,5 +526,5 @@ def _fit_multi_worker(model: keras.Model, train_ds, *, steps_per_epoch: int, epo
                 last_saved = step
             if trainer.verbose:
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
-                console.print(f"  {title} epoch {epoch + 1}/{epochs}  {shown}")
+                console.print(f"  {esc(title)} epoch {epoch + 1}/{epochs}  {shown}")
     return history_cb.columns()

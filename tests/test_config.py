@@ -56,3 +56,10 @@ def test_yaml_round_trip():
     cfg = compose("digits_ae", ["seed=7"])
     again = from_yaml(to_yaml(cfg))
     assert again == cfg
+
+
+@pytest.mark.parametrize("override", ["+trainer.epochz=3", "+foo=1", "hydra.run.dir=x",
+                                      "~trainer.epochs"])
+def test_overrides_hydra_would_silently_ignore_are_rejected(override):
+    with pytest.raises(ConfigError, match="not supported|not read"):
+        compose("fashion_ae", [override])

@@ -72,3 +72,21 @@ def test_a_stream_started_at_batch_k_is_the_tail_of_the_full_stream(sorted_store
     for (xa, ya), (xb, yb) in zip(full[k:], tail, strict=True):
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_array_equal(xa, xb)
+
+
+def test_a_store_of_the_old_format_is_rebuilt_not_reused(tmp_path, capsys):
+    import json
+
+    from pretrainer.config import compose
+    from pretrainer.stages.collect import ensure_store
+
+    cfg = compose("fashion_ae", [f"paths.data={tmp_path}", "data.max_samples=600"])
+    store = ensure_store(cfg)
+    manifest_file = tmp_path / cfg.data.name / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["format_version"] == 2
+    manifest.update(format_version=1, config_key="0123456789abcdef")  # a store of format 1
+    manifest_file.write_text(json.dumps(manifest))
+    assert ensure_store(cfg) == store
+    assert "store format 1" in capsys.readouterr().out
+    assert json.loads(manifest_file.read_text())["format_version"] == 2

@@ -69,3 +69,40 @@ def test_backbone_of_another_shape_is_refused_naming_both_shapes(tmp_path):
     assert "(8, 8, 1)" in str(err.value) and "(28, 28, 1)" in str(err.value)
     with pytest.raises(RunError, match="has no model.keras"):
         load_keras_artifact(tmp_path, "model.keras", (8, 8, 1))
+
+
+def test_artifacts_respect_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        f = runs.atomic_write_text(tmp_path / "a.txt", "x")
+        with runs.atomic_dir(tmp_path / "served") as d:
+            (d / "inside").write_text("y")
+    finally:
+        os.umask(old)
+    assert f.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "served").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_run_locked_by_a_live_process_is_refused_naming_its_pid(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    lock = tmp_path / "run" / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pretrainer import runs; "
+        f"runs.acquire_lock(__import__('pathlib').Path({str(lock)!r}), 'run x'); "
+        "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match=f"in use by pid {holder.pid}"):
+            runs.acquire_lock(lock, "run x")
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    runs.acquire_lock(lock, "run x")  # left by a dead process: taken over
+    assert json.loads(lock.read_text())["pid"] == __import__("os").getpid()
+    runs.release_lock(lock)

@@ -32,6 +32,29 @@ def load_keras_artifact(run: Path, filename: str, shape: tuple[int, ...], hint: 
     return model
 
 
+def trained_store(run: Path, fallback: str) -> str:
+    """The store `run` was trained on (its manifest records the path, checksum and key),
+    so evaluate and deploy score a model on its own data, not on whatever store the
+    current config names. A store that is gone or was rebuilt for another data config
+    is a clear error; runs from before this was recorded fall back to `fallback`."""
+    lineage = runs.read_manifest(run)
+    path = lineage.get("dataset_manifest")
+    if not path:
+        return fallback
+    store = str(path).rsplit("/", 1)[0]
+    if "://" not in str(path) and not Path(path).is_file():
+        raise RunError(f"{run} was trained on the dataset store {store}, which is gone. "
+                       f"Collect it again with the run's config ({Path(run) / 'config.yaml'})")
+    same_file = runs._any_sha256(path) == lineage.get("dataset_manifest_sha256")
+    key = runs._dataset_key(path)
+    if not same_file and (key is None or key != lineage.get("dataset_key")):
+        raise RunError(f"{run} was trained on the dataset store {store}, which has been "
+                       f"rebuilt since for another data config; its scores would not be "
+                       f"comparable. Collect it again with the run's data config (see "
+                       f"{Path(run) / 'config.yaml'}), or finetune again")
+    return store
+
+
 def open_run(runs_root: str, experiment: str, stage: str, strategy, cfg_yaml: str,
              **lineage) -> tuple[Path, bool, bool, Optional[Path]]:
     """(run dir, resumed, is chief, checkpoint run to restore from) for this process.

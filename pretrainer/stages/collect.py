@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pretrainer import runs
 from pretrainer.config import Config
-from pretrainer.console import console, info, table, warn
+from pretrainer.console import console, esc, info, table, warn
 from pretrainer.data import sources
 from pretrainer.data.store import (
     FORMAT_VERSION,
@@ -51,9 +51,9 @@ def ensure_store(cfg: Config) -> str:
                f"{FORMAT_VERSION}, which shuffles every split)"
                if manifest.get("format_version", 1) != FORMAT_VERSION
                else "holds another data config")
-        info(f"the dataset store at {store} {why}; rebuilding it")
+        info(f"the dataset store at {esc(store)} {why}; rebuilding it")
     else:
-        info(f"no dataset store at {store} yet; collecting it first")
+        info(f"no dataset store at {esc(store)} yet; collecting it first")
     run(cfg)
     return store
 
@@ -76,13 +76,13 @@ def _collect(cfg: Config, store: str, key: str) -> str:
         if manifest.get("config_key") == key:
             bad = verify(store, manifest)
             if not bad:
-                info(f"[green]collect[/green]: {store} is up to date (checksums verified)")
+                info(f"[green]collect[/green]: {esc(store)} is up to date (checksums verified)")
                 _summary(store, manifest)
                 return store
-            info(f"collect: {len(bad)} shard(s) of {store} missing or corrupt; rebuilding")
+            info(f"collect: {len(bad)} shard(s) of {esc(store)} missing or corrupt; rebuilding")
     sources.get_source(cfg.data.source)  # an unknown name fails before any work
     what = cfg.data.path if cfg.data.source == "image_folder" else cfg.data.dataset
-    info(f"[bold]collect[/bold]: {cfg.data.source}:{what} -> {store}")
+    info(f"[bold]collect[/bold]: {esc(cfg.data.source)}:{esc(what)} -> {esc(store)}")
     src = sources.load(cfg.data)
     if src.skipped:
         shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:5])

@@ -21,11 +21,10 @@ import numpy as np
 
 from pretrainer import modelcard, runs
 from pretrainer.config import Config, DeployConfig, to_yaml
-from pretrainer.console import console, info, table
+from pretrainer.console import console, esc, info, table
 from pretrainer.data import pipeline
-from pretrainer.data.store import MANIFEST, join, read_manifest
+from pretrainer.data.store import MANIFEST, join
 from pretrainer.errors import ConfigError, ParityError, RunError
-from pretrainer.stages.collect import store_path
 from pretrainer.stages.evaluate import load_finetuned, predict_split
 
 
@@ -273,12 +272,10 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     dcfg = cfg.deploy
     if "onnx" in dcfg.formats:
         _require_onnx()
-    store = store_path(cfg)
-    manifest = read_manifest(store)
+    ft_run, model, store, manifest = load_finetuned(cfg, run)
     if manifest["modality"] == "text" and set(dcfg.formats) - {"saved_model"}:
         raise ConfigError("text models export as saved_model only: LiteRT and ONNX cannot "
                           "carry the WordPiece tokenizer's ops. Use deploy=text")
-    ft_run, model = load_finetuned(cfg, run, tuple(manifest["shape"]))
     model = float32_copy(model)
     out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "deploy")
     runs.write_lineage(out, "deploy", to_yaml(cfg), parent=ft_run,
@@ -301,7 +298,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         artifacts["litert"] = export_litert(model, export / "model.tflite", dcfg.quantize, calib)
     if "onnx" in dcfg.formats:
         artifacts["onnx"] = export_onnx(model, export / "model.onnx")
-    info(f"[bold]deploy[/bold]: {ft_run / 'model.keras'} -> "
+    info(f"[bold]deploy[/bold]: {esc(ft_run / 'model.keras')} -> "
          + ", ".join(str(p) for p in artifacts.values()))
     parity = {fmt: check_parity(fmt, path, x, y, reference, dcfg)
               for fmt, path in artifacts.items()}
@@ -332,6 +329,6 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         runs.update_manifest(out, serving=str(published))
         info(f"TF Serving model base path: {published.parent} (version {published.name})")
     runs.mark_done(out)
-    info(f"[green]deploy done[/green]: {export}")
+    info(f"[green]deploy done[/green]: {esc(export)}")
     keras.backend.clear_session()
     return out

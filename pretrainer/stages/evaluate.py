@@ -9,11 +9,11 @@ import numpy as np
 
 from pretrainer import runs
 from pretrainer.config import Config, to_yaml
-from pretrainer.console import console, info, table
+from pretrainer.console import console, esc, info, table
 from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import RunError
-from pretrainer.stages import load_keras_artifact
+from pretrainer.stages import load_keras_artifact, trained_store
 from pretrainer.stages.collect import store_path
 
 
@@ -65,10 +65,14 @@ def _regression_report(result: dict) -> str:
         *(f"| {k} | {result[k]:.6g} |" for k in ("mse", "mae", "r2")), ""])
 
 
-def load_finetuned(cfg: Config, run: Optional[str | Path], shape: tuple[int, ...]):
-    """(finetune run, its model.keras) for `--run DIR` or the latest finished finetune run."""
+def load_finetuned(cfg: Config, run: Optional[str | Path]):
+    """(finetune run, its model.keras, the store it was trained on, that store's manifest)
+    for `--run DIR` or the latest finished finetune run."""
     ft_run = runs.resolve(cfg.paths.runs, cfg.experiment, "finetune", run)
-    return ft_run, load_keras_artifact(ft_run, "model.keras", shape)
+    store = trained_store(ft_run, store_path(cfg))
+    manifest = read_manifest(store)
+    return ft_run, load_keras_artifact(ft_run, "model.keras", tuple(manifest["shape"])), \
+        store, manifest
 
 
 def predict_split(model, store: Path, split: str, batch_size: int = 256,
@@ -92,11 +96,11 @@ def predict_split(model, store: Path, split: str, batch_size: int = 256,
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     import keras
 
-    store = store_path(cfg)
-    manifest = read_manifest(store)
     if run is not None and runs.read_manifest(runs.require_done(run)).get("stage") == "pretrain":
-        return embedding_quality(cfg, runs.require_done(run, "pretrain"), store, manifest)
-    ft_run, model = load_finetuned(cfg, run, tuple(manifest["shape"]))
+        store = store_path(cfg)
+        return embedding_quality(cfg, runs.require_done(run, "pretrain"), store,
+                                 read_manifest(store))
+    ft_run, model, store, manifest = load_finetuned(cfg, run)
     split = cfg.evaluate.split
     x, y, probs = predict_split(model, store, split)
     names = manifest["class_names"]
@@ -128,7 +132,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     console.print(table(
         f"evaluate ({result['init']}, {result['labels']} labels) on {split}: {len(y)} examples",
         ["metric", "value"], [[k, f"{result[k]:.4f}"] for k in shown]))
-    info(f"[green]evaluate done[/green]: {out / 'metrics.json'}")
+    info(f"[green]evaluate done[/green]: {esc(out / 'metrics.json')}")
     keras.backend.clear_session()
     return out
 
@@ -172,7 +176,7 @@ def _explain(cfg: Config, model, x, y, probs, names: list[str], out: Path,
         "method": method, "target": "predicted class",
         "examples": [{"index": int(i), "true": names[y[i]], "predicted": names[pred[i]],
                       "probability": float(probs[i, pred[i]])} for i in idx]})
-    info(f"  {method.replace('_', ' ')} maps for {len(idx)} examples: {out / rel}")
+    info(f"  {method.replace('_', ' ')} maps for {len(idx)} examples: {esc(out / rel)}")
     return rel
 
 
@@ -248,6 +252,6 @@ def embedding_quality(cfg: Config, pretrain_run: Path, store, manifest: dict) ->
                         f"{result['samples']} {cfg.evaluate.split} examples)", ["metric", "value"],
                         [[f"kNN accuracy (k={k})", f"{result['knn_accuracy']:.4f}"],
                          ["logistic probe accuracy", f"{result['linear_probe_accuracy']:.4f}"]]))
-    info(f"[green]evaluate done[/green]: {out / 'metrics.json'}")
+    info(f"[green]evaluate done[/green]: {esc(out / 'metrics.json')}")
     keras.backend.clear_session()
     return out

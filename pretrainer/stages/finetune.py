@@ -7,7 +7,7 @@ from typing import Optional
 
 from pretrainer import runs
 from pretrainer.config import Config, to_yaml
-from pretrainer.console import info
+from pretrainer.console import esc, info
 from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import ConfigError, DataError
@@ -65,7 +65,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                "seed": cfg.seed, "semi_supervised": ft.semi_supervised})
     source = (f"backbone from {parent}" if parent else "ImageNet backbone"
               if ft.init == "public" else "backbone from scratch")
-    info(f"[bold]finetune[/bold] ({ft.init}, {ft.mode}): {source} -> {run_dir} "
+    info(f"[bold]finetune[/bold] ({ft.init}, {ft.mode}): {esc(source)} -> {esc(run_dir)} "
          f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
     bs = ft.batch_size or cfg.trainer.batch_size
     steps_per_epoch = ft.steps_per_epoch or pipeline.steps(store, "train", bs)
@@ -149,7 +149,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                          steps=optimizer_step(trained))
     runs.mark_done(run_dir)
     shown = f"val_accuracy {final['val_accuracy']:.4f}" if "val_accuracy" in final else ""
-    info(f"[green]finetune done[/green]: {run_dir / 'model.keras'}  {shown}")
+    info(f"[green]finetune done[/green]: {esc(run_dir / 'model.keras')}  {shown}")
     if regression and cfg.backbone.name == "mlp" and not cfg.backbone.filters \
             and cfg.backbone.latent_dim == 0:
         _print_linear(model, manifest, run_dir)

@@ -9,7 +9,7 @@ import numpy as np
 
 from pretrainer import runs
 from pretrainer.config import Config, to_yaml
-from pretrainer.console import info
+from pretrainer.console import esc, info
 from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import DataError
@@ -38,7 +38,7 @@ def run(cfg: Config) -> Path:
         dataset_manifest=join(store, MANIFEST),
         extra={"strategy": why, "seed": cfg.seed, "pretext": cfg.pretext.name,
                "backbone": cfg.backbone.name})
-    info(f"[bold]pretrain[/bold]: {cfg.pretext.name} on {cfg.backbone.name} -> {run_dir} "
+    info(f"[bold]pretrain[/bold]: {cfg.pretext.name} on {cfg.backbone.name} -> {esc(run_dir)} "
          f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
     shape = tuple(manifest["shape"])
     bcfg, targets, prepare = cfg.backbone, pretext.targets, None
@@ -98,7 +98,7 @@ def run(cfg: Config) -> Path:
                          final_loss=float(history["loss"][-1]), epochs=len(history["loss"]),
                          steps=optimizer_step(model))
     runs.mark_done(run_dir)
-    info(f"[green]pretrain done[/green]: {run_dir / 'backbone.keras'}"
+    info(f"[green]pretrain done[/green]: {esc(run_dir / 'backbone.keras')}"
          + (f"  ({health_key} {health:.2f})" if health is not None else ""))
     keras.backend.clear_session()
     return run_dir
@@ -149,7 +149,7 @@ def _text_setup(cfg: Config, pretext, store, run_dir: Path):
         texts = pipeline.texts(store, "unlabeled", batch_size=512, labels=False, cache=False)
         vocab = train_vocabulary(texts, cfg.backbone.vocabulary_size)
         save_vocabulary(vocab, vocab_file)
-    info(f"  WordPiece vocabulary: {len(vocab)} tokens -> {vocab_file}")
+    info(f"  WordPiece vocabulary: {len(vocab)} tokens -> {esc(vocab_file)}")
     bcfg = dataclasses.replace(cfg.backbone, vocabulary_size=len(vocab))
     tok = tokenizer(vocab, bcfg.sequence_length)
     targets = (pretext.targets_for(len(vocab), bcfg.sequence_length) if pretext.targets_for

@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 
 from pretrainer import runs
-from pretrainer.console import info
+from pretrainer.console import esc, info
 from pretrainer.errors import RunError
 
 MAX_BODY_BYTES = 16 * 2**20
@@ -181,7 +181,7 @@ def make_server(run: Path, host: str = "127.0.0.1", port: int = 8501
 def run(run_dir: Optional[str], runs_root: str, experiment: str, host: str, port: int) -> None:
     deploy_run = runs.resolve(runs_root, experiment, "deploy", run_dir)
     server, model = make_server(deploy_run, host, port)
-    info(f"serving {model.path} at http://{host}:{server.server_address[1]}/v1/models/"
+    info(f"serving {esc(model.path)} at http://{host}:{server.server_address[1]}/v1/models/"
          f"{model.name} (POST :predict); Ctrl-C stops")
     try:
         server.serve_forever()

@@ -20,7 +20,7 @@ import numpy as np
 
 from pretrainer import runs
 from pretrainer.config import Config, to_yaml
-from pretrainer.console import console, info, table
+from pretrainer.console import console, esc, info, table
 from pretrainer.stages import collect, evaluate, finetune, pretrain
 
 
@@ -63,7 +63,7 @@ def _arms(cfg: Config) -> list[tuple[str, str, str, str]]:
 def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
     out, state = _study_dir(cfg)
     info(f"[bold]study[/bold]: {len(cfg.study.fractions)} fraction(s) x {cfg.study.seeds} "
-         f"seed(s) -> {out}")
+         f"seed(s) -> {esc(out)}")
     collect.run(cfg)
     pre = (runs.require_done(pretrain_run, "pretrain") if pretrain_run
            else (Path(state["pretrain_run"]) if state.get("pretrain_run") else pretrain.run(cfg)))
@@ -102,7 +102,7 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
              f"{s['mean']:.4f} ± {s['std']:.4f}", str(s["n"])] for s in summary]
     console.print(table(f"study: test {metric} by labeled fraction", ["fraction", "labels",
                         "init", f"{metric} (mean ± std)", "seeds"], rows))
-    info(f"[green]study done[/green]: {out / 'study.md'}")
+    info(f"[green]study done[/green]: {esc(out / 'study.md')}")
     return out
 
 

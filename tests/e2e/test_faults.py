@@ -16,10 +16,18 @@ ARGS = ["pretrain", "--config", "fashion_ae", "trainer.epochs=3", "trainer.check
         "trainer.verbose=false", "data.max_samples=3000", "trainer.batch_size=64"]
 
 
-def _start(cwd):
+def _start(cwd, args=ARGS):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen([sys.executable, "-m", "pretrainer", *ARGS], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "pretrainer", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _weights(run):
+    import keras
+
+    import pretrainer.models  # noqa: F401  (our layers)
+
+    return keras.saving.load_model(run / "backbone.keras").get_weights()
 
 
 def _wait_for_checkpoint(cwd, min_step, proc, timeout=240):
@@ -38,7 +46,15 @@ def _wait_for_checkpoint(cwd, min_step, proc, timeout=240):
     raise AssertionError("no checkpoint appeared")
 
 
-def test_kill9_then_sigterm_then_finish_with_the_full_step_count(tmp_path):
+def test_kill9_then_sigterm_then_finish_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    straight_dir = tmp_path / "straight"
+    straight_dir.mkdir()
+    proc = _start(straight_dir)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    (straight,) = (straight_dir / "runs" / "fashion_ae").glob("pretrain-*")
+    tmp_path = tmp_path / "killed"
+    tmp_path.mkdir()
     proc = _start(tmp_path)
     _wait_for_checkpoint(tmp_path, 10, proc)
     proc.send_signal(signal.SIGKILL)
@@ -64,6 +80,41 @@ def test_kill9_then_sigterm_then_finish_with_the_full_step_count(tmp_path):
     per_epoch = -(-data["splits"]["unlabeled"]["count"] // 64)
     assert manifest["steps"] == 3 * per_epoch  # the same as an uninterrupted run
     assert manifest["epochs"] == 3
+    # killed twice at two different steps, it ends bit for bit where the straight run did
+    import numpy as np
+
+    for a, b in zip(_weights(straight), _weights(run), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # and every history row, those of the resumed epochs included, covers the whole epoch
+    assert (run / "history.csv").read_text() == (straight / "history.csv").read_text()
+
+
+def test_a_second_process_on_a_live_run_gets_one_line_and_exit_2(tmp_path):
+    first = _start(tmp_path)
+    _wait_for_checkpoint(tmp_path, 5, first)
+    second = _start(tmp_path)  # the same command: it would resume the live run
+    out, err = second.communicate(timeout=120)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert second.returncode == 2, err[-2000:]
+    assert f"in use by pid {first.pid}" in err and "Traceback" not in err
+    # a lock left by a dead process is taken over: the run resumes
+    third = _start(tmp_path)
+    out, err = third.communicate(timeout=600)
+    assert third.returncode == 0, err[-2000:]
+    assert "resuming from the checkpoint at step" in out
+
+
+def test_two_collects_of_one_new_store_take_turns(tmp_path):
+    args = ["collect", "--config", "fashion_ae", "data.max_samples=3000"]
+    procs = [_start(tmp_path, args) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    said = " ".join(out for out, _ in results)
+    assert "up to date" in said  # the second found the first one's finished store
+    data = tmp_path / "data"
+    assert not [p.name for p in data.iterdir() if ".partial-" in p.name]
 
 
 def test_kill_during_a_keras_save_keeps_the_previous_artifact(tmp_path):
