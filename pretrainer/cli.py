@@ -90,9 +90,39 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
     except Exception as exc:  # an unexpected failure: say what, keep the traceback for --debug
         if debug:
             raise
+        damage = _explain_damage(locals().get("cfg"), exc)
+        if damage:
+            error(damage)
+            raise typer.Exit(2) from None
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         error(f"unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)")
         raise typer.Exit(1) from None
+
+
+def _explain_damage(cfg: Optional[Config], exc: Exception) -> Optional[str]:
+    """One line for failures caused by damaged files or a full disk, not by our code."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"the disk is full ({exc.filename or 'while writing'}). Free some space and "
+                f"run the same command again: finished artifacts are kept and a checkpointed "
+                f"run resumes")
+    if type(exc).__name__ == "DataLossError" or "corrupted record" in str(exc):
+        if cfg is None:
+            return None
+        from pretrainer.data.store import verify
+        from pretrainer.stages.collect import store_path
+
+        store = store_path(cfg)
+        try:
+            bad = verify(store)
+        except Exception:  # noqa: BLE001 - the store itself is unreadable
+            bad = []
+        named = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        return (f"the dataset store {store} is damaged"
+                + (f": {named} fail(s) the checksum in its manifest" if bad else "")
+                + ". Run `pretrainer collect` with the same config to rebuild it")
+    return None
 
 
 @app.command()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import keras
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pretrainer.config import TrainerConfig
@@ -229,6 +230,10 @@ def _catch_stop_signals(flag: _StopRequest):
             signal.signal(s, handler)
 
 
+class _StopNow(Exception):
+    """Raised from a callback to leave model.fit within one step of a stop signal."""
+
+
 class StepCheckpoint(keras.callbacks.Callback):
     """Save model + optimizer every `every` steps and at epoch ends; stop on a signal.
 
@@ -258,9 +263,16 @@ class StepCheckpoint(keras.callbacks.Callback):
         step = optimizer_step(self.model)
         if self.stop.signal is not None:
             self._save()
-            self.model.stop_training = True
+            # not stop_training: Keras would still run the epoch's validation pass first
+            raise _StopNow()
         elif step - max(self.last, 0) >= self.every:
             self._save()
+
+    def on_test_batch_end(self, batch, logs=None):
+        # a signal during validation: stop now; the resumed run redoes the steps since
+        # the last checkpoint (the same batches, so the same weights)
+        if self.stop.signal is not None:
+            raise _StopNow()
 
     def on_epoch_end(self, epoch, logs=None):
         if _finite(logs):
@@ -268,15 +280,17 @@ class StepCheckpoint(keras.callbacks.Callback):
 
 
 def _metric_variables(model: keras.Model) -> dict:
-    return {f"{i}:{v.path}": v for i, v in enumerate(
-        v for m in model.metrics for v in m.variables)}
+    """{key: variable} of the model's metric states, keyed by path (and repeat count)."""
+    out, seen = {}, {}
+    for v in (v for m in model.metrics for v in m.variables):
+        n = seen[v.path] = seen.get(v.path, -1) + 1
+        out[f"{v.path}#{n}" if n else v.path] = v
+    return out
 
 
 def save_metric_state(model: keras.Model, ckpt_path: str) -> None:
     """The epoch's running metric totals at this checkpoint, in `<ckpt>.metrics.json`."""
     import json
-
-    import numpy as np
 
     state = {k: np.asarray(keras.ops.convert_to_numpy(v)).tolist()
              for k, v in _metric_variables(model).items()}
@@ -290,20 +304,26 @@ def save_metric_state(model: keras.Model, ckpt_path: str) -> None:
 
 
 class RestoreMetricState(keras.callbacks.Callback):
-    """On the first (resumed, partial) epoch, put back the metric totals of the steps
-    taken before the interruption (Keras resets metrics just before on_epoch_begin)."""
+    """In the first (resumed, partial) epoch, add back the metric totals of the steps
+    taken before the interruption. Done after the first step, not at epoch begin: Keras
+    builds the compiled metrics in the first step. Metric states here are sums (Mean's
+    total and count, confusion counts), so adding gives the uninterrupted epoch's values,
+    bit for bit (the same float additions in the same order)."""
 
     def __init__(self, state: Optional[dict]):
         super().__init__()
         self.state = state
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_train_batch_end(self, batch, logs=None):
         if not self.state:
             return
         variables = _metric_variables(self.model)
         if set(variables) == set(self.state):
             for k, v in variables.items():
-                v.assign(self.state[k])
+                v.assign(keras.ops.convert_to_numpy(v) + np.asarray(self.state[k], v.dtype))
+        else:
+            console.print("  [yellow]the interrupted epoch's metrics could not be restored; "
+                          "its history row averages the steps after the resume[/yellow]")
         self.state = None
 
 
@@ -326,7 +346,9 @@ def checkpoint(model: keras.Model):
 
 
 def _restore(model: keras.Model, manager) -> int:
-    """Restore the latest checkpoint (if any) into model and optimizer; return its step."""
+    """Restore the newest readable checkpoint (if any) into model and optimizer; return its
+    step. A damaged newest checkpoint (a kill or a full disk mid-write) falls back to the
+    one before it, saying so; the steps after it are redone, exactly."""
     if not manager.latest_checkpoint:
         return 0
     # the optimizer's slots must exist before restore, in the scope the model was built in
@@ -335,8 +357,21 @@ def _restore(model: keras.Model, manager) -> int:
             model.build_optimizers()
         else:
             model.optimizer.build(model.trainable_variables)
-        status = checkpoint(model).restore(manager.latest_checkpoint)
-    status.assert_existing_objects_matched()
+        candidates = list(reversed(manager.checkpoints))
+        for i, path in enumerate(candidates):
+            try:
+                checkpoint(model).restore(path).assert_existing_objects_matched()
+            except Exception as exc:  # noqa: BLE001 - truncated, bit-flipped, missing shard
+                if i + 1 == len(candidates):
+                    raise UserError(f"every checkpoint in {Path(path).parent} is damaged "
+                                    f"({type(exc).__name__}); delete that run directory "
+                                    f"to start over") from exc
+                console.print(f"  [yellow]checkpoint {esc(Path(path).name)} is damaged "
+                              f"({esc(type(exc).__name__)}); using "
+                              f"{esc(Path(candidates[i + 1]).name)}[/yellow]")
+                continue
+            manager._latest_checkpoint = path  # what later metric-state lookups read
+            break
     return optimizer_step(model)
 
 
@@ -377,7 +412,8 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
     source = manager if restore_from is None else tf.train.CheckpointManager(
         ckpt, str(Path(restore_from) / "ckpt"), max_to_keep=2)  # a non-chief worker
     start = _restore(model, source)
-    metric_state = _metric_state(source.latest_checkpoint) if start % steps_per_epoch else None
+    metric_state = (_metric_state(source._latest_checkpoint) if start % steps_per_epoch
+                    else None)
     total = epochs * steps_per_epoch
     if is_multi_worker(model.distribute_strategy):
         return _fit_multi_worker(model, make_train(start), steps_per_epoch=steps_per_epoch,
@@ -415,10 +451,16 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
     with _catch_stop_signals(stop):
         for skip, first_epoch, steps in segments:
             last_epoch = first_epoch + 1 if steps != steps_per_epoch else epochs
-            model.fit(make_train(skip), initial_epoch=first_epoch,
-                      epochs=last_epoch, steps_per_epoch=steps, validation_data=val_ds,
-                      validation_steps=validation_steps, callbacks=callbacks, verbose=0,
-                      shuffle=False, class_weight=class_weight)
+            try:
+                model.fit(make_train(skip), initial_epoch=first_epoch,
+                          epochs=last_epoch, steps_per_epoch=steps, validation_data=val_ds,
+                          validation_steps=validation_steps, callbacks=callbacks, verbose=0,
+                          shuffle=False, class_weight=class_weight)
+            except _StopNow:
+                for cb in callbacks:  # a live progress bar would keep the terminal
+                    if isinstance(cb, RichProgress) and cb.progress is not None:
+                        cb.progress.stop()
+                break
             if stop.signal is not None or model.stop_training:
                 break
     step = optimizer_step(model)
@@ -489,6 +531,27 @@ def _fit_multi_worker(model: keras.Model, train_ds, *, steps_per_epoch: int, epo
         per_replica = strategy.run(lambda b: replica_loss(b, False), args=(next(iterator),))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
+    # BatchNorm moving statistics are updated by each worker from its own half of the
+    # batch and not all-reduced (only gradients are); average them over the workers
+    # before every checkpoint, so all workers hold, and the chief saves, the same state.
+    stats = [v for v in model.non_trainable_variables
+             if "float" in str(v.dtype) and not v.path.endswith("seed_generator_state")]
+
+    @tf.function
+    def replica_stats():
+        return strategy.run(lambda: [tf.identity(v.value) for v in stats])
+
+    def sync_stats():
+        if stats:
+            means = [strategy.reduce(tf.distribute.ReduceOp.MEAN, t, axis=None)
+                     for t in replica_stats()]
+            for v, m in zip(stats, means, strict=True):
+                v.assign(m)
+
+    def save(at: int) -> None:
+        sync_stats()
+        manager.save(checkpoint_number=at)
+
     history_cb = HistoryCSV(run_dir / "history.csv", keep_epochs=start // steps_per_epoch)
     stop = _StopRequest()
     step, last_saved = start, start
@@ -508,7 +571,7 @@ def _fit_multi_worker(model: keras.Model, train_ds, *, steps_per_epoch: int, epo
                         f"rate or check the data")
                 losses.append(loss)
                 if stop.signal is not None or step - last_saved >= trainer.checkpoint_every:
-                    manager.save(checkpoint_number=step)
+                    save(step)
                     last_saved = step
                 if stop.signal is not None:
                     raise Preempted(
@@ -522,9 +585,10 @@ def _fit_multi_worker(model: keras.Model, train_ds, *, steps_per_epoch: int, epo
             history_cb.set_model(model)
             history_cb.on_epoch_end(epoch, logs)
             if step != last_saved:
-                manager.save(checkpoint_number=step)
+                save(step)
                 last_saved = step
             if trainer.verbose:
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
                 console.print(f"  {esc(title)} epoch {epoch + 1}/{epochs}  {shown}")
+    sync_stats()
     return history_cb.columns()

@@ -96,3 +96,54 @@ def test_resume_continues_from_the_last_checkpoint_with_the_same_step_count(tmp_
         np.testing.assert_allclose(a, b, atol=1e-5)  # the same batches, the same updates
     rows = list(csv.DictReader(open(tmp_path / "crashed" / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def _dropout_setup():
+    """A model with dropout (an RNG state) and a stream whose batch k is fixed."""
+    keras.utils.set_random_seed(0)
+    x, y = _data(96)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dropout(0.3), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+    def stream(start):  # 6 steps per epoch
+        return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(16).skip(start)
+
+    return model, stream
+
+
+class _CrashAt(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == self.step:
+            raise RuntimeError(f"simulated crash at step {self.step}")
+
+
+@pytest.mark.parametrize("damage_latest", [False, True])
+def test_resume_mid_epoch_ends_with_identical_weights_and_history(tmp_path, damage_latest):
+    trainer = TrainerConfig(verbose=False, checkpoint_every=4)  # ckpts at 4, 6, 10, ...
+    model, stream = _dropout_setup()
+    fit(model, stream, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "straight",
+        trainer=trainer, title="t")
+    straight = model.get_weights()
+
+    model, stream = _dropout_setup()
+    with pytest.raises(RuntimeError, match="step 11"):
+        fit(model, stream, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "crashed",
+            trainer=trainer, title="t", extra_callbacks=(_CrashAt(11),))
+    ckpt = tmp_path / "crashed" / "ckpt"
+    assert "ckpt-10" in (ckpt / "checkpoint").read_text()  # mid-epoch 2
+    if damage_latest:  # e.g. a kill or a full disk while it was written
+        (data,) = ckpt.glob("ckpt-10.data-*")
+        data.write_bytes(data.read_bytes()[:20])
+    model, stream = _dropout_setup()  # a new process would start from fresh weights
+    fit(model, stream, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "crashed",
+        trainer=trainer, title="t")
+    for a, b in zip(straight, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same batches, masks and updates
+    assert ((tmp_path / "crashed" / "history.csv").read_text()
+            == (tmp_path / "straight" / "history.csv").read_text())  # whole-epoch rows
