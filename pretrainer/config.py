@@ -60,6 +60,7 @@ class DataConfig:
     max_test: Optional[int] = None  # cap on the test split (tiny runs)
     dedupe: bool = False  # drop pool/train examples that duplicate a test example exactly
     label_seed: Optional[int] = None  # draws the labeled subset only (study seeds); null: seed
+    split_seed: Optional[int] = None  # draws test/val/pool and the stored order; null: seed
     shard_size: int = 4096  # examples per TFRecord shard
     cache: bool = True  # cache decoded splits in memory when they are small (< 512 MB)
 

@@ -237,6 +237,26 @@ def config_key(cfg: DataConfig, seed: int) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+LABEL_FIELDS = ("label_seed", "labeled_fraction", "labels_per_class")
+
+
+def split_key(cfg: DataConfig, seed: int) -> str:
+    """What decides every split but `train`: stores with the same split key hold the same
+    unlabeled, val and test shards (the labeled subset is drawn after those)."""
+    return config_key(_replace(cfg, **{k: DataConfig.__dataclass_fields__[k].default
+                                        for k in LABEL_FIELDS}), seed)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    if _remote(src) or _remote(dst):
+        _gfile().copy(src, dst, overwrite=True)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copyfile(src, dst)
+
+
 def has_manifest(store) -> bool:
     path = join(store, MANIFEST)
     return _gfile().exists(path) if _remote(path) else Path(path).is_file()
@@ -326,13 +346,17 @@ def _shape(src) -> list[int]:
 
 
 def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
-                advance=None) -> dict:
+                advance=None, share_from=None) -> dict:
     """Split `src` (a SourceData) and write the store at `store`; return the manifest.
 
     Shards go to a staging folder named after the config key; a collect killed
     part-way leaves finished shards there and the next run with the same config
     keeps them. The manifest is written last and the folder renamed into place,
     so a store's manifest never claims a shard that is not complete.
+
+    `share_from`: another store; when it has the same split key (only the labeled subset
+    differs, as in study cells), its unlabeled, val and test shards are hard-linked, not
+    written again.
     """
     if len(src.x_pool) == 0:
         raise DataError("The source gave no readable examples"
@@ -361,9 +385,24 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
         done[shard["file"]] = shard
         _write_text(progress_file, json.dumps(done))
 
+    skey = split_key(cfg, seed)
+    shared = {}
+    if share_from is not None and has_manifest(share_from):
+        base = read_manifest(share_from)
+        if base.get("split_key") == skey:
+            shared = {k: base["splits"][k] for k in ("unlabeled", "val", "test")}
     splits = {}
     for split in SPLITS:
         x, y = arrays[split]
+        if split in shared and shared[split]["count"] == len(x):
+            for shard in shared[split]["shards"]:
+                target = join(staging, shard["file"])
+                if not gfile.exists(target):
+                    _link_or_copy(join(share_from, shard["file"]), target)
+            splits[split] = shared[split]
+            if advance:
+                advance(len(x))
+            continue
         shards = write_split(staging, split, x, y, cfg.shard_size, src.modality, regression,
                              done=done, on_shard=record, advance=advance)
         per_class = ({} if y is None or regression else
@@ -393,6 +432,8 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
         "labeled_fraction": cfg.labeled_fraction,
         "labels_per_class": cfg.labels_per_class,
         "config_key": key,
+        "split_key": skey,
+        "order": "seeded random permutation of every split",
         "splits": splits,
         **src.extra_manifest,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -29,6 +30,11 @@ def store_path(cfg: Config) -> str:
     return join(cfg.paths.data, cfg.data.name)
 
 
+def store_seed(cfg: Config) -> int:
+    """The seed that draws a store's splits and order (data.split_seed, else seed)."""
+    return cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
+
+
 def lock_store(store: str) -> None:
     """One writer per store: a second collect of it waits (and says so) for the first.
     Stores on gs:// and other remote filesystems are not locked (no flock there)."""
@@ -45,7 +51,7 @@ def ensure_store(cfg: Config) -> str:
     store = store_path(cfg)
     if has_manifest(store):
         manifest = read_manifest(store)
-        if manifest.get("config_key") == config_key(cfg.data, cfg.seed):
+        if manifest.get("config_key") == config_key(cfg.data, store_seed(cfg)):
             return store
         why = (f"was written by store format {manifest.get('format_version', 1)} (now "
                f"{FORMAT_VERSION}, which shuffles every split)"
@@ -58,19 +64,21 @@ def ensure_store(cfg: Config) -> str:
     return store
 
 
-def run(cfg: Config) -> str:
+def run(cfg: Config, share_from: Optional[str] = None) -> str:
+    """Build (or verify) the store the config names; `share_from`: a store whose
+    unlabeled/val/test shards may be linked instead of written (study cells)."""
     store = store_path(cfg)
-    key = config_key(cfg.data, cfg.seed)
+    key = config_key(cfg.data, store_seed(cfg))
     lock_store(store)
     try:
-        return _collect(cfg, store, key)
+        return _collect(cfg, store, key, share_from)
     finally:
         if "://" not in store:
             parent, _, name = store.rstrip("/").rpartition("/")
             runs.release_lock(Path(parent or ".") / f".{name}.lock")
 
 
-def _collect(cfg: Config, store: str, key: str) -> str:
+def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> str:
     if has_manifest(store):
         manifest = read_manifest(store)
         if manifest.get("config_key") == key:
@@ -107,7 +115,8 @@ def _collect(cfg: Config, store: str, key: str) -> str:
             done = bar.tasks[0].completed
             bar.update(task, rate=f"{done / max(time.perf_counter() - t0, 1e-9):.0f} ex/s")
 
-        manifest = build_store(store, cfg.data, cfg.seed, src, progress=said, advance=advance)
+        manifest = build_store(store, cfg.data, store_seed(cfg), src, progress=said,
+                               advance=advance, share_from=share_from)
     c = manifest["contamination"]
     dups = {k: v for k, v in c.items() if k.endswith("_in_test") and v}
     if dups:

@@ -71,19 +71,32 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
     finished = {(c["fraction"], c["seed"], c["arm"]) for c in state["cells"]}
     if finished:
         info(f"  resuming: {len(finished)} finished cell(s) are kept")
-    for fraction in cfg.study.fractions:
+    # data.labels_per_class, when given, is the one label budget studied (per class)
+    per_class = cfg.data.labels_per_class
+    levels = [per_class] if per_class is not None else list(cfg.study.fractions)
+    base_store = collect.store_path(cfg)
+    for fraction in levels:
         for seed in range(cfg.study.seeds):
             for arm, init, mode, semi in _arms(cfg):
                 if (fraction, seed, arm) in finished:
                     continue
                 c = copy.deepcopy(cfg)
-                c.data.labeled_fraction, c.data.labels_per_class = fraction, None
+                if per_class is not None:
+                    c.data.labels_per_class = per_class
+                    c.data.name = f"{cfg.data.name}-study-{per_class}pc-s{seed}"
+                else:
+                    c.data.labeled_fraction, c.data.labels_per_class = fraction, None
+                    c.data.name = f"{cfg.data.name}-study-f{fraction:g}-s{seed}"
                 c.data.label_seed = cfg.seed + 1000 * seed
-                c.data.name = f"{cfg.data.name}-study-f{fraction:g}-s{seed}"
+                # the same test, val and pool in every cell: only the labeled draw moves
+                c.data.split_seed = collect.store_seed(cfg)
                 c.seed = cfg.seed + seed
                 c.finetune.init, c.finetune.mode = init, mode
                 c.finetune.semi_supervised = semi
-                collect.run(c)
+                # cells live inside the study's directory: `latest run` lookups (deploy,
+                # evaluate) never pick a study cell
+                c.experiment = f"{cfg.experiment}/{out.name}"
+                collect.run(c, share_from=base_store)  # pool, val, test: links, not copies
                 ft = finetune.run(c, run=pre if init == "pretrained" else None)
                 metrics = json.loads((evaluate.run(c, run=ft) / "metrics.json").read_text())
                 state["cells"].append({
