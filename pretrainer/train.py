@@ -464,6 +464,10 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
             if stop.signal is not None or model.stop_training:
                 break
     step = optimizer_step(model)
+    if stop.signal is not None:
+        raise Preempted(f"{title}: stopped by {signal.Signals(stop.signal).name} at step "
+                        f"{step}/{total}; checkpoint saved in {run_dir / 'ckpt'}. Run the same "
+                        f"command again to resume")
     history = history_cb.columns()
     losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
@@ -471,10 +475,6 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
         raise TrainingError(f"{title}: the loss became NaN/Inf near step {step} of {total}. "
                             f"Last good checkpoint: {good or 'none'}. Lower the learning rate "
                             f"or check the data")
-    if stop.signal is not None:
-        raise Preempted(f"{title}: stopped by {signal.Signals(stop.signal).name} at step "
-                        f"{step}/{total}; checkpoint saved in {run_dir / 'ckpt'}. Run the same "
-                        f"command again to resume")
     return history
 
 

@@ -24,12 +24,28 @@ def load_keras_artifact(run: Path, filename: str, shape: tuple[int, ...], hint: 
     path = Path(run) / filename
     if not path.is_file():
         raise RunError(f"{run} has no {filename}")
-    model = keras.saving.load_model(path)
+    want = runs.read_manifest(run).get("artifacts", {}).get(filename)
+    if want is not None and runs.sha256_file(path) != want:
+        raise RunError(f"{path} is damaged: its sha256 differs from the one recorded in "
+                       f"{Path(run) / 'manifest.json'}. Rerun the stage that wrote it")
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, foreign file, missing class
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise RunError(f"{path} cannot be loaded ({type(exc).__name__}: {first}). Rerun the "
+                       f"stage that wrote it") from exc
     got = tuple(model.input_shape[1:])
     if shape is not None and got != tuple(shape):
         raise RunError(f"{filename} takes inputs of shape {got} but the dataset's examples are "
                        f"{tuple(shape)}" + (f": {hint}" if hint else ""))
     return model
+
+
+def save_artifact(run: Path, filename: str, model) -> None:
+    """Save a .keras artifact atomically and record its sha256 in the run's manifest."""
+    path = runs.atomic_write_with(Path(run) / filename, model.save, suffix=".keras")
+    artifacts = runs.read_manifest(run).get("artifacts", {})
+    runs.update_manifest(run, artifacts={**artifacts, filename: runs.sha256_file(path)})
 
 
 def trained_store(run: Path, fallback: str) -> str:

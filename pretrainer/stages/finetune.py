@@ -13,7 +13,7 @@ from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import ConfigError, DataError
 from pretrainer.models import build_backbone
 from pretrainer.models.heads import classifier, normalizer, regressor, text_classifier
-from pretrainer.stages import load_keras_artifact, open_run
+from pretrainer.stages import load_keras_artifact, open_run, save_artifact
 from pretrainer.stages.collect import ensure_store
 from pretrainer.strategy import is_multi_worker
 from pretrainer.train import (
@@ -30,6 +30,10 @@ from pretrainer.train import (
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     import keras
 
+    ft = cfg.finetune
+    # the pretrain run first: without one, say so before collecting anything
+    parent = (runs.resolve(cfg.paths.runs, cfg.experiment, "pretrain", run)
+              if ft.init == "pretrained" else None)
     store = ensure_store(cfg)
     manifest = read_manifest(store)
     text = manifest["modality"] == "text"
@@ -39,7 +43,6 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     shape = tuple(manifest["shape"])
     tabular = manifest["modality"] == "tabular"
     regression = manifest.get("task") == "regression"
-    ft = cfg.finetune
     if ft.init == "public" and (text or tabular):
         raise ConfigError(f"finetune.init=public provides ImageNet image backbones; this store "
                           f"holds {manifest['modality']} data. Use init=pretrained or scratch")
@@ -51,8 +54,6 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     if semi and (text or tabular or regression or manifest["splits"]["unlabeled"]["count"] == 0):
         raise ConfigError("finetune.semi_supervised=fixmatch needs image classification data "
                           "with an unlabeled split; set finetune.semi_supervised=none")
-    parent = (runs.resolve(cfg.paths.runs, cfg.experiment, "pretrain", run)
-              if ft.init == "pretrained" else None)
     strategy, why = setup(cfg.trainer, cfg.seed)
     if semi and is_multi_worker(strategy):
         raise ConfigError("finetune.semi_supervised=fixmatch runs on one machine (cpu, gpu, "
@@ -143,7 +144,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     if not chief:  # the chief writes the run; this worker's scratch dir is not a run
         keras.backend.clear_session()
         return run_dir
-    runs.atomic_write_with(run_dir / "model.keras", model.save, suffix=".keras")
+    save_artifact(run_dir, "model.keras", model)
     final = {k: float(v[-1]) for k, v in history.items()}
     runs.update_manifest(run_dir, final_metrics=final, epochs=len(history["loss"]),
                          steps=optimizer_step(trained))

@@ -17,7 +17,7 @@ from pretrainer.models import build_backbone
 from pretrainer.pretext import get_pretext
 from pretrainer.pretext.adversarial import GeneratedGrid
 from pretrainer.pretext.health import EmbeddingRank
-from pretrainer.stages import open_run, weights_checksum
+from pretrainer.stages import open_run, save_artifact, weights_checksum
 from pretrainer.stages.collect import ensure_store
 from pretrainer.strategy import is_multi_worker, worker_index
 from pretrainer.train import compile_kwargs, fit, optimizer_step, setup
@@ -81,7 +81,7 @@ def run(cfg: Config) -> Path:
     if not chief:  # the chief writes the run; this worker's scratch dir is not a run
         keras.backend.clear_session()
         return run_dir
-    runs.atomic_write_with(run_dir / "backbone.keras", backbone.save, suffix=".keras")
+    save_artifact(run_dir, "backbone.keras", backbone)
     health_key = (pretext.health if pretext.health == "effective_rank" or val_ds is None
                   else f"val_{pretext.health}")
     health = float(history[health_key][-1]) if health_key in history else None
