@@ -265,7 +265,9 @@ class StepCheckpoint(keras.callbacks.Callback):
             self._save()
             # not stop_training: Keras would still run the epoch's validation pass first
             raise _StopNow()
-        elif step - max(self.last, 0) >= self.every:
+        elif step - max(self.last, 0) >= self.every and batch + 1 != self.params.get("steps"):
+            # (an epoch's last step is saved by on_epoch_end, after validation, so the
+            # checkpoint holds any state validation moved)
             self._save()
 
     def on_test_batch_end(self, batch, logs=None):

@@ -93,7 +93,10 @@ class DCGAN(keras.Model):
         real = self._real(data)
         n = ops.shape(real)[0]
         real_logits = self.discriminator(real, training=False)
-        fake_logits = self.discriminator(self.generator(self._noise(n), training=False),
+        # fixed noise (an integer seed is a stateless draw): validation neither moves the
+        # training noise's RNG state (exact resume) nor varies from epoch to epoch
+        noise = keras.random.normal((n, self.noise_dim), seed=12345)
+        fake_logits = self.discriminator(self.generator(noise, training=False),
                                          training=False)
         d, g = gan_losses(real_logits, fake_logits)
         return self._logs(d, g, real_logits, fake_logits)

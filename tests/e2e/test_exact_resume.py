@@ -1,0 +1,65 @@
+"""A stage killed between checkpoints and run again ends with an uninterrupted run's weights,
+for the pretexts and finetune recipes with their own train steps (DCGAN's two optimizers
+and noise, FixMatch's unlabeled views) and in-model augmentation (SimCLR)."""
+
+import keras
+import numpy as np
+import pytest
+
+from pretrainer import train
+from pretrainer.config import compose
+from pretrainer.stages import finetune, pretrain
+
+pytestmark = pytest.mark.e2e
+
+TINY = ["data.max_samples=400", "data.max_test=60", "trainer.epochs=2", "finetune.epochs=2",
+        "trainer.verbose=false", "backbone.filters=[8,16]", "backbone.latent_dim=16",
+        "trainer.batch_size=32", "trainer.checkpoint_every=4"]
+
+
+def _crash_at(monkeypatch, step):
+    """Die at optimizer step `step` (checkpoints every 4 steps: the last few steps are lost,
+    as with kill -9)."""
+    real = train.StepCheckpoint.on_train_batch_end
+
+    def dying(self, batch, logs=None):
+        real(self, batch, logs)
+        if train.optimizer_step(self.model) == step:
+            raise RuntimeError(f"killed at step {step}")
+
+    monkeypatch.setattr(train.StepCheckpoint, "on_train_batch_end", dying)
+
+
+def _weights(path):
+    import pretrainer.models  # noqa: F401
+
+    return keras.saving.load_model(path).get_weights()
+
+
+CASES = {
+    "dcgan": ("fashion_dcgan", "pretrain", []),
+    "simclr": ("fashion_simclr", "pretrain", []),
+    "fixmatch": ("fashion_ae", "finetune", ["finetune.init=scratch", "finetune.augment=shift_flip",
+                                            "finetune.semi_supervised=fixmatch",
+                                            "finetune.steps_per_epoch=10"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, case):
+    experiment, stage, extra = CASES[case]
+    run = pretrain.run if stage == "pretrain" else finetune.run
+    artifact = "backbone.keras" if stage == "pretrain" else "model.keras"
+    straight = run(compose(experiment, [*TINY, *extra, f"paths.runs={tmp_path / 'a'}",
+                                        f"paths.data={tmp_path / 'data'}"]))
+    cfg = compose(experiment, [*TINY, *extra, f"paths.runs={tmp_path / 'b'}",
+                               f"paths.data={tmp_path / 'data'}"])
+    with monkeypatch.context() as m:
+        _crash_at(m, 14)  # epoch 2 of 10 (fixmatch) or 13 steps: mid-epoch, 2 after ckpt-12
+        with pytest.raises(RuntimeError, match="killed at step 14"):
+            run(cfg)
+    resumed = run(cfg)
+    assert resumed.parent != straight.parent
+    for a, b in zip(_weights(straight / artifact), _weights(resumed / artifact), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (resumed / "history.csv").read_text() == (straight / "history.csv").read_text()
