@@ -61,12 +61,21 @@ class DataConfig:
     dedupe: bool = False  # drop pool/train examples that duplicate a test example exactly
     label_seed: Optional[int] = None  # draws the labeled subset only (study seeds); null: seed
     split_seed: Optional[int] = None  # draws test/val/pool and the stored order; null: seed
+    encoding: str = "auto"  # text files, CSV: auto (UTF-8, else cp1252/latin-1), or a codec
     shard_size: int = 4096  # examples per TFRecord shard
     cache: bool = True  # cache decoded splits in memory when they are small (< 512 MB)
 
     def __post_init__(self) -> None:
         _check_choice("data.color", self.color, ("auto", "rgb", "grayscale"))
         _check_choice("data.task", self.task, ("auto", "classification", "regression"))
+        import codecs
+
+        if self.encoding != "auto":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ConfigError(f"Unknown data.encoding '{self.encoding}'. Use auto, utf-8, "
+                                  f"latin-1, cp1252 or another Python codec name") from None
         if self.image_size is not None and (len(self.image_size) != 2
                                             or min(self.image_size) < 4):
             raise ConfigError(f"Expected data.image_size as [height, width], each >= 4. "

@@ -16,19 +16,34 @@ def test_text_class_folders_with_a_latin1_file(tmp_path):
     for i in range(6):
         _write(tmp_path / "t" / "sport" / f"{i}.txt", f"match {i} ended two to one\n")
         _write(tmp_path / "t" / "food" / f"{i}.txt", f"recipe {i}: bake for an hour\n")
-    _write(tmp_path / "t" / "food" / "latin1.txt", "crème brûlée", encoding="latin-1")
+    _write(tmp_path / "t" / "food" / "latin1.txt", "recipe: crème brûlée", encoding="latin-1")
     src = sources.load(DataConfig(source="text_files", path=str(tmp_path / "t")))
     assert src.modality == "text" and src.class_names == ["food", "sport"]
-    assert len(src.x_pool) == 12 and np.bincount(src.y_pool).tolist() == [6, 6]
-    (skip,) = src.skipped
-    assert skip["file"] == "food/latin1.txt" and "not UTF-8" in skip["reason"]
+    assert len(src.x_pool) == 13 and np.bincount(src.y_pool).tolist() == [7, 6]
+    assert "recipe: crème brûlée" in list(src.x_pool)  # read as latin-1/cp1252, not skipped
+    assert src.info["files_by_encoding"] == {"utf-8": 12, "cp1252": 1}
+    assert not src.skipped
+    strict = sources.load(DataConfig(source="text_files", path=str(tmp_path / "t"),
+                                     encoding="utf-8"))
+    (skip,) = strict.skipped  # an explicit codec skips what it cannot read, and says so
+    assert skip["file"] == "food/latin1.txt" and "not utf-8" in skip["reason"]
     m = build_store(tmp_path / "s", DataConfig(labeled_fraction=0.5, val_fraction=0.0,
-                                               test_fraction=0.5), 0, src)
+                                               test_fraction=0.5), 0, strict)
     assert m["modality"] == "text" and m["skipped"]["count"] == 1
     texts, labels = pipeline.to_numpy(pipeline.texts(tmp_path / "s", "test", batch_size=4))
     assert len(texts) == 6 and all(t.decode().split()[0] in ("match", "recipe") for t in texts)
     for t, y in zip(texts, labels, strict=True):
         assert (t.decode().startswith("match")) == (src.class_names[y] == "sport")
+
+
+def test_latin1_csv_and_an_all_nan_target(tmp_path):
+    _write(tmp_path / "t.csv", "ville,surface,prix\nNîmes,10,20\nSète,20,40\nAgde,30,60\n",
+           encoding="latin-1")
+    src = sources.load(DataConfig(source="csv", path=str(tmp_path / "t.csv"), target="prix"))
+    assert src.info["encoding"] == "cp1252" and len(src.x_pool) == 3
+    _write(tmp_path / "n.csv", "a,b\n1,NaN\n2,nan\n3,\n")
+    with pytest.raises(DataError, match="target column 'b' of n.csv has no values: all 3 rows"):
+        sources.load(DataConfig(source="csv", path=str(tmp_path / "n.csv"), target="b"))
 
 
 @pytest.mark.parametrize("how,expected", [

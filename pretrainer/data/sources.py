@@ -142,11 +142,11 @@ def load_text_files(cfg: DataConfig) -> SourceData:
     """Folders of .txt files: class folders (labeled) or any .txt files (unlabeled)."""
     from pretrainer.data.textfiles import load_text_files as load
 
-    r = load(cfg.path, cfg.text_split)
+    r = load(cfg.path, cfg.text_split, cfg.encoding)
     return SourceData(x_pool=r["texts"], y_pool=r["labels"], class_names=r["class_names"],
                       modality="text", skipped=r["skipped"],
                       info={"path": str(cfg.path), "layout": r["layout"],
-                            "text_split": cfg.text_split})
+                            "text_split": cfg.text_split, "files_by_encoding": r["codecs"]})
 
 
 def load_idx(cfg: DataConfig) -> SourceData:
@@ -197,10 +197,11 @@ def load_csv(cfg: DataConfig) -> SourceData:
     path = cfg.path
     if not path and cfg.dataset in BUNDLED_CSV:  # a table shipped in the package
         path = str(resources.files("pretrainer.data") / "samples" / BUNDLED_CSV[cfg.dataset])
-    r = load(path, cfg.target, cfg.task)
+    r = load(path, cfg.target, cfg.task, cfg.encoding)
     return SourceData(x_pool=r["x"], y_pool=r["y"], class_names=r["class_names"],
                       modality="tabular", task=r["task"],
                       info={"path": str(path), "target": cfg.target,
+                            "encoding": r["encoding"],
                             "dropped_rows_without_target":
                                 r.get("dropped_rows_without_target", 0)},
                       extra_manifest={"columns": r["encodings"],

@@ -359,8 +359,10 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
     written again.
     """
     if len(src.x_pool) == 0:
+        shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:3])
         raise DataError("The source gave no readable examples"
-                        + (f" ({len(src.skipped)} skipped)" if src.skipped else ""))
+                        + (f": all {len(src.skipped)} file(s) were skipped, e.g. {shown}"
+                           if src.skipped else ""))
     arrays = _split_arrays(src, cfg, seed)
     if src.x_extra is not None and len(src.x_extra):
         arrays["unlabeled"] = (np.concatenate([arrays["unlabeled"][0], src.x_extra]), None)

@@ -10,6 +10,7 @@ labels. Without `data.target` the rows are unlabeled, for pretraining.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,9 @@ from pretrainer.errors import DataError
 MAX_CATEGORIES = 100
 
 
+MISSING = {"", "nan", "na", "n/a", "null", "none"}
+
+
 def _is_number(v: str) -> bool:
     try:
         float(v)
@@ -28,17 +32,21 @@ def _is_number(v: str) -> bool:
         return False
 
 
-def load_csv(path: Optional[str], target: Optional[str], task: str) -> dict:
+def load_csv(path: Optional[str], target: Optional[str], task: str,
+             encoding: str = "auto") -> dict:
     if not path:
         raise DataError("data.source=csv needs data.path=FILE.csv")
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"data.path={path} is not a file")
+    from pretrainer.data.textfiles import decode
+
     try:
-        with open(file, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+        text, codec = decode(file.read_bytes(), encoding)
+        rows = list(csv.reader(io.StringIO(text, newline="")))
     except UnicodeDecodeError as exc:
-        raise DataError(f"{file} is not UTF-8 (offset {exc.start}); convert it with iconv") from exc
+        raise DataError(f"{file} is not {encoding} (offset {exc.start}); use "
+                        f"data.encoding=auto or the file's codec") from exc
     except csv.Error as exc:
         raise DataError(f"{file} is not a readable CSV: {exc}") from exc
     if len(rows) < 2:
@@ -49,6 +57,11 @@ def load_csv(path: Optional[str], target: Optional[str], task: str) -> dict:
         raise DataError(f"{file}: row(s) {', '.join(map(str, bad[:5]))} have a different number "
                         f"of cells than the header ({len(header)})")
     cols = {h: [r[i].strip() for r in body] for i, h in enumerate(header)}
+    if target is not None and target in cols:  # NaN, NA, null ... in the target: no label
+        cols[target] = ["" if v.lower() in MISSING else v for v in cols[target]]
+        if not any(cols[target]):
+            raise DataError(f"target column '{target}' of {file.name} has no values: all "
+                            f"{len(body)} rows are empty or {'/'.join(sorted(MISSING - {''}))}")
     if target is not None and target not in cols:
         raise DataError(f"data.target='{target}' is not a column of {file.name}. Columns: "
                         f"{', '.join(header)}")
@@ -76,7 +89,7 @@ def load_csv(path: Optional[str], target: Optional[str], task: str) -> dict:
     if not features:
         raise DataError(f"{file} has no feature columns besides the target")
     x = np.concatenate(features, axis=1).astype(np.float32)
-    result = {"x": x, "y": None, "class_names": [], "task": "classification",
+    result = {"x": x, "y": None, "class_names": [], "task": "classification", "encoding": codec,
               "encodings": encodings, "feature_names": names}
     if target is None:
         return result

@@ -4,7 +4,10 @@
 (or a single file) is unlabeled text for pretraining. Documents are whole files
 (`data.text_split=file`), non-empty lines (`line`), or the pieces between
 matches of a regular expression (any other value, e.g. `'^%$'` for fortune files;
-matched per line). Files that are not valid UTF-8 are skipped, counted and listed.
+matched per line). `data.encoding=auto` reads UTF-8 and, for a file that is not,
+cp1252 (Windows Western, a superset of latin-1's printable characters) or latin-1;
+how many files each codec read is reported. An explicit codec skips files it
+cannot read, counted and listed.
 """
 
 from __future__ import annotations
@@ -31,19 +34,35 @@ def split_documents(text: str, how: str) -> list[str]:
     return [d.strip() for d in docs if d.strip()]
 
 
-def _read(path: Path, root: Path, how: str, skipped: list) -> list[str]:
+def decode(raw: bytes, encoding: str = "auto") -> tuple[str, str]:
+    """(text, codec used). auto: UTF-8 (BOM allowed), else cp1252, else latin-1 (which
+    decodes any byte). Raises UnicodeDecodeError for an explicit codec that fails."""
+    if encoding != "auto":
+        return raw.decode(encoding), encoding
+    for codec in ("utf-8-sig", "cp1252"):
+        try:
+            return raw.decode(codec), codec.removesuffix("-sig")
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("latin-1"), "latin-1"
+
+
+def _read(path: Path, root: Path, how: str, skipped: list, encoding: str = "auto",
+          codecs: dict | None = None) -> list[str]:
     try:
         raw = path.read_bytes()
-        text = raw.decode("utf-8")
+        text, codec = decode(raw, encoding)
     except UnicodeDecodeError as exc:
         skipped.append({"file": str(path.relative_to(root) if path != root else path.name),
-                        "reason": f"not UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
-                                  f"{exc.start}); convert it with iconv -t utf-8"})
+                        "reason": f"not {encoding} (byte 0x{raw[exc.start]:02x} at offset "
+                                  f"{exc.start}); try data.encoding=auto"})
         return []
     except OSError as exc:
         skipped.append({"file": str(path), "reason": exc.strerror or type(exc).__name__})
         return []
-    return split_documents(text.lstrip("\ufeff"), how)
+    if codecs is not None:
+        codecs[codec] = codecs.get(codec, 0) + 1
+    return split_documents(text, how)
 
 
 def _txt(folder: Path) -> list[Path]:
@@ -51,17 +70,22 @@ def _txt(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def load_text_files(path: str | None, how: str) -> dict:
+def load_text_files(path: str | None, how: str, encoding: str = "auto") -> dict:
     if not path:
         raise DataError("data.source=text_files needs data.path=DIR (a folder of .txt files)")
     root = Path(path).expanduser()
     if not root.exists():
         raise DataError(f"data.path={path} does not exist")
     skipped: list = []
+    codecs: dict = {}
+
+    def read(f: Path) -> list[str]:
+        return _read(f, root, how, skipped, encoding, codecs)
+
     if root.is_file():
-        docs = _read(root, root, how, skipped)
+        docs = read(root)
         return {"texts": np.array(docs, dtype=object), "labels": None, "class_names": [],
-                "skipped": skipped, "layout": "file"}
+                "skipped": skipped, "layout": "file", "codecs": codecs}
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
                         and _txt(d))
     loose = [p for p in root.glob("*.txt") if p.is_file()]
@@ -69,19 +93,19 @@ def load_text_files(path: str | None, how: str) -> dict:
         texts, labels = [], []
         for c, d in enumerate(class_dirs):
             for f in _txt(d):
-                found = _read(f, root, how, skipped)
+                found = read(f)
                 texts += found
                 labels += [c] * len(found)
         if not texts:
             raise DataError(f"No readable text under {root} ({len(skipped)} file(s) skipped)")
         return {"texts": np.array(texts, dtype=object), "labels": np.array(labels, np.int64),
                 "class_names": [d.name for d in class_dirs], "skipped": skipped,
-                "layout": "classes"}
+                "layout": "classes", "codecs": codecs}
     files = _txt(root)
     if not files:
         raise DataError(f"No .txt files under {root}")
-    texts = [doc for f in files for doc in _read(f, root, how, skipped)]
+    texts = [doc for f in files for doc in read(f)]
     if not texts:
         raise DataError(f"No readable text under {root} ({len(skipped)} file(s) skipped)")
     return {"texts": np.array(texts, dtype=object), "labels": None, "class_names": [],
-            "skipped": skipped, "layout": "flat"}
+            "skipped": skipped, "layout": "flat", "codecs": codecs}

@@ -92,7 +92,7 @@ def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> st
     what = cfg.data.path if cfg.data.source == "image_folder" else cfg.data.dataset
     info(f"[bold]collect[/bold]: {esc(cfg.data.source)}:{esc(what)} -> {esc(store)}")
     src = sources.load(cfg.data)
-    if src.skipped:
+    if src.skipped and len(src.x_pool):  # (all skipped: build_store says so and stops)
         shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:5])
         more = f" and {len(src.skipped) - 5} more" if len(src.skipped) > 5 else ""
         warn(f"skipped {len(src.skipped)} unreadable file(s): {shown}{more} "
