@@ -80,14 +80,17 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
             _quiet_tensorflow()
         body(cfg)
     except UserError as exc:
+        _discard_unstarted()
         if debug:
             raise
         error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
+        _discard_unstarted()
         error("interrupted; finished artifacts are kept, the unfinished run has no DONE marker")
         raise typer.Exit(130) from None
     except Exception as exc:  # an unexpected failure: say what, keep the traceback for --debug
+        _discard_unstarted()
         if debug:
             raise
         damage = _explain_damage(locals().get("cfg"), exc)
@@ -97,6 +100,13 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         error(f"unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)")
         raise typer.Exit(1) from None
+
+
+def _discard_unstarted() -> None:
+    """A stage that stopped before its first checkpoint leaves no empty run directory."""
+    from pretrainer import runs
+
+    runs.discard_unstarted()
 
 
 def _explain_damage(cfg: Optional[Config], exc: Exception) -> Optional[str]:

@@ -197,10 +197,27 @@ def new_run_dir(runs_root: str | Path, experiment: str, stage: str) -> Path:
         path = base / name
         try:
             path.mkdir()
+            _NEW_RUNS.append(path)
             return path
         except FileExistsError:
             continue
     raise RunError(f"could not create a new {stage} run under {base}")
+
+
+_NEW_RUNS: list[Path] = []  # run directories this process created
+
+
+def discard_unstarted() -> list[Path]:
+    """Remove the run directories this process created that hold nothing a rerun could use
+    (no DONE, no checkpoint): a stage that failed a precondition leaves no empty run."""
+    removed = []
+    for run in list(_NEW_RUNS):
+        if run.is_dir() and not is_done(run) and not (run / "ckpt" / "checkpoint").is_file():
+            release_lock(run / LOCK)
+            shutil.rmtree(run, ignore_errors=True)
+            removed.append(run)
+        _NEW_RUNS.remove(run)
+    return removed
 
 
 def resumable_run(runs_root: str | Path, experiment: str, stage: str,

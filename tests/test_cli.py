@@ -92,3 +92,20 @@ def test_doctor_checks_the_machine(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for check in ("versions", "strategy auto", "train step", "SavedModel export", "disk"):
         assert check in proc.stdout
+
+
+def test_a_failed_precondition_leaves_no_run_and_collects_nothing(tmp_path):
+    proc = run_cli(["finetune", "--config", "fashion_ae", "finetune.init=pretrained"],
+                   cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "No finished pretrain run" in proc.stderr
+    assert not (tmp_path / "data").exists()  # said before collecting anything
+    proc = run_cli(["pretrain", "--config", "text_lm", "backbone.causal=false",
+                    "data.max_samples=200"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and "backbone.causal=true" in proc.stderr, proc.stderr
+    assert not list((tmp_path / "runs").rglob("pretrain-*"))  # no empty run directory
+
+
+def test_user_values_with_brackets_are_printed_as_written(tmp_path):
+    proc = run_cli(["evaluate", "--config", "fashion_ae", "--run", str(tmp_path / "x[/b]y [bold]")],
+                   cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "x[/b]y [bold]" in proc.stderr, proc.stderr

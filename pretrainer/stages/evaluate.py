@@ -75,6 +75,26 @@ def load_finetuned(cfg: Config, run: Optional[str | Path]):
         store, manifest
 
 
+def save_predictions(out: Path, y: np.ndarray, probs: np.ndarray, regression: bool) -> None:
+    """predictions.npz: labels and predictions in test-split order, so two runs scored on
+    the same split can be compared example by example (pipeline, study)."""
+    import io
+
+    buf = io.BytesIO()
+    pred = probs[:, 0] if regression else probs.argmax(1)
+    np.savez(buf, y_true=y, y_pred=pred)
+    runs.atomic_write_bytes(out / "predictions.npz", buf.getvalue())
+
+
+def example_scores(evaluate_run: Path) -> np.ndarray:
+    """Per-example score of an evaluate run: 1/0 correct, or minus the squared error."""
+    with np.load(Path(evaluate_run) / "predictions.npz") as d:
+        y, p = d["y_true"], d["y_pred"]
+    if np.issubdtype(p.dtype, np.floating):
+        return -(p.astype(np.float64) - y) ** 2
+    return (p == y).astype(np.float64)
+
+
 def predict_split(model, store: Path, split: str, batch_size: int = 256,
                   limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(inputs, labels, probabilities) for up to `limit` examples of a labeled split."""
@@ -119,6 +139,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     runs.write_lineage(out, "evaluate", to_yaml(cfg), parent=ft_run,
                        dataset_manifest=join(store, MANIFEST), extra={"split": split})
     runs.atomic_write_json(out / "metrics.json", result)
+    save_predictions(out, y, probs, regression)
     if regression:
         shown = ("mse", "mae", "r2")
         runs.atomic_write_text(out / "report.md", _regression_report(result))

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pretrainer import runs
 from pretrainer.config import Config
-from pretrainer.console import console, table
+from pretrainer.console import console, esc, table
 from pretrainer.stages import collect, deploy, evaluate, finetune, pretrain
+from pretrainer.stats import paired_bootstrap, verdict
 
 
 def run(cfg: Config) -> dict:
@@ -43,14 +44,17 @@ def run(cfg: Config) -> dict:
     console.print(table(f"{cfg.experiment}: pretrained backbone vs scratch, same labels "
                         f"({m['samples']} test examples)",
                         ["init", "labels", *columns, "finetune run"], rows))
+    # paired bootstrap over the test examples both models were scored on
+    ci = paired_bootstrap(evaluate.example_scores(results["pretrained"]["evaluate"]),
+                          evaluate.example_scores(results["scratch"]["evaluate"]))
     if regression:
-        gain = results["scratch"]["metrics"]["mse"] - results["pretrained"]["metrics"]["mse"]
-        console.print(f"pretraining {'lowered' if gain >= 0 else 'raised'} the test MSE by "
-                      f"{abs(gain):.4g}; exported model: [bold]{export}[/bold]  ({wall:.0f} s)")
+        gain = -ci["mean"]  # mean squared error lowered by pretraining
+        console.print(f"pretraining changed the test MSE by {-ci['mean']:+.4g} (95% CI "
+                      f"{-ci['high']:+.4g} to {-ci['low']:+.4g}, {ci['method']})"
+                      + (": within noise" if ci["low"] <= 0 <= ci["high"] else ""))
     else:
-        gain = (results["pretrained"]["metrics"]["accuracy"]
-                - results["scratch"]["metrics"]["accuracy"]) * 100
-        console.print(f"pretraining {'gained' if gain >= 0 else 'lost'} {abs(gain):.1f} "
-                      f"accuracy points; exported model: [bold]{export}[/bold]  ({wall:.0f} s)")
+        gain = ci["mean"] * 100
+        console.print(f"pretrained - scratch test accuracy: {verdict(ci)}")
+    console.print(f"exported model: [bold]{esc(export)}[/bold]  ({wall:.0f} s)")
     return {"pretrain": pre, "results": results, "deploy": dep, "export": export,
-            "wall_s": wall, "gain_points": gain}
+            "wall_s": wall, "gain_points": gain, "gain_interval": ci}

@@ -98,25 +98,64 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
                 c.experiment = f"{cfg.experiment}/{out.name}"
                 collect.run(c, share_from=base_store)  # pool, val, test: links, not copies
                 ft = finetune.run(c, run=pre if init == "pretrained" else None)
-                metrics = json.loads((evaluate.run(c, run=ft) / "metrics.json").read_text())
+                ev = evaluate.run(c, run=ft)
+                metrics = json.loads((ev / "metrics.json").read_text())
                 state["cells"].append({
                     "fraction": fraction, "seed": seed, "arm": arm, "labels": metrics["labels"],
                     "accuracy": metrics.get("accuracy"), "f1_macro": metrics.get("f1_macro"),
-                    "mse": metrics.get("mse"), "finetune_run": str(ft)})
+                    "mse": metrics.get("mse"), "finetune_run": str(ft),
+                    "evaluate_run": str(ev)})
                 runs.atomic_write_json(out / "study.json", state)  # a kill keeps every cell so far
     summary = summarise(state["cells"])
     state["summary"] = summary
+    state["comparisons"] = comparisons = compare(state["cells"])
     runs.atomic_write_json(out / "study.json", state)
     _plot(summary, out / "label_efficiency.png")
-    runs.atomic_write_text(out / "study.md", _markdown(cfg, pre, summary))
+    runs.atomic_write_text(out / "study.md", _markdown(cfg, pre, summary, comparisons))
     runs.mark_done(out)
     metric = _metric(summary)
     rows = [[f"{s['fraction']:g}", str(s["labels"]), s["arm"],
-             f"{s['mean']:.4f} ± {s['std']:.4f}", str(s["n"])] for s in summary]
+             _pm(s), str(s["n"])] for s in summary]
     console.print(table(f"study: test {metric} by labeled fraction", ["fraction", "labels",
                         "init", f"{metric} (mean ± std)", "seeds"], rows))
+    for c in comparisons:
+        info(f"  {c['fraction']:g}: {esc(c['arm'])} - scratch: {esc(c['verdict'])}")
     info(f"[green]study done[/green]: {esc(out / 'study.md')}")
     return out
+
+
+def compare(cells: list[dict]) -> list[dict]:
+    """Each arm minus `scratch` per labeled fraction, with a 95% interval: over the seeds
+    (t) when there are several, else a paired bootstrap over the shared test examples."""
+    from pretrainer.stats import paired_bootstrap, seed_interval, verdict
+
+    metric = "accuracy" if cells and cells[0].get("accuracy") is not None else "mse"
+    sign = 1.0 if metric == "accuracy" else -1.0  # a positive difference is always better
+    by = {(c["fraction"], c["arm"], c["seed"]): c for c in cells}
+    out = []
+    for fraction, arm in dict.fromkeys((c["fraction"], c["arm"]) for c in cells):
+        if arm == "scratch":
+            continue
+        pairs = [(by[(fraction, arm, s)], by[(fraction, "scratch", s)])
+                 for f, a, s in by if f == fraction and a == arm and (fraction, "scratch", s) in by]
+        if not pairs:
+            continue
+        ci = seed_interval([sign * (a[metric] - b[metric]) for a, b in pairs])
+        if ci is None and all(a.get("evaluate_run") and b.get("evaluate_run") for a, b in pairs):
+            a, b = pairs[0]
+            ci = paired_bootstrap(evaluate.example_scores(Path(a["evaluate_run"])),
+                                  evaluate.example_scores(Path(b["evaluate_run"])))
+        if ci is None:
+            continue
+        scale, unit = (100.0, "points") if metric == "accuracy" else (1.0, "MSE (lower is better)")
+        out.append({"fraction": fraction, "arm": arm, "metric": metric, **ci,
+                    "verdict": verdict(ci, scale, unit)})
+    return out
+
+
+def _pm(s: dict) -> str:
+    """mean ± std over seeds; one seed has no spread to show (not '± 0.0000')."""
+    return f"{s['mean']:.4f} ± {s['std']:.4f}" if s["n"] > 1 else f"{s['mean']:.4f} (1 seed)"
 
 
 def _metric(summary_or_cells) -> str:
@@ -161,7 +200,8 @@ def _plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _markdown(cfg: Config, pre: Path, summary: list[dict]) -> str:
+def _markdown(cfg: Config, pre: Path, summary: list[dict],
+              comparisons: Optional[list[dict]] = None) -> str:
     metric = summary[0]["metric"]
     lines = [f"# Study: {cfg.experiment}", "",
              f"Pretrained backbone: `{pre}`. Every cell finetunes with the same budget "
@@ -174,7 +214,12 @@ def _markdown(cfg: Config, pre: Path, summary: list[dict]) -> str:
                 if cfg.finetune.semi_supervised != "none" else "") + ".", "",
              f"| fraction | labels | init | test {metric} (mean ± std) | seeds |",
              "|---|---|---|---|---|"]
-    lines += [f"| {s['fraction']:g} | {s['labels']} | {s['arm']} | {s['mean']:.4f} ± "
-              f"{s['std']:.4f} | {s['n']} |" for s in summary]
+    lines += [f"| {s['fraction']:g} | {s['labels']} | {s['arm']} | {_pm(s)} | {s['n']} |"
+              for s in summary]
+    if comparisons:
+        lines += ["", f"Differences in test {metric} (each arm minus scratch, same labels and "
+                  f"test examples; \"within noise\" when the 95% interval covers zero):", "",
+                  "| fraction | arm − scratch | difference |", "|---|---|---|"]
+        lines += [f"| {c['fraction']:g} | {c['arm']} | {c['verdict']} |" for c in comparisons]
     lines += ["", "![label efficiency](label_efficiency.png)", ""]
     return "\n".join(lines)

@@ -1,10 +1,13 @@
 """pretrainer study: every cell, the plot, and a killed study that resumes."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+from pretrainer import runs
 from pretrainer.config import compose
+from pretrainer.errors import RunError
 from pretrainer.stages import evaluate, study
 
 pytestmark = pytest.mark.e2e
@@ -42,3 +45,20 @@ def test_study_cells_plot_and_resume(in_tmp, monkeypatch):
     assert "| 0.05 |" in (out / "study.md").read_text() and (out / "DONE").is_file()
     labels = {(c["fraction"], c["seed"]): c["labels"] for c in state["cells"]}
     assert labels[(0.05, 0)] < labels[(0.2, 0)]
+    # every cell is scored on the same test examples; only the labeled draw moves
+    import numpy as np
+
+    ys = [np.load(Path(c["evaluate_run"]) / "predictions.npz")["y_true"] for c in state["cells"]]
+    assert all(np.array_equal(ys[0], y) for y in ys)
+    # each arm minus scratch, with an interval over the 2 seeds
+    assert {c["arm"] for c in state["comparisons"]} == {"pretrained", "linear_probe"}
+    assert all("CI" in c["verdict"] for c in state["comparisons"])
+    # study cells are never "the latest finetune run" of the experiment
+    with pytest.raises(RunError, match="No finished finetune run"):
+        runs.latest_run(in_tmp / "runs", "fashion_ae", "finetune")
+    # cell stores link the experiment's unlabeled shards instead of copying them
+    cell_stores = [p for p in (in_tmp / "data").iterdir() if "-study-" in p.name]
+    assert cell_stores
+    for store in cell_stores:
+        for shard in store.glob("unlabeled-*.tfrecord"):
+            assert shard.stat().st_nlink > 1
