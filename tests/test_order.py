@@ -90,3 +90,29 @@ def test_a_store_of_the_old_format_is_rebuilt_not_reused(tmp_path, capsys):
     assert ensure_store(cfg) == store
     assert "store format 1" in capsys.readouterr().out
     assert json.loads(manifest_file.read_text())["format_version"] == 2
+
+
+def test_stores_for_other_configs_live_side_by_side_and_runs_keep_theirs(tmp_path):
+    import json
+
+    from pretrainer import runs
+    from pretrainer.config import compose
+    from pretrainer.errors import RunError
+    from pretrainer.stages import trained_store
+    from pretrainer.stages.collect import ensure_store
+
+    a = compose("fashion_ae", [f"paths.data={tmp_path}", "data.max_samples=600"])
+    b = compose("fashion_ae", [f"paths.data={tmp_path}", "data.max_samples=700"])
+    store_a = ensure_store(a)
+    before = (tmp_path / a.data.name / "manifest.json").read_bytes()
+    run = runs.new_run_dir(tmp_path / "runs", "x", "finetune")
+    runs.write_lineage(run, "finetune", "cfg", dataset_manifest=f"{store_a}/manifest.json")
+    store_b = ensure_store(b)
+    assert store_b != store_a and "@" in store_b  # beside it, not over it
+    assert (tmp_path / a.data.name / "manifest.json").read_bytes() == before
+    assert trained_store(run, store_b) == store_a  # evaluate/deploy read the run's own store
+    manifest = json.loads(before)
+    manifest["config_key"] = "another"  # the run's store rebuilt for another config
+    (tmp_path / a.data.name / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunError, match="rebuilt since for another data config"):
+        trained_store(run, store_b)

@@ -26,8 +26,19 @@ from pretrainer.data.store import (
 
 
 def store_path(cfg: Config) -> str:
-    """data/<dataset> (a string: paths.data may be gs://..., which pathlib would mangle)."""
-    return join(cfg.paths.data, cfg.data.name)
+    """Where the store for this data config lives: data/<dataset>, or, when that holds
+    another data config, data/<dataset>@<config key> beside it, so stores for different
+    configs live side by side and none is rebuilt under a run trained on it. A store of
+    an older format at data/<dataset> is unusable and is rebuilt in place.
+    (A string: paths.data may be gs://..., which pathlib would mangle.)"""
+    base = join(cfg.paths.data, cfg.data.name)
+    if not has_manifest(base):
+        return base
+    manifest = read_manifest(base)
+    key = config_key(cfg.data, store_seed(cfg))
+    if manifest.get("config_key") == key or manifest.get("format_version", 1) != FORMAT_VERSION:
+        return base
+    return f"{base}@{key}"
 
 
 def store_seed(cfg: Config) -> int:
@@ -53,11 +64,9 @@ def ensure_store(cfg: Config) -> str:
         manifest = read_manifest(store)
         if manifest.get("config_key") == config_key(cfg.data, store_seed(cfg)):
             return store
-        why = (f"was written by store format {manifest.get('format_version', 1)} (now "
-               f"{FORMAT_VERSION}, which shuffles every split)"
-               if manifest.get("format_version", 1) != FORMAT_VERSION
-               else "holds another data config")
-        info(f"the dataset store at {esc(store)} {why}; rebuilding it")
+        info(f"the dataset store at {esc(store)} was written by store format "
+             f"{manifest.get('format_version', 1)} (now {FORMAT_VERSION}, which shuffles every "
+             f"split); rebuilding it")
     else:
         info(f"no dataset store at {esc(store)} yet; collecting it first")
     run(cfg)
