@@ -64,12 +64,16 @@ class DataConfig:
     encoding: str = "auto"  # text files, CSV: auto (UTF-8, else cp1252/latin-1), or a codec
     shard_size: int = 4096  # examples per TFRecord shard
     cache: bool = True  # cache decoded splits in memory when they are small (< 512 MB)
+    shuffle_buffer: int = 10_000  # records permuted together when a split streams from disk
 
     def __post_init__(self) -> None:
         _check_choice("data.color", self.color, ("auto", "rgb", "grayscale"))
         _check_choice("data.task", self.task, ("auto", "classification", "regression"))
         import codecs
 
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"Expected data.shuffle_buffer >= 1. Received: "
+                              f"{self.shuffle_buffer}")
         if self.encoding != "auto":
             try:
                 codecs.lookup(self.encoding)

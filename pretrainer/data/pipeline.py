@@ -56,7 +56,8 @@ def _block_shuffle(ds, block: int, seed: tf.Tensor):
 
 
 def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shuffle: bool,
-             repeat: bool, cache: bool, seed: int, bytes_per_example: int, skip: int = 0):
+             repeat: bool, cache: bool, seed: int, bytes_per_example: int, skip: int = 0,
+             shuffle_buffer: int = SHUFFLE_BUFFER):
     """Parsed, optionally cached / shuffled / repeated examples of one split (not batched).
 
     Order guarantee for shuffled reads: the store holds every split in a seeded random
@@ -107,7 +108,7 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
                            num_parallel_calls=min(cycle, workers), deterministic=True)
         ds = ds.map(parse, num_parallel_calls=workers, deterministic=True)
-        return _block_shuffle(ds, min(n, SHUFFLE_BUFFER), pass_seed)
+        return _block_shuffle(ds, max(1, min(n, shuffle_buffer)), pass_seed)
 
     first, offset = divmod(int(skip), n)
     ds = tf.data.Dataset.range(first, _PASSES if repeat else first + 1).flat_map(one_pass)
@@ -128,7 +129,7 @@ def _repeat_batches(ds, batch_size: int, *, shuffle: bool, repeat: bool, start_b
 def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
            repeat: bool = False, labels: bool = True, one_hot: bool = False,
            cache: bool = True, seed: int = 0, augment: str = "none",
-           start_batch: int = 0) -> tf.data.Dataset:
+           start_batch: int = 0, shuffle_buffer: int = SHUFFLE_BUFFER) -> tf.data.Dataset:
     """Batches of float32 images in [0, 1] (and int64 or one-hot labels).
 
     `start_batch`: begin at that batch of the stream (a resumed run); augmentation
@@ -146,7 +147,8 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     ds, manifest, workers = _records(store, split, labels=labels, modality="image", parse=parse,
                                      shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
                                      bytes_per_example=int(np.prod(shape)),
-                                     skip=_records_to_skip(start_batch, batch_size, shuffle))
+                                     skip=_records_to_skip(start_batch, batch_size, shuffle),
+                                     shuffle_buffer=shuffle_buffer)
     num_classes = manifest["num_classes"]
 
     def finish(index, batch):
@@ -188,7 +190,8 @@ def _batched(ds, batch_size: int, labels: bool, *, shuffle: bool = False, repeat
 
 def texts(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
           repeat: bool = False, labels: bool = True, cache: bool = True,
-          seed: int = 0, start_batch: int = 0) -> tf.data.Dataset:
+          seed: int = 0, start_batch: int = 0,
+          shuffle_buffer: int = SHUFFLE_BUFFER) -> tf.data.Dataset:
     """Batches of UTF-8 strings (and int64 labels)."""
     spec = {"text": tf.io.FixedLenFeature([], tf.string),
             "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -199,7 +202,7 @@ def texts(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
 
     ds, _, _ = _records(store, split, labels=labels, modality="text", parse=parse,
                         shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
-                        bytes_per_example=512,
+                        bytes_per_example=512, shuffle_buffer=shuffle_buffer,
                         skip=_records_to_skip(start_batch, batch_size, shuffle))
     return _batched(ds, batch_size, labels, shuffle=shuffle, repeat=repeat,
                     start_batch=start_batch)
@@ -207,7 +210,8 @@ def texts(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
 
 def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
          repeat: bool = False, labels: bool = True, cache: bool = True,
-         seed: int = 0, standardize: bool = True, start_batch: int = 0) -> tf.data.Dataset:
+         seed: int = 0, standardize: bool = True, start_batch: int = 0,
+         shuffle_buffer: int = SHUFFLE_BUFFER) -> tf.data.Dataset:
     """Batches of float32 feature rows (and labels or regression targets).
 
     With `standardize`, means and standard deviations come from the unlabeled
@@ -230,7 +234,7 @@ def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
 
     ds, _, _ = _records(store, split, labels=labels, modality="tabular", parse=parse,
                         shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
-                        bytes_per_example=4 * n,
+                        bytes_per_example=4 * n, shuffle_buffer=shuffle_buffer,
                         skip=_records_to_skip(start_batch, batch_size, shuffle))
     return _batched(ds, batch_size, labels, shuffle=shuffle, repeat=repeat,
                     start_batch=start_batch)
@@ -239,11 +243,13 @@ def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
 def examples(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
              repeat: bool = False, labels: bool = True, one_hot: bool = False,
              cache: bool = True, seed: int = 0, augment: str = "none",
-             standardize: bool = True, start_batch: int = 0) -> tf.data.Dataset:
+             standardize: bool = True, start_batch: int = 0,
+             shuffle_buffer: int = SHUFFLE_BUFFER) -> tf.data.Dataset:
     """The reader that fits the store's modality (images, texts or rows)."""
     modality = read_manifest(store)["modality"]
     common = dict(batch_size=batch_size, shuffle=shuffle, repeat=repeat, labels=labels,
-                  cache=cache, seed=seed, start_batch=start_batch)
+                  cache=cache, seed=seed, start_batch=start_batch,
+                  shuffle_buffer=shuffle_buffer)
     if modality == "image":
         return images(store, split, one_hot=one_hot, augment=augment, **common)
     if modality == "tabular":

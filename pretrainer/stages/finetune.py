@@ -112,7 +112,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         trained.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         **compile_kwargs(cfg.trainer))
     one_hot = (ft.loss == "categorical_crossentropy" or ft.label_smoothing > 0) and not regression
-    read = dict(one_hot=one_hot, cache=cfg.data.cache, standardize=False)
+    read = dict(one_hot=one_hot, cache=cfg.data.cache, standardize=False,
+                shuffle_buffer=cfg.data.shuffle_buffer)
 
     def train_data(start_batch: int):
         """The training stream from batch `start_batch` on (exact resume)."""
@@ -125,7 +126,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
 
         return zip_views(ds, unlabeled_views(
             store, batch_size=bs * ft.unlabeled_ratio, weak=ft.augment, seed=cfg.seed,
-            cache=cfg.data.cache, start_batch=start_batch))
+            cache=cfg.data.cache, start_batch=start_batch,
+            shuffle_buffer=cfg.data.shuffle_buffer))
     val_ds, val_steps = None, None
     if manifest["splits"]["val"]["count"] > 0:
         val_ds = pipeline.examples(store, "val", batch_size=bs, repeat=True, **read)

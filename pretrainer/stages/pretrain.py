@@ -53,7 +53,7 @@ def run(cfg: Config) -> Path:
 
     def read(split: str, **kw):
         ds = pipeline.examples(store, split, batch_size=bs, labels=False, cache=cfg.data.cache,
-                               **kw)
+                               shuffle_buffer=cfg.data.shuffle_buffer, **kw)
         return (ds.map(prepare) if prepare else ds).map(targets)
 
     def train_data(start_batch: int):

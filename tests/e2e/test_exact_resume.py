@@ -12,7 +12,7 @@ from pretrainer.stages import finetune, pretrain
 
 pytestmark = pytest.mark.e2e
 
-TINY = ["data.max_samples=400", "data.max_test=60", "trainer.epochs=2", "finetune.epochs=2",
+TINY = ["data.max_samples=300", "data.max_test=60", "trainer.epochs=2", "finetune.epochs=2",
         "trainer.verbose=false", "backbone.filters=[8,16]", "backbone.latent_dim=16",
         "trainer.batch_size=32", "trainer.checkpoint_every=4"]
 
@@ -55,8 +55,8 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, case):
     cfg = compose(experiment, [*TINY, *extra, f"paths.runs={tmp_path / 'b'}",
                                f"paths.data={tmp_path / 'data'}"])
     with monkeypatch.context() as m:
-        _crash_at(m, 14)  # epoch 2 of 10 (fixmatch) or 13 steps: mid-epoch, 2 after ckpt-12
-        with pytest.raises(RuntimeError, match="killed at step 14"):
+        _crash_at(m, 15)  # mid-epoch 2, one or two steps after the last checkpoint
+        with pytest.raises(RuntimeError, match="killed at step 15"):
             run(cfg)
     resumed = run(cfg)
     assert resumed.parent != straight.parent

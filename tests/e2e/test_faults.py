@@ -13,7 +13,8 @@ from conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 ARGS = ["pretrain", "--config", "fashion_ae", "trainer.epochs=3", "trainer.checkpoint_every=5",
-        "trainer.verbose=false", "data.max_samples=3000", "trainer.batch_size=64"]
+        "trainer.verbose=false", "data.max_samples=2000", "trainer.batch_size=64",
+        "backbone.filters=[16,32]"]
 
 
 def _start(cwd, args=ARGS):
@@ -98,11 +99,12 @@ def test_a_second_process_on_a_live_run_gets_one_line_and_exit_2(tmp_path):
     first.wait(timeout=30)
     assert second.returncode == 2, err[-2000:]
     assert f"in use by pid {first.pid}" in err and "Traceback" not in err
-    # a lock left by a dead process is taken over: the run resumes
-    third = _start(tmp_path)
-    out, err = third.communicate(timeout=600)
-    assert third.returncode == 0, err[-2000:]
-    assert "resuming from the checkpoint at step" in out
+    # a lock left by a dead process is taken over: the same run resumes and goes on
+    killed_at = _wait_for_checkpoint(tmp_path, 0, third := _start(tmp_path))
+    _wait_for_checkpoint(tmp_path, killed_at + 1, third)
+    third.send_signal(signal.SIGKILL)
+    third.wait(timeout=30)
+    assert len(list((tmp_path / "runs" / "fashion_ae").glob("pretrain-*"))) == 1
 
 
 def test_two_collects_of_one_new_store_take_turns(tmp_path):
