@@ -250,7 +250,10 @@ def embedding_quality(cfg: Config, pretrain_run: Path, store, manifest: dict) ->
 
     if manifest.get("task") == "regression" or manifest["num_classes"] < 2:
         raise RunError("embedding quality needs a labeled classification dataset")
-    backbone = load_keras_artifact(pretrain_run, "backbone.keras", None)
+    shape = None if manifest["modality"] == "text" else tuple(manifest["shape"])
+    backbone = load_keras_artifact(pretrain_run, "backbone.keras", shape,
+                                   "pass a pretrain run of this dataset, or the data config "
+                                   "it was pretrained on")
     vocab = pretrain_run / "vocab.txt"
     x_tr, y_tr = embed(backbone, store, "train", manifest, vocab)
     x_te, y_te = embed(backbone, store, cfg.evaluate.split, manifest, vocab)

@@ -18,7 +18,8 @@ ARGS = ["pretrain", "--config", "fashion_ae", "trainer.epochs=3", "trainer.check
 
 
 def _start(cwd, args=ARGS):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONUNBUFFERED": "1"}  # what a killed process printed is kept
     return subprocess.Popen([sys.executable, "-m", "pretrainer", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -91,19 +92,23 @@ def test_kill9_then_sigterm_then_finish_with_the_weights_of_an_uninterrupted_run
 
 
 def test_a_second_process_on_a_live_run_gets_one_line_and_exit_2(tmp_path):
-    first = _start(tmp_path)
-    _wait_for_checkpoint(tmp_path, 5, first)
-    second = _start(tmp_path)  # the same command: it would resume the live run
+    long = [*ARGS[:3], "trainer.epochs=50", *ARGS[4:]]  # still training when we look
+    first = _start(tmp_path, long)
+    killed_at = _wait_for_checkpoint(tmp_path, 5, first)
+    second = _start(tmp_path, long)  # the same command: it would resume the live run
     out, err = second.communicate(timeout=120)
+    assert first.poll() is None  # the first was alive all along
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     assert second.returncode == 2, err[-2000:]
     assert f"in use by pid {first.pid}" in err and "Traceback" not in err
     # a lock left by a dead process is taken over: the same run resumes and goes on
-    killed_at = _wait_for_checkpoint(tmp_path, 0, third := _start(tmp_path))
-    _wait_for_checkpoint(tmp_path, killed_at + 1, third)
+    third = _start(tmp_path, long)
+    killed_at = _wait_for_checkpoint(tmp_path, 0, third)  # where the first one stopped
+    _wait_for_checkpoint(tmp_path, killed_at + 5, third)
     third.send_signal(signal.SIGKILL)
-    third.wait(timeout=30)
+    out, _ = third.communicate(timeout=30)
+    assert "resuming from the checkpoint at step" in out
     assert len(list((tmp_path / "runs" / "fashion_ae").glob("pretrain-*"))) == 1
 
 
@@ -139,3 +144,33 @@ runs.atomic_write_with(target, dying, suffix=".keras")
 
     model = keras.saving.load_model(tmp_path / "model.keras")  # the previous one, whole
     assert model.output_shape == (None, 2)
+
+
+def test_damaged_files_get_one_line_and_exit_2(tmp_path):
+    from conftest import run_cli
+
+    tiny = ["--config", "fashion_ae", "data.max_samples=300", "data.max_test=60",
+            "trainer.epochs=1", "trainer.verbose=false", "backbone.filters=[8,16]",
+            "backbone.latent_dim=16"]
+    assert run_cli(["pretrain", *tiny], cwd=tmp_path).returncode == 0
+    (pre,) = (tmp_path / "runs" / "fashion_ae").glob("pretrain-*")
+    backbone = pre / "backbone.keras"
+    data = bytearray(backbone.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    backbone.write_bytes(bytes(data))
+    proc = run_cli(["finetune", *tiny], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "backbone.keras is damaged" in proc.stderr and "Traceback" not in proc.stderr
+    # a byte-flipped shard: the shard is named, and collect rebuilds it
+    (shard,) = (tmp_path / "data" / "fashion_mnist_small").glob("unlabeled-*.tfrecord")
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    proc = run_cli(["pretrain", *tiny, "trainer.epochs=2"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert shard.name in proc.stderr and "pretrainer collect" in proc.stderr
+    proc = run_cli(["collect", *tiny], cwd=tmp_path)
+    assert proc.returncode == 0 and "missing or corrupt; rebuilding" in proc.stdout
+    from pretrainer.data.store import verify
+
+    assert verify(tmp_path / "data" / "fashion_mnist_small") == []

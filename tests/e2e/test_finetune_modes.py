@@ -84,7 +84,8 @@ def test_fixmatch_uses_the_unlabeled_pool_and_saves_a_plain_classifier(in_tmp):
 @pytest.mark.parametrize("args,needle", [
     (["finetune.init=public"], "backbone=resnet"),
     (["finetune.init=public", "backbone=resnet"], "32x32"),
-    (["finetune.semi_supervised=fixmatch", "--config", "text_mlm"], "image classification"),
+    (["finetune.semi_supervised=fixmatch", "finetune.init=scratch", "--config", "text_mlm"],
+     "image classification"),
 ])
 def test_unusable_finetune_choices_are_one_line_errors(in_tmp, args, needle):
     from tests.conftest import run_cli
