@@ -27,7 +27,7 @@ demo: install
 	$(BIN)/pretrainer pipeline --config fashion_ae
 
 test: install-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 lint: install-dev
 	$(BIN)/ruff check pretrainer tests benchmarks scripts

@@ -173,9 +173,13 @@ class FinetuneConfig:
     # keep an exponential moving average of the weights and end with it (Keras' use_ema);
     # null: off. FixMatch evaluates such an average.
     ema_momentum: Optional[float] = None
+    # which weights the run keeps: those of the best validation epoch (val_accuracy, or
+    # val_loss for regression) when there is a val split, or the last epoch's
+    keep: str = "best"
 
     def __post_init__(self) -> None:
         _check_choice("finetune.init", self.init, ("pretrained", "scratch", "public"))
+        _check_choice("finetune.keep", self.keep, ("best", "last"))
         _check_choice("finetune.mode", self.mode, ("full", "linear_probe", "gradual"))
         _check_choice("finetune.feature_norm", self.feature_norm, ("none", "batch", "layer"))
         _check_choice("finetune.semi_supervised", self.semi_supervised, ("none", "fixmatch"))

@@ -199,6 +199,45 @@ class GradualUnfreeze(ScaledUpdates):
             logs["thawed_blocks"] = float(self.thawed(epoch))
 
 
+class KeepBest(keras.callbacks.Callback):
+    """Keep the weights of the best validation epoch (finetune.keep=best).
+
+    Each better epoch's weights go to `<run>/best.weights.h5` and its number and score
+    to `<run>/best.json`, atomically, so a resumed run knows the best so far; `restore`
+    loads them at the end. Unlike EarlyStopping(restore_best_weights) this survives a
+    kill and does not stop training. Ties keep the earlier epoch.
+    """
+
+    def __init__(self, run_dir: Path, monitor: str, mode: str):
+        import json
+
+        super().__init__()
+        self.path, self.state_path = Path(run_dir) / "best.weights.h5", Path(run_dir) / "best.json"
+        self.monitor, self.mode = monitor, mode
+        self.state = (json.loads(self.state_path.read_text()) if self.state_path.is_file()
+                      else None)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        value = float(value)
+        best = None if self.state is None else self.state["value"]
+        if best is None or (value > best if self.mode == "max" else value < best):
+            from pretrainer.runs import atomic_write_json, atomic_write_with
+
+            atomic_write_with(self.path, self.model.save_weights, suffix=".weights.h5")
+            self.state = {"epoch": epoch + 1, "monitor": self.monitor, "value": value}
+            atomic_write_json(self.state_path, self.state)
+
+    def restore(self, model: keras.Model) -> Optional[dict]:
+        """Load the best epoch's weights into `model`; its record, or None."""
+        if self.state is None or not self.path.is_file():
+            return None
+        model.load_weights(self.path)
+        return self.state
+
+
 class Preempted(UserError):
     """SIGTERM/SIGINT arrived: a checkpoint was saved and the run can be resumed."""
 

@@ -147,3 +147,22 @@ def test_resume_mid_epoch_ends_with_identical_weights_and_history(tmp_path, dama
         np.testing.assert_array_equal(a, b)  # the same batches, masks and updates
     assert ((tmp_path / "crashed" / "history.csv").read_text()
             == (tmp_path / "straight" / "history.csv").read_text())  # whole-epoch rows
+
+
+def test_keep_best_restores_the_best_validation_epoch_and_survives_a_restart(tmp_path):
+    from pretrainer.train import KeepBest
+
+    model = _model()
+    model(np.zeros((1, 8), np.float32))
+    cb = KeepBest(tmp_path, "val_accuracy", "max")
+    cb.set_model(model)
+    snapshots = []
+    for epoch, acc in enumerate([0.5, 0.8, 0.8, 0.7]):  # a tie keeps the earlier epoch
+        model.set_weights([w + 1.0 for w in model.get_weights()])
+        snapshots.append(model.get_weights())
+        cb.on_epoch_end(epoch, {"val_accuracy": acc})
+    again = KeepBest(tmp_path, "val_accuracy", "max")  # a resumed run knows the best so far
+    assert again.state == {"epoch": 2, "monitor": "val_accuracy", "value": 0.8}
+    assert again.restore(model)["epoch"] == 2
+    for a, b in zip(model.get_weights(), snapshots[1], strict=True):
+        np.testing.assert_array_equal(a, b)

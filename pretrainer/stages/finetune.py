@@ -18,6 +18,7 @@ from pretrainer.stages.collect import ensure_store
 from pretrainer.strategy import is_multi_worker
 from pretrainer.train import (
     GradualUnfreeze,
+    KeepBest,
     ScaledUpdates,
     backbone_blocks,
     compile_kwargs,
@@ -137,6 +138,13 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         callbacks.append(ScaledUpdates(backbone.trainable_variables, ft.backbone_lr_multiplier))
     if ft.mode == "gradual":
         callbacks.append(GradualUnfreeze(backbone_blocks(backbone), ft.unfreeze_every))
+    monitor, mode = ("val_loss", "min") if regression else ("val_accuracy", "max")
+    # the best validation epoch, not the last (finetunes on few labels overfit); EMA runs
+    # end on the average of the weights, which is what they are for: keep the last
+    keep_best = (KeepBest(run_dir, monitor, mode) if ft.keep == "best" and val_ds is not None
+                 and ft.ema_momentum is None else None)
+    if keep_best is not None:
+        callbacks.append(keep_best)
     history = fit(trained, train_data, steps_per_epoch=steps_per_epoch,
                   epochs=ft.epochs or cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title=f"finetune[{ft.init}]", val_ds=val_ds, validation_steps=val_steps,
@@ -146,10 +154,18 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     if not chief:  # the chief writes the run; this worker's scratch dir is not a run
         keras.backend.clear_session()
         return run_dir
+    kept = keep_best.restore(trained) if keep_best is not None else None
+    epochs_run = len(history["loss"])
+    kept_epoch = kept["epoch"] if kept else epochs_run
     save_artifact(run_dir, "model.keras", model)
-    final = {k: float(v[-1]) for k, v in history.items()}
-    runs.update_manifest(run_dir, final_metrics=final, epochs=len(history["loss"]),
-                         steps=optimizer_step(trained))
+    final = {k: float(v[kept_epoch - 1]) for k, v in history.items()}
+    runs.update_manifest(run_dir, final_metrics=final, epochs=epochs_run,
+                         steps=optimizer_step(trained),
+                         kept={"epoch": kept_epoch, "rule": (f"best {monitor}" if kept
+                                                             else "last epoch")})
+    if kept and kept_epoch != epochs_run:
+        info(f"  kept the weights of epoch {kept_epoch}/{epochs_run} (best {monitor} "
+             f"{kept['value']:.4f}; finetune.keep=last keeps the last)")
     runs.mark_done(run_dir)
     shown = f"val_accuracy {final['val_accuracy']:.4f}" if "val_accuracy" in final else ""
     info(f"[green]finetune done[/green]: {esc(run_dir / 'model.keras')}  {shown}")

@@ -17,7 +17,7 @@ from conftest import ROOT, run_cli
 pytestmark = pytest.mark.e2e
 
 SAMPLE = ROOT / "pretrainer" / "data" / "samples" / "fashion_mnist_small.npz"
-EPOCHS = 2
+EPOCHS = 1
 
 
 def _write_tree(root: Path):
