@@ -63,21 +63,7 @@ def test_batchnorm_statistics_are_the_same_on_every_worker(tmp_path):
 
 def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     assert run_cli(["collect", *TINY], cwd=tmp_path).returncode == 0
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for i in range(2):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                     "index": i}})}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pretrainer", "pretrain", *TINY,
-             "trainer.strategy=multi_worker"], cwd=tmp_path, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out[-2000:] + err[-3000:]
-    sums = [float(re.search(r"checksum ([0-9.]+)", out).group(1)) for out, _ in outs]
+    sums = _two_workers(tmp_path, TINY)
     assert sums[0] == pytest.approx(sums[1], rel=1e-6)  # both workers end identical
 
     runs = sorted((tmp_path / "runs" / "fashion_ae").glob("pretrain-*"))
