@@ -7,6 +7,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 # Logs and CI are not terminals: Rich would wrap tables at 80 columns there.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -34,11 +35,16 @@ def error(msg: str) -> None:
     err_console.print(f"[bold red]error:[/bold red] {escape(msg)}", soft_wrap=True)
 
 
-def table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
-    """A table of plain values: no markup is read in the title or cells."""
+def styled(text: str, style: str) -> Text:
+    """A table cell with a style (cells are otherwise plain text)."""
+    return Text(text, style=style)
+
+
+def table(title: str, columns: list[str], rows: list[list]) -> Table:
+    """A table of plain values: no markup is read in the title or cells (use styled())."""
     t = Table(title=escape(title), title_justify="left")
     for col in columns:
         t.add_column(escape(col))
     for row in rows:
-        t.add_row(*[escape(str(c)) for c in row])
+        t.add_row(*[c if isinstance(c, Text) else escape(str(c)) for c in row])
     return t

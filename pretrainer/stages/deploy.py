@@ -21,7 +21,7 @@ import numpy as np
 
 from pretrainer import modelcard, runs
 from pretrainer.config import Config, DeployConfig, to_yaml
-from pretrainer.console import console, esc, info, table
+from pretrainer.console import console, esc, info, styled, table
 from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, join
 from pretrainer.errors import ConfigError, ParityError, RunError
@@ -309,7 +309,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
              "n/a" if p["accuracy_delta"] is None else f"{p['accuracy_delta'] * 100:+.2f}",
              f"{p['latency_ms_p50']:.2f}",
              f"{p['latency_ms_p95']:.2f}", f"{p['size_bytes'] / 1e6:.2f}",
-             "[green]yes[/green]" if p["passed"] else "[red]NO[/red]"]
+             styled("yes", "green") if p["passed"] else styled("NO", "red")]
             for fmt, p in parity.items()]
     console.print(table(f"parity vs Keras on {len(x)} test examples",
                         ["format", "max |diff|", "labels agree", "acc Δ pts", "p50 ms",

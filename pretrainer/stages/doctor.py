@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pretrainer.console import console, table
+from pretrainer.console import console, styled, table
 from pretrainer.errors import UserError
 
 MIN_FREE_BYTES = 2 * 2**30
@@ -55,7 +55,7 @@ def run(runs_root: str = "runs") -> bool:
     def add(check: str, good: bool, detail: str) -> None:
         nonlocal ok
         ok &= good
-        rows.append([check, "[green]ok[/green]" if good else "[red]FAIL[/red]", detail])
+        rows.append([check, styled("ok", "green") if good else styled("FAIL", "red"), detail])
 
     add("versions", True, f"tensorflow {tf.__version__}, keras {keras.__version__}")
     gpus = tf.config.list_physical_devices("GPU")
