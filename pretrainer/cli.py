@@ -23,7 +23,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pretrainer import __version__
+
+        typer.echo(f"pretrainer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Pretrain a backbone on unlabeled data, finetune it on a few labels, evaluate, deploy."""
 
 Overrides = Annotated[Optional[List[str]], typer.Argument(
     help="Hydra overrides, e.g. trainer.epochs=3 data.labeled_fraction=0.05 backbone=seed_cnn",

@@ -109,3 +109,13 @@ def test_user_values_with_brackets_are_printed_as_written(tmp_path):
     proc = run_cli(["evaluate", "--config", "fashion_ae", "--run", str(tmp_path / "x[/b]y [bold]")],
                    cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "x[/b]y [bold]" in proc.stderr, proc.stderr
+
+
+def test_version_and_short_help():
+    from pretrainer import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"pretrainer {__version__}"
+    for args in (["-h"], ["finetune", "-h"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage" in result.output
