@@ -340,7 +340,7 @@ def _resolved(path) -> Optional[str]:
     return str(path) if "://" in str(path) else str(Path(path).resolve())
 
 
-def _any_sha256(path) -> str:
+def any_sha256(path) -> str:
     """sha256 of a local file, or of one on a TensorFlow filesystem (gs://...)."""
     if "://" not in str(path):
         return sha256_file(Path(path))
@@ -353,7 +353,7 @@ def _any_sha256(path) -> str:
     return h.hexdigest()
 
 
-def _dataset_key(dataset_manifest) -> Optional[str]:
+def dataset_key(dataset_manifest) -> Optional[str]:
     """The store's config key (what decided its content), read from its manifest."""
     if not dataset_manifest:
         return None
@@ -378,8 +378,8 @@ def write_lineage(run: Path, stage: str, cfg_yaml: str, *, parent: Optional[Path
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "parent_run": str(Path(parent).resolve()) if parent else None,
         "dataset_manifest": _resolved(dataset_manifest),
-        "dataset_manifest_sha256": _any_sha256(dataset_manifest) if dataset_manifest else None,
-        "dataset_key": _dataset_key(dataset_manifest),
+        "dataset_manifest_sha256": any_sha256(dataset_manifest) if dataset_manifest else None,
+        "dataset_key": dataset_key(dataset_manifest),
         "versions": package_versions(),
         "git_commit": _git_commit(),
         "command": sys.argv,

@@ -387,11 +387,16 @@ def checkpoint(model: keras.Model):
 
 
 def _restore(model: keras.Model, manager) -> int:
-    """Restore the newest readable checkpoint (if any) into model and optimizer; return its
-    step. A damaged newest checkpoint (a kill or a full disk mid-write) falls back to the
-    one before it, saying so; the steps after it are redone, exactly."""
+    """Restore the newest readable checkpoint (if any); return its step."""
+    return _restore_from(model, manager)[0]
+
+
+def _restore_from(model: keras.Model, manager) -> tuple[int, Optional[str]]:
+    """Restore the newest readable checkpoint (if any) into model and optimizer; return
+    (its step, its path). A damaged newest checkpoint (a kill or a full disk mid-write)
+    falls back to the one before it, saying so; the steps after it are redone, exactly."""
     if not manager.latest_checkpoint:
-        return 0
+        return 0, None
     # the optimizer's slots must exist before restore, in the scope the model was built in
     with model.distribute_strategy.scope():
         if hasattr(model, "build_optimizers"):  # several optimizers (GANs)
@@ -411,9 +416,8 @@ def _restore(model: keras.Model, manager) -> int:
                               f"({esc(type(exc).__name__)}); using "
                               f"{esc(Path(candidates[i + 1]).name)}[/yellow]")
                 continue
-            manager._latest_checkpoint = path  # what later metric-state lookups read
-            break
-    return optimizer_step(model)
+            return optimizer_step(model), path
+    return optimizer_step(model), None
 
 
 def _metric_state(ckpt_path: Optional[str]) -> Optional[dict]:
@@ -452,9 +456,8 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
     source = manager if restore_from is None else tf.train.CheckpointManager(
         ckpt, str(Path(restore_from) / "ckpt"), max_to_keep=2)  # a non-chief worker
-    start = _restore(model, source)
-    metric_state = (_metric_state(source._latest_checkpoint) if start % steps_per_epoch
-                    else None)
+    start, restored = _restore_from(model, source)
+    metric_state = _metric_state(restored) if start % steps_per_epoch else None
     total = epochs * steps_per_epoch
     if is_multi_worker(model.distribute_strategy):
         return _fit_multi_worker(model, make_train(start), steps_per_epoch=steps_per_epoch,

@@ -61,8 +61,8 @@ def trained_store(run: Path, fallback: str) -> str:
     if "://" not in str(path) and not Path(path).is_file():
         raise RunError(f"{run} was trained on the dataset store {store}, which is gone. "
                        f"Collect it again with the run's config ({Path(run) / 'config.yaml'})")
-    same_file = runs._any_sha256(path) == lineage.get("dataset_manifest_sha256")
-    key = runs._dataset_key(path)
+    same_file = runs.any_sha256(path) == lineage.get("dataset_manifest_sha256")
+    key = runs.dataset_key(path)
     if not same_file and (key is None or key != lineage.get("dataset_key")):
         raise RunError(f"{run} was trained on the dataset store {store}, which has been "
                        f"rebuilt since for another data config; its scores would not be "
