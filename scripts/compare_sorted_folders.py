@@ -30,6 +30,23 @@ def pretrainer(args: list[str], cwd: Path) -> str:
     return out.stdout
 
 
+def plain_seed_cnn(shape, num_classes: int):
+    """The seed's CNN written in plain Keras (nothing from pretrainer), compiled as the
+    seed compiles it: the reference pretrainer's numbers are compared with."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input(shape),
+        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(num_classes, activation="softmax")])
+    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("root", type=Path)
@@ -64,14 +81,7 @@ def main() -> None:
     x, y = src.x_pool[perm].astype("float32") / 255.0, src.y_pool[perm]
     xt, yt = src.x_test.astype("float32") / 255.0, src.y_test
     k = int(y.max()) + 1
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input(x.shape[1:]),
-        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"), keras.layers.Dense(k, activation="softmax")])
-    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    model = plain_seed_cnn(x.shape[1:], k)
     n_train = int(len(y) * 0.95)  # what cifar_cnn trains on: 5% held out for validation
     t0 = time.perf_counter()
     model.fit(x[:n_train], keras.utils.to_categorical(y[:n_train], k), epochs=a.epochs,

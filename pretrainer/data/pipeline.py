@@ -35,8 +35,8 @@ def split_info(store: Path, split: str) -> dict:
     return manifest["splits"][split]
 
 
-# Shuffled reads interleave this many shards at once and draw from a buffer of
-# blocks of this many records; a cached split is permuted whole.
+# Shuffled reads interleave this many shards at once and permute blocks of this many
+# records (data.shuffle_buffer); a cached split is permuted whole.
 SHUFFLE_SHARDS = 16
 SHUFFLE_BUFFER = 10_000
 _PASSES = 2**62  # "forever" for repeated reads
@@ -63,10 +63,9 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
     Order guarantee for shuffled reads: the store holds every split in a seeded random
     permutation (store.shuffled), so each shard is a uniform sample of the split; pass
     `p` over the split then reads the shards in an order drawn from (seed, p),
-    interleaves up to SHUFFLE_SHARDS of them record by record and shuffles through a
-    SHUFFLE_BUFFER-record blocks, each permuted (the whole split at once when it is
-    cached in memory). The
-    order of pass p depends on (seed, p) only, never on how many iterators came
+    interleaves up to SHUFFLE_SHARDS of them record by record and permutes blocks of
+    `shuffle_buffer` records (the whole split at once when it is cached in memory).
+    The order of pass p depends on (seed, p) only, never on how many iterators came
     before, so a resumed run that skips the `skip` records it has already consumed
     sees exactly the records an uninterrupted run would.
     Unshuffled reads keep the stored order; with `repeat` each pass is the same.

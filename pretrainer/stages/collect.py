@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Optional
@@ -46,14 +47,21 @@ def store_seed(cfg: Config) -> int:
     return cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
 
 
-def lock_store(store: str) -> None:
+@contextlib.contextmanager
+def store_lock(store: str):
     """One writer per store: a second collect of it waits (and says so) for the first.
     Stores on gs:// and other remote filesystems are not locked (no flock there)."""
     if "://" in store:
+        yield
         return
     parent, _, name = store.rstrip("/").rpartition("/")
-    runs.acquire_lock(Path(parent or ".") / f".{name}.lock", f"dataset store {store}",
-                      wait=True, on_wait=lambda msg: info(f"collect: {msg}"))
+    lock = Path(parent or ".") / f".{name}.lock"
+    runs.acquire_lock(lock, f"dataset store {store}", wait=True,
+                      on_wait=lambda msg: info(f"collect: {msg}"))
+    try:
+        yield
+    finally:
+        runs.release_lock(lock)
 
 
 def ensure_store(cfg: Config) -> str:
@@ -78,13 +86,8 @@ def run(cfg: Config, share_from: Optional[str] = None) -> str:
     unlabeled/val/test shards may be linked instead of written (study cells)."""
     store = store_path(cfg)
     key = config_key(cfg.data, store_seed(cfg))
-    lock_store(store)
-    try:
+    with store_lock(store):
         return _collect(cfg, store, key, share_from)
-    finally:
-        if "://" not in store:
-            parent, _, name = store.rstrip("/").rpartition("/")
-            runs.release_lock(Path(parent or ".") / f".{name}.lock")
 
 
 def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> str:

@@ -20,6 +20,17 @@ SAMPLE = ROOT / "pretrainer" / "data" / "samples" / "fashion_mnist_small.npz"
 EPOCHS = 1
 
 
+def _plain_seed_cnn():
+    """scripts/compare_sorted_folders.py's plain-Keras seed CNN (scripts/ is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_sorted_folders", ROOT / "scripts" / "compare_sorted_folders.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.plain_seed_cnn
+
+
 def _write_tree(root: Path):
     """Write the PNG tree; return (train x, train y, test x, test y) as written (PNG is
     lossless, so these are the pixels the collect decodes)."""
@@ -61,14 +72,7 @@ def test_sorted_class_folders_score_like_shuffled_arrays(tmp_path):
     n = int(0.95 * len(perm))  # what pretrainer trains on (5% held out for validation)
     x = x_all[perm[:n], :, :, None].astype("float32") / 255.0
     y = keras.utils.to_categorical(y_all[perm[:n]], 10)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input(x.shape[1:]),
-        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10, activation="softmax")])
-    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    model = _plain_seed_cnn()(x.shape[1:], 10)
     model.fit(x, y, epochs=EPOCHS, batch_size=64, verbose=0)
     plain = model.evaluate(x_test[:, :, :, None].astype("float32") / 255.0,
                            keras.utils.to_categorical(y_test, 10), verbose=0)[1]
