@@ -94,7 +94,8 @@ def _pretext_model(name: str, precision: str, seq_len: int, vocab: int):
     return model, shape, flops
 
 
-def bench_pretexts(n: int, batch: int, seq_len: int = 64, vocab: int = 4000) -> list[dict]:
+def bench_pretexts(n: int, batch: int, seq_len: int = 64, vocab: int = 4000,
+                   names: tuple = ("autoencoder", "simclr", "dcgan", "causal_lm")) -> list[dict]:
     import numpy as np
     import tensorflow as tf
 
@@ -102,7 +103,7 @@ def bench_pretexts(n: int, batch: int, seq_len: int = 64, vocab: int = 4000) -> 
 
     rng = np.random.default_rng(0)
     out = []
-    for name in ("autoencoder", "simclr", "dcgan", "causal_lm"):
+    for name in names:
         for precision in ("float32", "mixed_bfloat16"):
             model, shape, flops = _pretext_model(name, precision, seq_len, vocab)
             if name == "causal_lm":
@@ -163,10 +164,10 @@ def bench_export(rounds: int, requests: int) -> dict:
     import numpy as np
 
     from pretrainer.config import BackboneConfig
+    from pretrainer.exports import litert, onnx, savedmodel
+    from pretrainer.exports.parity import RUNTIMES
     from pretrainer.models import build_backbone
     from pretrainer.models.heads import classifier
-    from pretrainer.parity import RUNTIMES
-    from pretrainer.stages import deploy
 
     keras.utils.set_random_seed(0)
     model = classifier(build_backbone((28, 28, 1), BackboneConfig()), 10)
@@ -174,14 +175,17 @@ def bench_export(rounds: int, requests: int) -> dict:
     runners = {"keras": lambda a: model(a, training=False).numpy()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        paths = {"saved_model": deploy.export_saved_model(model, tmp / "sm", None),
-                 "litert": deploy.export_litert(model, tmp / "model.tflite", "none", x[:8])}
+        manifest = {"modality": "image", "task": "classification", "shape": [28, 28, 1],
+                    "num_classes": 10, "class_names": [str(i) for i in range(10)]}
+        paths = {"saved_model": savedmodel.export(model, tmp / "sm", manifest),
+                 "litert": litert.export(model, tmp / "model.tflite", manifest, "none", x[:8])}
         try:
-            paths["onnx"] = deploy.export_onnx(model, tmp / "model.onnx")
+            paths["onnx"] = onnx.export(model, tmp / "model.onnx", manifest)
         except Exception as exc:  # the onnx extra is optional
             print(f"onnx skipped: {str(exc).splitlines()[0]}", file=sys.stderr)
-        for fmt, path in paths.items():
-            runners[fmt] = RUNTIMES[fmt](str(path))
+        for fmt, path in paths.items():  # float pixels in: the SavedModel's serve_float
+            run = RUNTIMES[fmt](str(path), "serve_float")
+            runners[fmt] = lambda a, run=run: run({"images": a})
         times: dict[str, list[float]] = {k: [] for k in runners}
         for fn in runners.values():
             fn(x[:1])
@@ -207,7 +211,9 @@ def main() -> None:
     ceilings = {"float32": matmul_ceiling("float32", size),
                 "bfloat16": matmul_ceiling("bfloat16", size)}
     results = {"ceilings_gflop_per_s": ceilings,
-               "pretext": bench_pretexts(n, batch),
+               # smoke: one image and one text pretext are enough to check the harness
+               "pretext": bench_pretexts(n, batch, **({"names": ("simclr", "causal_lm")}
+                                                      if args.smoke else {})),
                "memory": bench_memory(mem_n, full_data=not args.smoke),
                "export": bench_export(rounds, 20 if args.smoke else 100),
                "_meta": {"smoke": args.smoke, "cpus": os.cpu_count()}}

@@ -263,12 +263,76 @@ def serve(config: ConfigName = DEFAULT_EXPERIMENT, config_dir: ConfigDir = None,
           = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port (TF Serving's REST port is 8501).")]
           = 8501,
+          workers: Annotated[int, typer.Option(help="Worker threads answering requests.")]
+          = 8,
           debug: Debug = False) -> None:
-    """Serve a deploy run's SavedModel over TF Serving's REST API (POST /v1/models/NAME:predict)."""
+    """Serve a deploy run's SavedModel over TF Serving's REST API (POST /v1/models/NAME:predict).
+
+    [bold]Example[/bold]: pretrainer serve -c fashion_ae --port 8501, then
+    curl -d '{"instances": [[[0, 0], [0, 0]]]}' localhost:8501/v1/models/fashion_ae:predict
+    """
+    if workers < 1:
+        from pretrainer.console import error
+
+        error(f"--workers must be >= 1, got {workers}")
+        raise typer.Exit(2)
+
     def body(c: Config) -> None:
         from pretrainer.stages import serve as stage
 
-        stage.run(run, c.paths.runs, c.experiment, host, port)
+        stage.run(run, c.paths.runs, c.experiment, host, port, workers)
+
+    _execute(config, config_dir, [], False, debug, body)
+
+
+@app.command()
+def predict(input: Annotated[str, typer.Argument(
+                help="An image folder, a text file (one example per line) or a .csv file.",
+                show_default=False)],
+            run: Annotated[Optional[str], typer.Option(
+                "--run", help="Deploy or finetune run (default: the latest finetune run).")]
+            = None,
+            output: Annotated[str, typer.Option(
+                "--output", "-o", help="Where to write: .csv, or .jsonl for JSON Lines.")]
+            = "predictions.csv",
+            batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per batch.")]
+            = 256,
+            config: ConfigName = DEFAULT_EXPERIMENT, config_dir: ConfigDir = None,
+            debug: Debug = False) -> None:
+    """Predict labels for every input: label, class name and probabilities per line.
+
+    [bold]Example[/bold]: pretrainer predict photos/ --run runs/fashion_ae/deploy-... -o out.csv
+    """
+    def body(c: Config) -> None:
+        from pretrainer.stages import predict as stage
+
+        stage.run(c, input, run=run, output=output, batch_size=batch_size)
+
+    _execute(config, config_dir, [], False, debug, body)
+
+
+@app.command()
+def embed(source: Annotated[Optional[str], typer.Argument(
+              help="A split of the run's store (unlabeled, train, val, test) or an image "
+                   "folder, text file or .csv.", show_default="test")] = None,
+          run: Annotated[Optional[str], typer.Option(
+              "--run", help="Pretrain or finetune run (default: the latest pretrain run).")]
+          = None,
+          output: Annotated[Optional[str], typer.Option(
+              "--output", "-o", help="Output folder (default: RUN/embeddings/NAME/).")] = None,
+          limit: Annotated[int, typer.Option("--limit", help="At most this many examples.")]
+          = 10000,
+          config: ConfigName = DEFAULT_EXPERIMENT, config_dir: ConfigDir = None,
+          debug: Debug = False) -> None:
+    """Write the backbone's embeddings (.npy + TSV) for TensorBoard's embedding projector.
+
+    [bold]Example[/bold]: pretrainer embed test --run runs/fashion_ae/pretrain-...; then
+    tensorboard --logdir runs/fashion_ae/pretrain-.../embeddings/test
+    """
+    def body(c: Config) -> None:
+        from pretrainer.stages import embed as stage
+
+        stage.run(c, source, run=run, output=output, limit=limit)
 
     _execute(config, config_dir, [], False, debug, body)
 

@@ -255,6 +255,7 @@ class DeployConfig:
     max_accuracy_drop: float = 0.01  # quantized formats: accuracy may fall by at most this
     prune_sparsity: float = 0.0  # > 0: magnitude-prune kernels to this sparsity, then finetune
     prune_epochs: int = 2  # finetuning epochs after pruning (train split, pruned weights fixed)
+    allow_chance: bool = False  # publish to serving/ even when no better than chance
 
     def __post_init__(self) -> None:
         if not self.formats:

@@ -21,13 +21,14 @@ def esc(value) -> str:
 
 
 def info(msg: str) -> None:
-    """Print `msg` (our markup; interpolate user values through esc())."""
-    console.print(msg)
+    """Print `msg` (our markup; interpolate user values through esc()). Not wrapped:
+    paths and commands in it must stay whole for a user to copy them from a log."""
+    console.print(msg, soft_wrap=True)
 
 
 def warn(msg: str) -> None:
-    """Plain text (no markup is read in it)."""
-    err_console.print(f"[yellow]warning:[/yellow] {escape(msg)}")
+    """Plain text (no markup is read in it); not wrapped, like info()."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(msg)}", soft_wrap=True)
 
 
 def error(msg: str) -> None:

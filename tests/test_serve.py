@@ -1,31 +1,73 @@
+"""`serve` against TF Serving's REST API, for image, text and table models: each
+response compared with calling the SavedModel's signature directly."""
+
 import base64
+import http.client
 import io
 import json
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
-from pretrainer.stages import deploy, serve
+from pretrainer.exports import savedmodel
+from pretrainer.models.transformer import RESERVED, padding_mask, tokenizer
+from pretrainer.stages import serve
+
+IMAGE = {"modality": "image", "task": "classification", "shape": [8, 8, 1], "num_classes": 3,
+         "class_names": ["a", "b", "c"]}
+TEXT = {"modality": "text", "task": "classification", "shape": [], "num_classes": 2,
+        "class_names": ["neg", "pos"]}
+COLUMNS = [{"column": "area", "kind": "numeric", "fill": 100.0},
+           {"column": "kind of house", "kind": "categorical", "categories": ["flat", "house"]}]
+ROWS = {"modality": "tabular", "task": "regression", "shape": [3], "num_classes": 0,
+        "class_names": [], "columns": COLUMNS, "feature_names": ["area", "kind of house=flat",
+                                                                 "kind of house=house"]}
+
+
+def _served(model, run, name, manifest):
+    """Export `model`, serve it on a free loopback port; yield (url, model, signatures)."""
+    path = savedmodel.export(model, run / "export" / name / "1", manifest)
+    srv, m = serve.make_server(run, "127.0.0.1", 0)  # port 0: a free loopback port
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield (f"http://127.0.0.1:{srv.server_address[1]}/v1/models/{m.name}", model,
+           tf.saved_model.load(str(path)).signatures)
+    srv.shutdown()
+    srv.server_close()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def image(tmp_path_factory):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                               keras.layers.Dense(3, activation="softmax")])
-    run = tmp_path_factory.mktemp("deploy")
-    deploy.export_saved_model(model, run / "export" / "shoes" / "1", ["a", "b", "c"])
-    srv, m = serve.make_server(run, "127.0.0.1", 0)  # port 0: a free loopback port
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1/models/shoes", model
-    srv.shutdown()
-    srv.server_close()
+    yield from _served(model, tmp_path_factory.mktemp("deploy"), "shoes", IMAGE)
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    vocab = RESERVED + ["good", "bad", "movie", "great", "awful", "##s"]
+    inputs = keras.Input(shape=(), dtype="string")
+    ids = tokenizer(vocab, 8)(inputs)
+    h = keras.layers.Embedding(len(vocab), 4)(ids)
+    x = keras.layers.GlobalAveragePooling1D()(h, mask=padding_mask(ids))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    yield from _served(model, tmp_path_factory.mktemp("deploy-text"), "reviews", TEXT)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    yield from _served(model, tmp_path_factory.mktemp("deploy-rows"), "house", ROWS)
 
 
 def _call(url, body=None, raw=None):
@@ -38,45 +80,168 @@ def _call(url, body=None, raw=None):
         return e.code, json.loads(e.read())
 
 
-def test_predict_matches_keras_for_lists_and_b64(server):
-    url, model = server
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+def _png(arr):
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    b64 = base64.b64encode(buf.getvalue()).decode()
-    code, out = _call(url + ":predict", {"instances": [img.tolist(), {"b64": b64}]})
+    Image.fromarray(arr).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_image_row_and_columnar_formats_match_the_signature(image):
+    url, _, sigs = image
+    img = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+    direct = sigs["serving_default"](images=tf.constant(img))
+    code, rows = _call(url + ":predict", {"instances": img.tolist()})
+    assert code == 200, rows
+    assert [p["class_name"] for p in rows["predictions"]] == [
+        b.decode() for b in direct["class_name"].numpy()]
+    np.testing.assert_allclose([p["probabilities"] for p in rows["predictions"]],
+                               direct["probabilities"].numpy(), atol=1e-6)
+    code, named = _call(url + ":predict", {"instances": [{"images": i} for i in img.tolist()]})
+    assert code == 200 and named == rows
+    for cols in ({"inputs": img.tolist()}, {"inputs": {"images": img.tolist()}}):
+        code, out = _call(url + ":predict", cols)
+        assert code == 200, out
+        assert set(out["outputs"]) == {"probabilities", "label", "class_name"}
+        np.testing.assert_allclose(out["outputs"]["probabilities"],
+                                   direct["probabilities"].numpy(), atol=1e-6)
+    code, versioned = _call(url + "/versions/1:predict", {"instances": img.tolist()})
+    assert code == 200 and versioned == rows
+
+
+def test_signature_name_picks_float_and_bytes_signatures(image):
+    url, model, sigs = image
+    img = np.random.default_rng(1).integers(0, 256, (12, 16), dtype=np.uint8)  # not 8x8
+    direct = sigs["serve_bytes"](image_bytes=tf.constant([base64.b64decode(_png(img))]))
+    code, out = _call(url + ":predict", {"signature_name": "serve_bytes",
+                                         "instances": [{"b64": _png(img)}]})
     assert code == 200, out
-    expected = model.predict(img[None, ..., None] / 255.0, verbose=0)[0]
-    for pred in out["predictions"]:
-        np.testing.assert_allclose(pred["probabilities"], expected, atol=1e-5)
-        assert pred["class_name"] == "abc"[int(expected.argmax())]
-    code, out = _call(url + ":predict", {"instances": [np.zeros((20, 11, 1), int).tolist()]})
-    assert code == 200 and len(out["predictions"][0]["probabilities"]) == 3  # any size
+    np.testing.assert_allclose(out["predictions"][0]["probabilities"],
+                               direct["probabilities"].numpy()[0], atol=1e-6)
+    resized = tf.image.resize(img[None, ..., None].astype(np.float32), (8, 8)).numpy() / 255
+    np.testing.assert_allclose(out["predictions"][0]["probabilities"],
+                               model.predict(resized, verbose=0)[0], atol=1e-5)
+    x = np.random.default_rng(2).random((1, 8, 8, 1)).astype(np.float32)
+    code, out = _call(url + ":predict", {"signature_name": "serve_float",
+                                         "instances": x.tolist()})
+    assert code == 200
+    np.testing.assert_allclose(out["predictions"][0]["probabilities"],
+                               model.predict(x, verbose=0)[0], atol=1e-5)
 
 
-def test_status(server):
-    url, _ = server
-    code, out = _call(url)
-    assert code == 200 and out["model_version_status"][0]["state"] == "AVAILABLE"
-
-
-@pytest.mark.parametrize("body,raw", [
-    (None, b"{not json"),
-    ({"inputs": []}, None),
-    ({"instances": []}, None),
-    ({"instances": [[[1, 2], [3]]]}, None),
-    ({"instances": [np.zeros((4, 4, 3)).tolist()]}, None),
-    ({"instances": [np.full((4, 4), 300).tolist()]}, None),
-    ({"instances": [{"b64": "!!!"}]}, None),
+@pytest.mark.parametrize("body,needle", [
+    ({"signature_name": "serve_floats", "instances": [[[0]]]}, "not found"),
+    ({"instances": (np.ones((1, 8, 8, 1)) * 0.5).tolist()}, "integer"),  # floats to uint8
+    ({"instances": [{"b64": "AAAA"}]}, "serve_bytes"),  # bytes to the pixel signature
+    ({"signature_name": "serve_bytes", "instances": [{"b64": "AAAA"}]}, ""),  # not an image
+    ({"instances": [np.zeros((4, 4, 1), int).tolist(), np.zeros((5, 5, 1), int).tolist()]},
+     "shapes"),
+    ({"instances": [[[0]]], "inputs": [[[0]]]}, "exactly one"),
+    ({"instances": [np.full((4, 4, 1), 300).tolist()]}, "0..255"),
+    ({"instances": [np.zeros((4, 4, 3), int).tolist()]}, "shape"),
+    ({"inputs": []}, "non-empty"),
+    ({"instances": []}, "non-empty"),
 ])
-def test_malformed_requests_get_400_and_json(server, body, raw):
-    url, _ = server
-    code, out = _call(url + ":predict", body=body, raw=raw)
+def test_bad_requests_get_400_with_a_json_error(image, body, needle):
+    url, _, _ = image
+    code, out = _call(url + ":predict", body)
+    assert code == 400 and needle in out["error"], out
+
+
+def test_garbage_and_deep_nesting_are_400_not_500(image):
+    url, _, _ = image
+    assert _call(url + ":predict", raw=b"{not json")[0] == 400
+    deep = b'{"instances": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+    code, out = _call(url + ":predict", raw=deep)
     assert code == 400 and "error" in out
 
 
-def test_unknown_model_is_404(server):
-    url, _ = server
-    code, out = _call(url.replace("shoes", "boots") + ":predict", {"instances": [[[0]]]})
-    assert code == 404 and "shoes" in out["error"]
+def test_metadata_and_status_have_tf_servings_shape(image):
+    url, _, _ = image
+    code, meta = _call(url + "/metadata")
+    assert code == 200 and meta["model_spec"] == {"name": "shoes", "signature_name": "",
+                                                  "version": "1"}
+    defs = meta["metadata"]["signature_def"]["signature_def"]
+    assert set(defs) == {"serving_default", "serve_float", "serve_bytes"}
+    assert defs["serving_default"]["inputs"]["images"]["dtype"] == "DT_UINT8"
+    assert defs["serve_bytes"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert defs["serving_default"]["method_name"] == "tensorflow/serving/predict"
+    code, status = _call(url)
+    assert code == 200 and status["model_version_status"][0]["state"] == "AVAILABLE"
+    assert _call(url.replace("shoes", "boots") + ":predict", {"instances": [[[0]]]})[0] == 404
+
+
+def test_text_model_takes_strings_and_b64(text):
+    url, _, sigs = text
+    docs = ["good movie", "awful movies", "unknownword"]
+    direct = sigs["serving_default"](text=tf.constant(docs))["probabilities"].numpy()
+    code, out = _call(url + ":predict", {"instances": docs})
+    assert code == 200, out
+    np.testing.assert_allclose([p["probabilities"] for p in out["predictions"]], direct,
+                               atol=1e-6)
+    b64 = [{"b64": base64.b64encode(d.encode()).decode()} for d in docs]
+    code, same = _call(url + ":predict", {"instances": b64})
+    assert code == 200 and same == out
+    code, cols = _call(url + ":predict", {"inputs": {"text": docs}})
+    assert code == 200
+    np.testing.assert_allclose(cols["outputs"]["probabilities"], direct, atol=1e-6)
+    assert _call(url + ":predict", {"instances": [1, 2]})[0] == 400
+
+
+def test_table_model_takes_named_columns(rows):
+    url, model, sigs = rows
+    body = {"instances": [{"area": 100, "kind_of_house": "house"},
+                          {"area": 50.5, "kind_of_house": "flat"}]}
+    code, out = _call(url + ":predict", body)
+    assert code == 200, out
+    encoded = np.array([[100, 0, 1], [50.5, 1, 0]], np.float32)
+    expected = model.predict(encoded, verbose=0)[:, 0]
+    np.testing.assert_allclose(out["predictions"], expected, rtol=1e-5)  # one output: values
+    direct = sigs["serving_default"](area=tf.constant([100.0, 50.5]),
+                                     kind_of_house=tf.constant(["house", "flat"]))
+    np.testing.assert_allclose(out["predictions"], direct["prediction"].numpy(), rtol=1e-6)
+    code, feats = _call(url + ":predict", {"signature_name": "serve_features",
+                                           "instances": encoded.tolist()})
+    assert code == 200
+    np.testing.assert_allclose(feats["predictions"], expected, rtol=1e-5)
+    code, cols = _call(url + ":predict", {"inputs": {"area": [100], "kind_of_house": ["house"]}})
+    assert code == 200 and cols["outputs"] == pytest.approx([expected[0]], rel=1e-5)
+    code, err = _call(url + ":predict", {"instances": [{"area": 100}]})
+    assert code == 400 and "kind_of_house" in err["error"]
+
+
+def test_oversized_body_gets_a_readable_413(image, monkeypatch):
+    url, _, _ = image
+    monkeypatch.setattr(serve, "MAX_BODY_BYTES", 10_000)
+    port = int(url.split(":")[2].split("/")[0])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v1/models/shoes:predict", body=b"[" * 2_000_000,
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 413 and "body over" in json.loads(resp.read())["error"]
+    conn.close()
+
+
+def test_stalled_clients_do_not_hold_threads_or_block_others(image, capfd):
+    url, _, _ = image
+    port = int(url.split(":")[2].split("/")[0])
+    before = threading.active_count()
+    stalled = []
+    for _ in range(100):  # connect, send half a request, then nothing
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/models/shoes:predict HTTP/1.1\r\nContent-Length: 50\r\n")
+        stalled.append(s)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]  # say nothing
+    time.sleep(0.5)
+    assert threading.active_count() <= before + serve.WORKERS + 1
+    t0 = time.monotonic()
+    for _ in range(3):  # answered at once: no worker is waiting on the stalled clients
+        code, _ = _call(url + ":predict", {"instances": np.zeros((1, 8, 8, 1), int).tolist()})
+        assert code == 200
+    assert time.monotonic() - t0 < serve.SOCKET_TIMEOUT_S / 2
+    for s in stalled + idle:
+        s.close()  # disconnect mid-request
+    time.sleep(0.5)
+    code, _ = _call(url + ":predict", {"instances": np.zeros((1, 8, 8, 1), int).tolist()})
+    assert code == 200
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err

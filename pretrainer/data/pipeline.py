@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from pretrainer.data.store import join, read_manifest
 from pretrainer.errors import DataError
+from pretrainer.exports.preprocess import scale_pixels
 
 # Splits smaller than this are cached decoded in memory (data.cache=true); larger
 # ones stream from the shards every epoch so memory does not grow with the data.
@@ -152,7 +153,7 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
 
     def finish(index, batch):
         img, label = batch
-        x = tf.cast(img, tf.float32) / 255.0
+        x = scale_pixels(img)  # the one definition, shared with exports and predict
         if augment != "none":
             x = shift_augment(x, shape, flip=augment == "shift_flip",
                               seed=batch_seed(seed, index))

@@ -67,12 +67,12 @@ def text_classifier(backbone: keras.Model, tokenizer, num_classes: int, *,
     The tokenizer is part of the model, so the saved model and its SavedModel export
     take text, not token ids.
     """
-    from pretrainer.models.transformer import PaddingMask
+    from pretrainer.models.transformer import padding_mask
 
     inputs = keras.Input(shape=(), dtype="string", name="text")
     ids = tokenizer(inputs)
     h = backbone(ids)
-    x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(h, mask=PaddingMask()(ids))
+    x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(h, mask=padding_mask(ids))
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",

@@ -14,13 +14,20 @@ PAD, UNK, MASK = 0, 1, 2
 
 @keras.saving.register_keras_serializable(package="pretrainer")
 class PaddingMask(keras.layers.Layer):
-    """True where a token id is not [PAD] (id 0)."""
+    """True where a token id is not [PAD] (id 0). Kept only so models saved before
+    `padding_mask` existed still load; new models use `padding_mask`, a Keras op that
+    `keras.saving.load_model` restores without importing pretrainer."""
 
     def call(self, ids):
         return keras.ops.not_equal(ids, PAD)
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def padding_mask(ids):
+    """True where a token id is not [PAD] (id 0): a plain Keras op in the functional graph."""
+    return keras.ops.not_equal(ids, PAD)
 
 
 def transformer(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
@@ -35,7 +42,7 @@ def transformer(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Mode
     inputs = keras.Input(shape=(cfg.sequence_length,), dtype="int32", name="token_ids")
     # An explicit padding mask, not mask_zero: an implicit Keras mask would follow the
     # outputs into the losses and metrics and be applied there a second time.
-    padding = PaddingMask(name="padding_mask")(inputs)
+    padding = padding_mask(inputs)
     x = keras_hub.layers.TokenAndPositionEmbedding(
         vocabulary_size=cfg.vocabulary_size, sequence_length=cfg.sequence_length,
         embedding_dim=cfg.latent_dim, name="embedding")(inputs)

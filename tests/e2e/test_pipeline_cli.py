@@ -1,6 +1,7 @@
 """End to end through a real subprocess, as a user's shell runs it (tiny data, 1 epoch)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -10,7 +11,7 @@ pytestmark = pytest.mark.e2e
 TINY = ["data.max_samples=400", "data.max_test=120", "data.labeled_fraction=0.1",
         "trainer.epochs=1", "finetune.epochs=1", "backbone.filters=[8,16]",
         "backbone.latent_dim=16", "deploy.parity_samples=64", "trainer.verbose=false",
-        "deploy=all"]
+        "deploy=all", "deploy.allow_chance=true"]  # a 1-epoch model may be no better than chance
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,11 @@ def test_pipeline_writes_every_artifact(pipeline_run):
     assert all(p["passed"] for p in everything.values())
     assert (dep / "export" / "model.tflite").is_file() and (dep / "export" / "model.onnx").is_file()
     card = (dep / "export" / "MODEL_CARD.md").read_text()
-    assert "## Lineage" in card and str(pre.resolve()) in card and "accuracy" in card
+    assert "## Lineage" in card and pre.name in card and "accuracy" in card
+    assert card.startswith("---\nlicense: mit\n") and "pipeline_tag: image-classification" in card
+    assert str(cwd) not in card and "None" not in card and "{'" not in card
+    assert "Pretrained minus scratch" in card  # the comparison with its interval
+    assert (exp / "serving" / "fashion_ae" / "1").is_dir()  # published: allow_chance
     # the closing table
     assert "pretrained" in proc.stdout and "scratch" in proc.stdout
     assert "exported model" in proc.stdout
@@ -153,3 +158,66 @@ def test_evaluate_explain_writes_a_map_grid_of_right_and_wrong_examples(pipeline
     wrong = sum(e["true"] != e["predicted"] for e in shown)
     assert wrong == 3  # a 1-epoch model on 120 test images gets at least 3 wrong and 3 right
     assert "saliency.png" in (newest / "report.md").read_text()
+
+
+def test_predict_and_embed_an_image_folder_like_the_model(pipeline_run, tmp_path, monkeypatch):
+    import csv
+
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    from pretrainer.config import compose
+    from pretrainer.data import pipeline
+    from pretrainer.stages import embed, predict
+
+    cwd, _ = pipeline_run
+    monkeypatch.chdir(cwd)  # the in-process calls below find runs/ and data/ here
+    exp = cwd / "runs" / "fashion_ae"
+    x, _ = pipeline.to_numpy(pipeline.examples(cwd / "data" / "fashion_mnist_small", "test",
+                                               batch_size=64, cache=False, standardize=False))
+    x = x[:40]
+    folder = tmp_path / "my photos [2026]"
+    (folder / "sub dir").mkdir(parents=True)
+    names = []
+    for i, img in enumerate(np.rint(x * 255).astype(np.uint8)):
+        name = f"{'sub dir/' if i % 2 else ''}item ({i:02d}).png"
+        Image.fromarray(img[..., 0]).save(folder / name)
+        names.append(name)
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    deploy_run = sorted(exp.glob("deploy-*"))[0]
+    ft = Path(json.loads((deploy_run / "manifest.json").read_text())["parent_run"])
+    expected = keras.saving.load_model(ft / "model.keras").predict(x, verbose=0)
+    proc = run_cli(["predict", str(folder), "--run", str(deploy_run), "-o",
+                    str(tmp_path / "p.csv")], cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "skipped 1 unreadable" in proc.stderr and "broken.png" in proc.stderr
+    predict.run(compose("fashion_ae", []), str(folder), run=str(ft),
+                output=str(tmp_path / "p.jsonl"), batch_size=16)  # in-process: saves a start
+    for out in (tmp_path / "p.csv", tmp_path / "p.jsonl"):
+        if out.suffix == ".csv":
+            rows = list(csv.DictReader(out.open()))
+            probs = {r["input"]: [float(r[k]) for k in r if k.startswith("p_")] for r in rows}
+        else:
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+            probs = {r["input"]: list(r["probabilities"].values()) for r in rows}
+        assert len(rows) == 40
+        got = np.array([probs[n] for n in names])
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    proc = run_cli(["predict", str(tmp_path / "p.csv"), "--run", str(ft)], cwd=cwd)
+    assert proc.returncode == 2 and "takes image inputs" in proc.stderr
+
+    (pre,) = [p for p in exp.glob("pretrain-*") if (p / "DONE").exists()]
+    proc = run_cli(["embed", "test", "--run", str(pre)], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = pre / "embeddings" / "test"
+    assert "tensorboard --logdir" in proc.stdout
+    emb = np.load(out / "embeddings.npy")
+    meta = (out / "metadata.tsv").read_text().splitlines()
+    assert emb.shape == (120, 16) and len(meta) == 121 and meta[0] == "example\tlabel\tclass_name"
+    assert 'tensor_path: "tensors.tsv"' in (out / "projector_config.pbtxt").read_text()
+    assert len((out / "tensors.tsv").read_text().splitlines()) == 120
+    embed.run(compose("fashion_ae", []), str(folder), run=str(ft), output=str(tmp_path / "emb"))
+    assert np.load(tmp_path / "emb" / "embeddings.npy").shape[0] == 40
+    meta = (tmp_path / "emb" / "metadata.tsv").read_text().splitlines()
+    assert sorted(meta) == sorted(names)  # one column: no header

@@ -42,7 +42,7 @@ def test_house_linear_learns_the_seed_line(tmp_path):
     assert linear["intercept"] == pytest.approx(0.0, abs=0.05)
 
 
-def test_tabular_denoising_pretrain_finetune_evaluate_deploy(tmp_path):
+def test_tabular_denoising_pretrain_finetune_evaluate_deploy(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 3))
     kind = np.where(x[:, 0] + x[:, 1] > 0, "big", "small")
@@ -65,6 +65,30 @@ def test_tabular_denoising_pretrain_finetune_evaluate_deploy(tmp_path):
     (dep,) = exp.glob("deploy-*")
     parity = json.loads((dep / "export" / "parity.json").read_text())
     assert all(p["passed"] for p in parity.values())
+    # predict from a user's CSV: columns in another order, an extra column, a bad row
+    lines = ["kind_guess,color,c,b,a"] + [f"x,{c},{r[2]:.3f},{r[1]:.3f},{r[0]:.3f}"
+                                         for r, c in zip(x[:20], color[:20], strict=True)]
+    lines.insert(5, "x,red,1.0,oops,2.0")
+    (tmp_path / "new rows.csv").write_text("\n".join(lines) + "\n")
+    proc = run_cli(["predict", str(tmp_path / "new rows.csv"), "--run", str(dep), "-o",
+                    str(tmp_path / "p.csv"), *args[:2]], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "skipped 1 unreadable" in proc.stderr and "row 6" in proc.stderr
+    got = (tmp_path / "p.csv").read_text().splitlines()
+    assert got[0] == "input,label,class_name,p_big,p_small" and len(got) == 21
+    predicted = [line.split(",")[2] for line in got[1:]]
+    assert np.mean([p == k for p, k in zip(predicted, kind[:20], strict=True)]) > 0.7
+    from pretrainer.config import compose
+    from pretrainer.errors import DataError
+    from pretrainer.stages import predict
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose("house_linear", [])
+    predict.run(cfg, str(tmp_path / "t.csv"), run=str(dep), output=str(tmp_path / "t.out.csv"))
+    assert len((tmp_path / "t.out.csv").read_text().splitlines()) == 301  # target ignored
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"lacks the column\(s\) c, color"):
+        predict.run(cfg, str(tmp_path / "bad.csv"), run=str(dep))
 
 
 TEXT = ["trainer.epochs=1", "finetune.epochs=1", "trainer.verbose=false",
@@ -74,7 +98,8 @@ TEXT = ["trainer.epochs=1", "finetune.epochs=1", "trainer.verbose=false",
 
 
 @pytest.mark.parametrize("experiment", ["text_lm", "text_mlm"])
-def test_language_models_pretrain_finetune_deploy_raw_strings(tmp_path, experiment):
+def test_language_models_pretrain_finetune_deploy_raw_strings(tmp_path, experiment,
+                                                            monkeypatch):
     verbs = ["pretrain", "finetune"] + (["deploy"] if experiment == "text_mlm" else [])
     for verb in verbs:
         proc = run_cli([verb, "--config", experiment, *TEXT], cwd=tmp_path)
@@ -90,6 +115,58 @@ def test_language_models_pretrain_finetune_deploy_raw_strings(tmp_path, experime
         assert parity["passed"] and parity["max_abs_diff"] < 1e-4
         proc = run_cli(["deploy", "--config", experiment, *TEXT, "deploy=default"], cwd=tmp_path)
         assert proc.returncode == 2 and "saved_model only" in proc.stderr
+        monkeypatch.chdir(tmp_path)  # in-process calls below resolve runs/ and data/ here
+        _text_model_is_usable_outside_pretrainer(tmp_path, exp, pre, dep)
+
+
+def _text_model_is_usable_outside_pretrainer(tmp_path, exp, pre, dep):
+    """.keras files load with Keras + keras-hub alone; serve, predict and embed take text."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    (ft,) = exp.glob("finetune-*")
+    code = ("import keras, keras_hub, sys; "
+            f"b = keras.saving.load_model({str(pre / 'backbone.keras')!r}); "
+            f"m = keras.saving.load_model({str(ft / 'model.keras')!r}); "
+            "import tensorflow as tf; p = m(tf.constant(['a short text'])).numpy(); "
+            "print(p.shape, sorted(k for k in sys.modules if k.startswith('pretrainer')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("[]")  # no pretrainer module was needed
+
+    docs = ["Caf\xe9 cr\xe8me, na\xefve r\xe9sum\xe9", "a plain line", "", "one more"]
+    (tmp_path / "in.txt").write_bytes("\n".join(docs).encode("latin-1"))
+    from pretrainer.config import compose
+    from pretrainer.stages import embed, predict
+
+    predict.run(compose("text_mlm", []), str(tmp_path / "in.txt"), run=str(dep),
+                output=str(tmp_path / "p.jsonl"))  # in-process: the CLI path is tested on images
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["input"] for r in rows] == ["line 1", "line 2", "line 4"]  # the empty one skipped
+
+    from pretrainer.stages import serve
+
+    srv, model = serve.make_server(dep, "127.0.0.1", 0)
+    import threading
+
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1/models/{model.name}:predict"
+        req = urllib.request.Request(url, data=json.dumps(
+            {"instances": [docs[0].replace("\xe9", "e"), docs[1], docs[3]]}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            served = json.loads(r.read())["predictions"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert [p["label"] for p in served][1:] == [r["label"] for r in rows][1:]
+    assert np.allclose(served[1]["probabilities"], list(rows[1]["probabilities"].values()),
+                       atol=1e-5)
+
+    embed.run(compose("text_mlm", []), str(tmp_path / "in.txt"), run=str(pre))
+    assert np.load(pre / "embeddings" / "in" / "embeddings.npy").shape == (3, 32)
 
 
 def test_seed_cnn_trunk_pretrains_and_finetunes(tmp_path):
@@ -100,14 +177,21 @@ def test_seed_cnn_trunk_pretrains_and_finetunes(tmp_path):
 
 
 @pytest.mark.parametrize("backbone", ["mobilenet", "resnet"])
-def test_keras_applications_backbones_on_a_32px_image_folder(tmp_path, backbone):
+def test_keras_applications_backbones_on_a_32px_image_folder(in_tmp, backbone):
+    """In-process (the CLI path is the same for every backbone): these build slowly."""
     from test_folders import make_class_folder
 
-    root = make_class_folder(tmp_path / "imgs", per_class=12)
-    args = ["--config", "folder_ae", f"data.path={root}", "data.image_size=[32,32]",
+    from pretrainer.config import compose
+    from pretrainer.stages import finetune, pretrain
+
+    root = make_class_folder(in_tmp / "imgs", per_class=12)
+    args = [f"data.path={root}", "data.image_size=[32,32]",
             f"backbone={backbone}", "backbone.latent_dim=16", "backbone.filters=[8,16]",
             "trainer.epochs=1", "finetune.epochs=1", "trainer.batch_size=16",
             "trainer.verbose=false"]
-    for verb in ("pretrain", "finetune"):
-        proc = run_cli([verb, *args], cwd=tmp_path)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    if backbone == "mobilenet":
+        pre = pretrain.run(compose("folder_ae", args))
+        ft = finetune.run(compose("folder_ae", args), run=pre)
+    else:  # ResNet50V2 is slow to build: the scratch finetune alone shows it fits 32px
+        ft = finetune.run(compose("folder_ae", [*args, "finetune.init=scratch"]))
+    assert (ft / "model.keras").is_file() and (ft / "DONE").is_file()

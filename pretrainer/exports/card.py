@@ -1,0 +1,358 @@
+"""MODEL_CARD.md in the layout practitioners expect (Hugging Face model cards).
+
+YAML front matter (license, library, pipeline tag, datasets, metrics, model-index),
+then what the model is, its data, training hyperparameters, results with their
+uncertainty (pretrained vs scratch when a scratch run was scored on the same test
+split), a usage snippet per export format and its limits. Paths are run names,
+never the training machine's absolute paths.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from pretrainer import runs
+
+PIPELINE_TAG = {"image": "image-classification", "text": "text-classification",
+                "tabular": "tabular-classification"}
+
+
+def _spdx(licence: Optional[str]) -> str:
+    """The licence identifier for the front matter, from the source's licence text."""
+    text = (licence or "").lower()
+    for needle, spdx in (("bsd-3", "bsd-3-clause"), ("mit", "mit"), ("bsd", "bsd"),
+                         ("apache", "apache-2.0"), ("cc-by-4", "cc-by-4.0"),
+                         ("cc0", "cc0-1.0")):
+        if needle in text:
+            return spdx
+    return "unknown"
+
+
+def _yaml_scalar(v) -> str:
+    """Plain words stay bare (`license: mit`); anything YAML could misread is quoted."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if not isinstance(v, str):
+        return str(v)
+    plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./+-]*( [A-Za-z0-9_./+()-]+)*", v)
+    if plain and v.lower() not in ("true", "false", "yes", "no", "on", "off", "null", "none"):
+        return v
+    return json.dumps(v, ensure_ascii=False)
+
+
+def _front_matter(meta: dict) -> list[str]:
+    """A small YAML writer for the fixed shape below (PyYAML would reorder keys)."""
+    lines = ["---"]
+    for k, v in meta.items():
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            lines.append(f"{k}:")
+            lines += _yaml_list_of_dicts(v, 0)
+        elif isinstance(v, list):
+            lines.append(f"{k}:")
+            lines += [f"- {_yaml_scalar(x)}" for x in v]
+        else:
+            lines.append(f"{k}: {_yaml_scalar(v)}")
+    return lines + ["---"]
+
+
+def _yaml_list_of_dicts(items: list[dict], indent: int) -> list[str]:
+    pad, out = " " * indent, []
+    for item in items:
+        first = True
+        for k, v in item.items():
+            lead = f"{pad}- " if first else f"{pad}  "
+            first = False
+            if isinstance(v, dict):
+                out.append(f"{lead}{k}:")
+                out += [f"{pad}    {kk}: {_yaml_scalar(vv)}" for kk, vv in v.items()]
+            elif isinstance(v, list):
+                out.append(f"{lead}{k}:")
+                out += _yaml_list_of_dicts(v, indent + 2)
+            else:
+                out.append(f"{lead}{k}: {_yaml_scalar(v)}")
+    return out
+
+
+def _evaluation_of(finetune_run: Path) -> Optional[tuple[Path, dict]]:
+    """(evaluate run, metrics.json) of the newest finished evaluate run of this model."""
+    exp = Path(finetune_run).parent
+    for ev in sorted(exp.glob("evaluate-*"), reverse=True):
+        if runs.is_done(ev) and runs.read_manifest(ev).get("parent_run") == str(
+                Path(finetune_run).resolve()):
+            return ev, json.loads((ev / "metrics.json").read_text())
+    return None
+
+
+def _scratch_comparison(finetune_run: Path, evaluation: Optional[tuple]) -> Optional[dict]:
+    """Paired bootstrap of this model vs the newest scratch model scored on the same
+    test examples of the same store (what `pipeline` prints)."""
+    if evaluation is None or runs.read_manifest(finetune_run).get("init") == "scratch":
+        return None
+    from pretrainer.stages.evaluate import example_scores
+    from pretrainer.stats import paired_bootstrap
+
+    ev, metrics = evaluation
+    mine = example_scores(ev)
+    key = runs.read_manifest(ev).get("dataset_manifest_sha256")
+    for other in sorted(Path(ev).parent.glob("evaluate-*"), reverse=True):
+        if other == ev or not runs.is_done(other) or not (other / "predictions.npz").is_file():
+            continue
+        om = runs.read_manifest(other)
+        parent = Path(om.get("parent_run") or "")
+        if (om.get("dataset_manifest_sha256") != key or not parent.is_dir()
+                or runs.read_manifest(parent).get("init") != "scratch"):
+            continue
+        theirs = example_scores(other)
+        if len(theirs) != len(mine):
+            continue
+        scratch = json.loads((other / "metrics.json").read_text())
+        return {"scratch_run": parent.name, "scratch": scratch,
+                "interval": paired_bootstrap(mine, theirs)}
+    return None
+
+
+def _config(run: Optional[Path]) -> dict:
+    if not run or not (Path(run) / "config.yaml").is_file():
+        return {}
+    import yaml
+
+    return yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v) or "none"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items()) or "none"
+    return str(v)
+
+
+def _epochs(n) -> str:
+    return f"{_fmt(n)} epoch{'' if n == 1 else 's'}"
+
+
+def _usage(name: str, dataset: dict, formats: list[str]) -> list[str]:
+    modality = dataset["modality"]
+    out = ["## How to use", ""]
+    if modality == "image":
+        h, w, c = dataset["shape"]
+        out += [f"Input: images, {'grayscale' if c == 1 else 'RGB'}, trained at {h}x{w}. "
+                f"Labels are indices into this order: "
+                + ", ".join(f"{i} = {n}" for i, n in enumerate(dataset['class_names'])) + ".",
+                "", "TF Serving (REST), uint8 pixels of any size, or encoded bytes:", "",
+                "```bash",
+                f"curl -s localhost:8501/v1/models/{name}:predict -d "
+                f"'{{\"instances\": [{'[[0, 0], [0, 0]]' if c == 1 else '[[[0,0,0]]]'}]}}'",
+                f"curl -s localhost:8501/v1/models/{name}:predict -d "
+                "'{\"signature_name\": \"serve_bytes\", \"instances\": "
+                "[{\"b64\": \"'$(base64 -w0 image.png)'\"}]}'", "```", ""]
+    elif modality == "text":
+        out += ["Input: raw text (UTF-8); the tokenizer is inside the graph.", "", "```bash",
+                f"curl -s localhost:8501/v1/models/{name}:predict -d "
+                "'{\"instances\": [\"some text to classify\"]}'", "```", ""]
+    else:
+        cols = dataset.get("columns") or []
+        from pretrainer.exports.preprocess import input_names
+
+        example = {n: (c["fill"] if c["kind"] == "numeric" else c["categories"][0])
+                   for c, n in zip(cols, input_names(cols), strict=True)}
+        out += ["Input: one value per CSV column, by name (numbers, or the category text).",
+                "", "```bash",
+                f"curl -s localhost:8501/v1/models/{name}:predict -d "
+                f"'{json.dumps({'instances': [example]})}'", "```", ""]
+    sig_in = {"image": "images=tf.constant(uint8_batch)", "text": "text=tf.constant([\"...\"])",
+              "tabular": "**columns"}[modality]
+    out += ["Python, the SavedModel:", "", "```python", "import tensorflow as tf",
+            *(["import tensorflow_text  # registers the tokenizer's ops"]
+              if modality == "text" else []),
+            f"fn = tf.saved_model.load(\"serving/{name}/1\").signatures[\"serving_default\"]",
+            f"out = fn({sig_in})  # probabilities, label, class_name", "```", ""]
+    if "litert" in formats:
+        out += ["LiteRT (`model.tflite`, `labels.txt` and `model.tflite.json` beside it): "
+                "input float32 NHWC in [0, 1] at the training size, output `probabilities`.",
+                "", "```python", "from ai_edge_litert.interpreter import Interpreter",
+                "runner = Interpreter(model_path=\"model.tflite\").get_signature_runner()",
+                "probs = runner(images=x)[\"probabilities\"]  # x: float32 pixels / 255",
+                "```", ""]
+    if "onnx" in formats:
+        out += ["ONNX (`model.onnx`; class names in its `metadata_props`):", "", "```python",
+                "import onnxruntime as ort", "s = ort.InferenceSession(\"model.onnx\")",
+                "probs = s.run([\"probabilities\"], {s.get_inputs()[0].name: x})[0]",
+                "names = json.loads(s.get_modelmeta().custom_metadata_map[\"class_names\"])",
+                "```", ""]
+    return out
+
+
+def render(name: str, dataset: dict, finetune_run: Path, parity: dict, model=None, *,
+           pruning: Optional[dict] = None, chance: Optional[str] = None, cfg=None) -> str:
+    ft = runs.read_manifest(finetune_run)
+    pre_run = Path(ft["parent_run"]) if ft.get("parent_run") else None
+    pre = runs.read_manifest(pre_run) if pre_run and pre_run.is_dir() else {}
+    ft_cfg, pre_cfg = _config(finetune_run), _config(pre_run)
+    evaluation = _evaluation_of(finetune_run)
+    metrics = evaluation[1] if evaluation else None
+    comparison = _scratch_comparison(finetune_run, evaluation)
+    regression = dataset.get("task") == "regression"
+    modality = dataset["modality"]
+    source = dataset.get("source", {})
+    splits = dataset["splits"]
+    task = ("tabular-regression" if regression else PIPELINE_TAG[modality])
+    metric_rows = []
+    if metrics and regression:
+        metric_rows = [{"type": k, "value": round(float(metrics[k]), 6)}
+                       for k in ("mse", "mae", "r2")]
+    elif metrics:
+        metric_rows = [{"type": "accuracy", "value": round(float(metrics["accuracy"]), 6)},
+                       {"type": "f1", "name": "macro F1",
+                        "value": round(float(metrics["f1_macro"]), 6)}]
+    meta = {"license": _spdx(source.get("licence")), "library_name": "keras",
+            "pipeline_tag": task,
+            "tags": ["pretrainer", "self-supervised", *([pre["pretext"]] if pre.get("pretext")
+                                                        else []), modality],
+            "datasets": [dataset["name"]],
+            "metrics": [m["type"] for m in metric_rows] or ["accuracy"]}
+    if metric_rows:
+        meta["model-index"] = [{"name": name, "results": [{
+            "task": {"type": task},
+            "dataset": {"name": dataset["name"], "type": str(source.get("dataset")
+                                                              or source.get("name")),
+                        "split": metrics.get("split", "test")},
+            "metrics": metric_rows}]}]
+    params = model.count_params() if model is not None else None
+    lines = _front_matter(meta) + ["", f"# {name}", ""]
+    if chance:
+        lines += [f"> **Warning: no better than chance** ({chance}). Not published to "
+                  "serving/ unless deployed with `deploy.allow_chance=true`.", ""]
+    names = dataset.get("class_names") or []
+    what = (f"regression of `{source.get('target')}`" if regression else
+            f"classification into {len(names)} classes ("
+            + ", ".join(names[:20]) + (", …" if len(names) > 20 else "") + ")")
+    lines += [f"{'An' if modality == 'image' else 'A'} {modality} model for {what}, trained with pretrainer: "
+              + (f"a `{pre.get('backbone')}` backbone pretrained on {splits['unlabeled']['count']}"
+                 f" unlabeled examples with the `{pre.get('pretext')}` pretext task, then "
+                 f"finetuned ({ft.get('mode')}) on {splits['train']['count']} labeled examples."
+                 if pre_run else f"trained from scratch on {splits['train']['count']} "
+                                 f"labeled examples."), "",
+              "## Model", "",
+              f"- architecture: `{ft_cfg.get('backbone', {}).get('name', pre.get('backbone'))}`"
+              f" backbone + {'regression' if regression else 'classification'} head"
+              + (f"; {params:,} parameters" if params is not None else ""),
+              f"- input: {_input_line(dataset)}",
+              "- output: " + ("`prediction` (float)" if regression else
+                              "`probabilities` (softmax, label order above), `label`, "
+                              "`class_name`"), "",
+              "## Training data", "",
+              f"- dataset `{dataset['name']}` (source `{source.get('name')}`"
+              + (f", `{source['dataset']}`" if source.get("dataset") else "")
+              + (f"; licence: {source['licence']}" if source.get("licence") else "") + ")",
+              f"- unlabeled pretraining pool: {splits['unlabeled']['count']} examples",
+              f"- labeled training examples: {splits['train']['count']}"
+              + (f" ({dataset['labels_per_class']} per class)" if dataset.get("labels_per_class")
+                 else f" ({_fmt(dataset.get('labeled_fraction'))} of the labels)"),
+              f"- validation: {splits['val']['count']}, test: {splits['test']['count']}",
+              f"- unreadable inputs skipped: {dataset.get('skipped', {}).get('count', 0)}",
+              "", "## Training procedure", ""]
+    lines += _hyperparameters(pre_cfg, ft_cfg, pre, ft)
+    lines += ["", "## Evaluation", ""]
+    if metrics and regression:
+        lines += [f"On the {metrics['split']} split ({metrics['samples']} examples): "
+                  f"MSE {metrics['mse']:.6g}, MAE {metrics['mae']:.6g}, R² {metrics['r2']:.4f}."]
+    elif metrics:
+        lines += [f"On the {metrics['split']} split ({metrics['samples']} examples): "
+                  f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
+                  f"weighted F1 {metrics['f1_weighted']:.4f}."]
+    else:
+        lines += ["No evaluate run found for this model: run `pretrainer evaluate --run "
+                  f"{Path(finetune_run).name}`."]
+    if comparison:
+        ci, s = comparison["interval"], comparison["scratch"]
+        if regression:
+            lines += ["", f"Same architecture from scratch on the same labels "
+                          f"(`{comparison['scratch_run']}`): MSE {s['mse']:.6g}. Pretrained "
+                          f"minus scratch squared error: {-ci['mean']:+.4g} (95 % CI "
+                          f"{-ci['high']:+.4g} to {-ci['low']:+.4g}, {ci['method']})."]
+        else:
+            from pretrainer.stats import verdict
+
+            lines += ["", f"Same architecture from scratch on the same labels "
+                          f"(`{comparison['scratch_run']}`): accuracy {s['accuracy']:.4f}. "
+                          f"Pretrained minus scratch: {verdict(ci)}."]
+    if pruning:
+        lines += ["", f"Pruned to {pruning['achieved_sparsity']:.1%} zero weights "
+                      f"(target {pruning['target_sparsity']:.0%}): accuracy "
+                      f"{pruning['accuracy_before']:.4f} -> {pruning['accuracy_after']:.4f} on "
+                      f"{pruning['samples']} test examples."]
+    lines += ["", "### Exports, each checked against Keras in its own runtime", "",
+              "| format | max abs diff | label agreement | accuracy delta | p50 ms | size MB | passed |",
+              "|---|---|---|---|---|---|---|"]
+    for fmt, p in parity.items():
+        lines.append(f"| {fmt}{' (' + p['quantize'] + ')' if p.get('quantize') not in (None, 'none') else ''}"
+                     f" | {p['max_abs_diff']:.2e} | {p['label_agreement']:.2%} | "
+                     + ("n/a" if p["accuracy_delta"] is None
+                        else f"{p['accuracy_delta'] * 100:+.2f} pts")
+                     + f" | {p['latency_ms_p50']:.2f} | "
+                     f"{p['size_bytes'] / 1e6:.2f} | {'yes' if p['passed'] else 'no'} |")
+    lines += [""] + _usage(name, dataset, list(parity))
+    lines += ["## Limits", "",
+              f"- Trained with {splits['train']['count']} labeled examples from one source: "
+              "expect errors on classes, styles, sensors or wording the data did not cover.",
+              "- Accuracy is an average: the evaluate run's report.md has the per-class table; "
+              "some classes can be much worse.",
+              "- Not calibrated for, or tested on, inputs from other distributions; do not use "
+              "for decisions about people without a separate fairness evaluation.", "",
+              "## Lineage", "",
+              f"- finetune run `{Path(finetune_run).name}`"
+              + (f", pretrain run `{pre_run.name}`" if pre_run else "")
+              + (f", evaluate run `{evaluation[0].name}`" if evaluation else ""),
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in (ft.get("versions") or {}).items()),
+              f"- card written {datetime.date.today().isoformat()}", ""]
+    return "\n".join(lines)
+
+
+def _input_line(dataset: dict) -> str:
+    if dataset["modality"] == "image":
+        h, w, c = dataset["shape"]
+        return (f"{'grayscale' if c == 1 else 'RGB'} images; the SavedModel takes uint8 pixels "
+                f"of any size or encoded image bytes and resizes to {h}x{w} itself; LiteRT and "
+                f"ONNX take float32 [batch, {h}, {w}, {c}] pixels/255")
+    if dataset["modality"] == "text":
+        return "raw text strings (WordPiece tokenizer inside the model)"
+    cols = dataset.get("columns") or []
+    return (f"table rows: {len(cols)} columns by name ("
+            + ", ".join(c["column"] for c in cols[:20]) + ")")
+
+
+def _hyperparameters(pre_cfg: dict, ft_cfg: dict, pre: dict, ft: dict) -> list[str]:
+    out = []
+    trainer = ft_cfg.get("trainer", {})
+    if pre_cfg:
+        p, t = pre_cfg.get("pretext", {}), pre_cfg.get("trainer", {})
+        lr = t.get("learning_rate")
+        out += [f"- pretraining: pretext `{p.get('name')}`, {_epochs(t.get('epochs'))}, "
+                f"batch {_fmt(t.get('batch_size'))}, "
+                + (f"learning rate {_fmt(lr)}, " if lr is not None else "")
+                + f"precision {_fmt(t.get('precision'))}"]
+        health = pre.get("health") or {}
+        if health:
+            out += [f"- pretext health: {_fmt(health)}"]
+    f = ft_cfg.get("finetune", {})
+    if f:
+        out += [f"- finetuning: mode `{_fmt(f.get('mode'))}`, init `{_fmt(f.get('init'))}`, "
+                f"{_epochs(f.get('epochs') or trainer.get('epochs'))}, batch "
+                f"{_fmt(f.get('batch_size') or trainer.get('batch_size'))}, learning rate "
+                f"{_fmt(f.get('learning_rate'))}, augmentation `{_fmt(f.get('augment'))}`, "
+                f"label smoothing {_fmt(f.get('label_smoothing'))}"]
+    kept = ft.get("kept") or {}
+    if kept:
+        out += [f"- weights kept: epoch {kept.get('epoch')} of {ft.get('epochs')} "
+                f"({kept.get('rule')})"]
+    out += [f"- seed {_fmt(ft_cfg.get('seed'))}; the resolved configs are each run's config.yaml"]
+    return out

@@ -1,0 +1,26 @@
+"""labels.txt and <model>.json beside a LiteRT or ONNX file: class names in label order
+and the input spec, for consumers that read neither the model card nor the file's
+own metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pretrainer import runs
+from pretrainer.exports import preprocess
+
+
+def write(artifact: Path, manifest: dict, fmt: str, **extra) -> None:
+    names = list(manifest.get("class_names") or [])
+    if names:
+        runs.atomic_write_text(artifact.parent / "labels.txt", "".join(f"{n}\n" for n in names))
+    spec = preprocess.input_spec(manifest)
+    doc = {"format": fmt, "file": artifact.name, "class_names": names,
+           "input": spec.get("tensor"), "outputs": spec["outputs"], **extra}
+    if fmt in ("litert", "onnx"):
+        regression = manifest.get("task") == "regression"
+        doc["outputs"] = ({"prediction": "float32 [batch]"} if regression else
+                          {"probabilities": spec["outputs"]["probabilities"]})
+    runs.atomic_write_text(artifact.with_suffix(artifact.suffix + ".json"),
+                           json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,160 @@
+"""embed: a backbone's embeddings, in the layout TensorBoard's embedding projector reads.
+
+    pretrainer embed --run PRETRAIN_OR_FINETUNE_RUN [SPLIT | INPUT] [-o DIR]
+
+SPLIT is a split of the run's own store (default: test); INPUT an image folder, a
+text file or a CSV (read as `predict` reads them). DIR (default
+<run>/embeddings/<split or input name>/) gets embeddings.npy, tensors.tsv,
+metadata.tsv and projector_config.pbtxt: `tensorboard --logdir DIR` shows them
+under Projector. A pretrain run gives its backbone's features (text: mean-pooled
+over the tokens); a finetune run the features its head reads (the layer before
+the output).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pretrainer import runs
+from pretrainer.config import Config
+from pretrainer.console import esc, info, warn
+from pretrainer.data import inputs as user_inputs
+from pretrainer.data.store import SPLITS, read_manifest
+from pretrainer.errors import RunError
+
+
+def _featurizer(run_dir: Path, manifest: dict):
+    """callable(batch of model inputs) -> float32 [batch, dim]."""
+    import keras
+    import tensorflow as tf
+
+    from pretrainer.stages import load_keras_artifact
+
+    stage = runs.read_manifest(run_dir).get("stage")
+    text = manifest["modality"] == "text"
+    shape = None if text else tuple(manifest["shape"])
+    if stage == "finetune":
+        model = load_keras_artifact(run_dir, "model.keras", shape)
+        head = model.layers[-1]
+        features = keras.Model(model.inputs, head.input)
+
+        def call(x):
+            feed = tf.constant(list(x)) if text else x
+            return np.asarray(features(feed, training=False), np.float32)
+
+        return call
+    if stage != "pretrain":
+        raise RunError(f"{run_dir} is a {stage} run: embed takes a pretrain or finetune run")
+    backbone = load_keras_artifact(run_dir, "backbone.keras", None if text else shape)
+    if not text:
+        return lambda x: np.asarray(backbone(x, training=False), np.float32).reshape(len(x), -1)
+    from pretrainer.models.transformer import PAD, load_vocabulary, tokenizer
+
+    tok = tokenizer(load_vocabulary(run_dir / "vocab.txt"), backbone.input_shape[1])
+
+    def call_text(x):
+        ids = np.asarray(tok(tf.constant(list(x))))
+        h = np.asarray(backbone(ids, training=False), np.float32)
+        mask = (ids != PAD)[..., None]
+        return (h * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+
+    return call_text
+
+
+def _split_batches(store, split: str, manifest: dict, batch_size: int):
+    from pretrainer.data import pipeline
+
+    labeled = split != "unlabeled"
+    ds = pipeline.examples(store, split, batch_size=batch_size, cache=False, labels=labeled,
+                           standardize=False)
+    names = manifest.get("class_names") or []
+    i = 0
+    for item in ds:
+        x, y = (item if labeled else (item, None))
+        x = x.numpy()
+        meta = []
+        for j in range(len(x)):
+            label = int(y[j]) if y is not None and names else None
+            meta.append([f"{split}/{i + j}", "" if label is None else str(label),
+                         "" if label is None else names[label]])
+        i += len(x)
+        yield x, meta
+
+
+def _tsv_cell(v: str) -> str:
+    return re.sub(r"[\t\r\n]", " ", v)
+
+
+def run(cfg: Config, source: Optional[str] = None, run: Optional[str] = None,
+        output: Optional[str] = None, limit: int = 10000, batch_size: int = 256) -> Path:
+    from pretrainer.stages import trained_store
+    from pretrainer.stages.collect import store_path
+
+    run_dir = (runs.require_done(run) if run is not None
+               else runs.latest_run(cfg.paths.runs, cfg.experiment, "pretrain"))
+    store = trained_store(run_dir, store_path(cfg))
+    manifest = read_manifest(store)
+    featurize = _featurizer(run_dir, manifest)
+    source = source or "test"
+    if source in SPLITS and not Path(source).exists():
+        if manifest["splits"].get(source, {}).get("count", 0) == 0:
+            raise RunError(f"the store {store} has no {source} examples. Splits: "
+                           + ", ".join(f"{s} ({v['count']})" for s, v in
+                                       manifest["splits"].items() if v["count"]))
+        stream, name = _split_batches(store, source, manifest, batch_size), source
+        columns = ["example", "label", "class_name"]
+    else:
+        path = Path(source).expanduser()
+        user_inputs.check_modality(path, manifest)
+        stream = ((b.x, [[i] for i in b.ids]) for b in user_inputs.batches(path, manifest,
+                                                                            batch_size))
+        name, columns = path.stem or path.name, ["input"]
+    out = Path(output).expanduser() if output else run_dir / "embeddings" / re.sub(
+        r"[^A-Za-z0-9_.-]", "_", name)
+    vectors, meta = [], []
+    for x, m in stream:
+        if len(m) == 0:
+            continue
+        take = min(len(m), limit - len(meta))
+        vectors.append(featurize(x[:take]))
+        meta += m[:take]
+        if len(meta) >= limit:
+            warn(f"embed: stopped at --limit {limit} examples")
+            break
+    if not meta:
+        raise RunError(f"no readable examples in {source}")
+    emb = np.concatenate(vectors)
+    if out.exists() and not (out / "projector_config.pbtxt").is_file():
+        raise RunError(f"{out} exists and is not an embed output; choose another -o")
+    building = out.with_name(f".{out.name}.new")
+    shutil.rmtree(building, ignore_errors=True)
+    with runs.atomic_dir(building) as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "embeddings.npy", emb)
+        np.savetxt(tmp / "tensors.tsv", emb, delimiter="\t", fmt="%.6g")
+        lines = ["\t".join(columns)] if len(columns) > 1 else []
+        lines += ["\t".join(_tsv_cell(c) for c in row) for row in meta]
+        (tmp / "metadata.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (tmp / "projector_config.pbtxt").write_text(
+            "embeddings {\n"
+            f"  tensor_name: \"{name} ({run_dir.name})\"\n"
+            "  tensor_path: \"tensors.tsv\"\n"
+            "  metadata_path: \"metadata.tsv\"\n"
+            "}\n", encoding="utf-8")
+    if out.exists():  # an earlier embed of the same source: replaced only once the new one is whole
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(building, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(building, out)
+    info(f"[green]embed done[/green]: {len(meta)} x {emb.shape[1]} embeddings in {esc(out)} "
+         f"(tensorboard --logdir {esc(out)}, Projector tab)")
+    return out
