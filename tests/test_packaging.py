@@ -19,6 +19,8 @@ def test_wheel_ships_configs_and_bundled_data(tmp_path):
                      "pretrainer/cli.py"):
         assert expected in names, expected
     assert any(n.endswith("entry_points.txt") for n in names)
+    for init in (ROOT / "pretrainer").rglob("__init__.py"):  # every subpackage ships
+        assert init.relative_to(ROOT).as_posix() in names, init
     target = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
                            "--target", str(target), str(wheel)],
