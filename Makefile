@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Quiet TensorFlow's C++ start-up chatter in demos and tests.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install install-dev demo test lint bench clean samples
+.PHONY: install install-dev install-gpu install-tpu demo test lint bench clean samples
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,21 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
+
+# A Linux GPU server: TensorFlow's CUDA libraries come with tensorflow[and-cuda].
+install-gpu: | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[gpu]"
+	touch $(VENV)/.installed
+
+# A Cloud TPU VM: tensorflow-tpu, then pretrainer and its other dependencies without
+# letting pip pull the CPU `tensorflow` wheel over it (keras-hub -> tensorflow-text
+# depend on `tensorflow` by name). LIBTPU_INDEX is Google's libtpu wheel index.
+LIBTPU_INDEX ?= https://storage.googleapis.com/libtpu-releases/index.html
+install-tpu: | $(BIN)/python
+	$(BIN)/pip install --quiet "tensorflow-tpu==2.21.*" -f $(LIBTPU_INDEX)
+	$(BIN)/pip install --quiet --no-deps -e . "keras-hub==0.32.*" "tensorflow-text==2.21.*"
+	$(BIN)/python scripts/deps.py --without-tensorflow | xargs $(BIN)/pip install --quiet
+	touch $(VENV)/.installed
 
 demo: install
 	$(BIN)/pretrainer pipeline --config fashion_ae

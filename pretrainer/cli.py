@@ -20,7 +20,7 @@ app = typer.Typer(
     name="pretrainer",
     help="Pretrain a backbone on unlabeled data, finetune it on a few labels, evaluate, deploy.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -42,7 +42,7 @@ def _root(version: Annotated[bool, typer.Option(
     """Pretrain a backbone on unlabeled data, finetune it on a few labels, evaluate, deploy."""
 
 Overrides = Annotated[Optional[List[str]], typer.Argument(
-    help="Hydra overrides, e.g. trainer.epochs=3 data.labeled_fraction=0.05 backbone=seed_cnn",
+    help="Hydra overrides KEY=VALUE (see the examples above); a=1,2 with -m sweeps.",
     show_default=False)]
 ConfigName = Annotated[str, typer.Option(
     "--config", "-c", help="Experiment: configs/NAME.yaml (see `pretrainer configs`).")]
@@ -51,8 +51,12 @@ ConfigDir = Annotated[Optional[str], typer.Option(
 RunDir = Annotated[Optional[str], typer.Option(
     "--run", help="Run directory to consume (default: the latest finished one).")]
 PrintCfg = Annotated[bool, typer.Option(
-    "--cfg", help="Print the resolved config and exit.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+    "--cfg", help="Print the resolved config and exit (also `--cfg job`).", metavar="")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", metavar="")]
+Multirun = Annotated[bool, typer.Option(
+    "--multirun", "-m", help="Sweep: run every combination of comma-separated override "
+                             "values (a=1,2 b=x,y) as its own run, then one table.",
+    metavar="")]
 
 
 def _quiet_tensorflow() -> None:
@@ -83,18 +87,32 @@ def _quiet_tensorflow() -> None:
 
 
 def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[str]],
-             print_cfg: bool, debug: bool, body: Callable[[Config], object]) -> None:
-    """Compose, then run `body(cfg)`; user errors become one red line and exit code 2."""
+             print_cfg: bool, debug: bool, body: Callable[[Config], object],
+             multirun: bool = False, verb: str = "") -> None:
+    """Compose, then run `body(cfg)`; user errors become one red line and exit code 2.
+    With `multirun`, once per combination of the swept overrides (pretrainer.sweep)."""
     from pretrainer.console import error
 
+    overrides = list(overrides or [])
+    if print_cfg and overrides and overrides[0] in ("job", "all", "hydra"):
+        overrides = overrides[1:]  # Hydra's `--cfg job`: the job config is all there is here
     try:
-        cfg = compose(config, overrides or [], config_dir)
+        from pretrainer import sweep
+
+        combos, swept = sweep.expand(overrides) if overrides else ([[]], [])
+        if len(combos) > 1 and not multirun:
+            raise UserError(f"{', '.join(swept)}: several values sweep over {len(combos)} "
+                            f"runs; add -m (--multirun) to run each combination")
+        cfg = compose(config, combos[0], config_dir)
         if print_cfg:
             typer.echo(to_yaml(cfg), nl=False)
             return
         if not debug:
             _quiet_tensorflow()
-        body(cfg)
+        if multirun:
+            _sweep(verb, config, config_dir, overrides, cfg, body)
+        else:
+            body(cfg)
     except UserError as exc:
         _discard_unstarted()
         if debug:
@@ -116,6 +134,18 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         error(f"unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)")
         raise typer.Exit(1) from None
+
+
+def _sweep(verb: str, config: str, config_dir: Optional[str], overrides: List[str],
+           first: Config, body: Callable[[Config], object]) -> None:
+    from pretrainer import sweep
+    from pretrainer.console import console, info
+
+    out = sweep.run(verb, config, overrides, first.paths.runs, first.experiment,
+                    lambda combo: body(compose(config, combo, config_dir)),
+                    echo=lambda line: info(f"[bold]{line}[/bold]"))
+    console.print((out / "sweep.md").read_text(), markup=False, highlight=False)
+    info(f"sweep done: {out / 'sweep.json'}")
 
 
 def _discard_unstarted() -> None:
@@ -153,39 +183,51 @@ def _explain_damage(cfg: Optional[Config], exc: Exception) -> Optional[str]:
 
 @app.command()
 def collect(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
-            config_dir: ConfigDir = None, cfg: PrintCfg = False, debug: Debug = False) -> None:
-    """Load the data source and write data/<dataset>/ (TFRecord splits + manifest.json)."""
-    def body(c: Config) -> None:
+            config_dir: ConfigDir = None, cfg: PrintCfg = False, multirun: Multirun = False,
+            debug: Debug = False) -> None:
+    """Load the data source and write data/<dataset>/ (TFRecord splits + manifest.json).
+
+    [bold]Example[/bold]: pretrainer collect -c folder_ae data.path=~/photos data.image_size=[64,64]
+    """
+    def body(c: Config):
         from pretrainer.stages import collect as stage
 
-        stage.run(c)
+        return stage.run(c)
 
-    _execute(config, config_dir, overrides, cfg, debug, body)
+    _execute(config, config_dir, overrides, cfg, debug, body, multirun, "collect")
 
 
 @app.command()
 def pretrain(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
-             config_dir: ConfigDir = None, cfg: PrintCfg = False, debug: Debug = False) -> None:
-    """Pretrain the backbone on the unlabeled split with the pretext task."""
-    def body(c: Config) -> None:
+             config_dir: ConfigDir = None, cfg: PrintCfg = False, multirun: Multirun = False,
+             debug: Debug = False) -> None:
+    """Pretrain the backbone on the unlabeled split with the pretext task.
+
+    [bold]Example[/bold]: pretrainer pretrain -c fashion_simclr trainer.epochs=20 trainer.batch_size=256
+    """
+    def body(c: Config):
         from pretrainer.stages import pretrain as stage
 
-        stage.run(c)
+        return stage.run(c)
 
-    _execute(config, config_dir, overrides, cfg, debug, body)
+    _execute(config, config_dir, overrides, cfg, debug, body, multirun, "pretrain")
 
 
 @app.command()
 def finetune(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
              config_dir: ConfigDir = None, run: RunDir = None, cfg: PrintCfg = False,
+             multirun: Multirun = False,
              debug: Debug = False) -> None:
-    """Attach a head to the backbone (pretrained run, or finetune.init=scratch) and train it."""
-    def body(c: Config) -> None:
+    """Attach a head to the backbone (pretrained run, or finetune.init=scratch) and train it.
+
+    [bold]Example[/bold]: pretrainer finetune -m finetune.learning_rate=1e-3,3e-4 finetune.mode=full,linear_probe
+    """
+    def body(c: Config):
         from pretrainer.stages import finetune as stage
 
-        stage.run(c, run=run)
+        return stage.run(c, run=run)
 
-    _execute(config, config_dir, overrides, cfg, debug, body)
+    _execute(config, config_dir, overrides, cfg, debug, body, multirun, "finetune")
 
 
 @app.command()
@@ -194,8 +236,12 @@ def evaluate(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMEN
              compare: Annotated[Optional[List[str]], typer.Option(
                  "--compare", help="Evaluate runs (or finetune runs) to print side by side; "
                                    "repeat the option.")] = None,
+             multirun: Multirun = False,
              debug: Debug = False) -> None:
-    """Score a finetune run on the test split: metrics.json, report.md, confusion matrix."""
+    """Score a finetune run on the test split: metrics.json, report.md, confusion matrix.
+
+    [bold]Example[/bold]: pretrainer evaluate --run runs/fashion_ae/finetune-20261201-120100 evaluate.explain=8
+    """
     if compare:
         from pretrainer.console import error
         from pretrainer.report import compare_runs
@@ -207,37 +253,45 @@ def evaluate(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMEN
             raise typer.Exit(exc.exit_code) from None
         return
 
-    def body(c: Config) -> None:
+    def body(c: Config):
         from pretrainer.stages import evaluate as stage
 
-        stage.run(c, run=run)
+        return stage.run(c, run=run)
 
-    _execute(config, config_dir, overrides, cfg, debug, body)
+    _execute(config, config_dir, overrides, cfg, debug, body, multirun, "evaluate")
 
 
 @app.command()
 def deploy(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
            config_dir: ConfigDir = None, run: RunDir = None, cfg: PrintCfg = False,
+           multirun: Multirun = False,
            debug: Debug = False) -> None:
-    """Export a finetune run as a SavedModel (TF Serving layout) and check its parity."""
-    def body(c: Config) -> None:
+    """Export a finetune run (SavedModel, LiteRT, ONNX) and check each against Keras.
+
+    [bold]Example[/bold]: pretrainer deploy deploy=all deploy.quantize=int8
+    """
+    def body(c: Config):
         from pretrainer.stages import deploy as stage
 
-        stage.run(c, run=run)
+        return stage.run(c, run=run)
 
-    _execute(config, config_dir, overrides, cfg, debug, body)
+    _execute(config, config_dir, overrides, cfg, debug, body, multirun, "deploy")
 
 
 @app.command()
 def pipeline(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
-             config_dir: ConfigDir = None, cfg: PrintCfg = False, debug: Debug = False) -> None:
-    """collect, pretrain, finetune (pretrained and scratch), evaluate both, deploy."""
-    def body(c: Config) -> None:
+             config_dir: ConfigDir = None, cfg: PrintCfg = False, multirun: Multirun = False,
+             debug: Debug = False) -> None:
+    """collect, pretrain, finetune (pretrained and scratch), evaluate both, deploy.
+
+    [bold]Example[/bold]: pretrainer pipeline -c cifar_ae trainer.epochs=5
+    """
+    def body(c: Config):
         from pretrainer.stages import pipeline as stage
 
-        stage.run(c)
+        return stage.run(c)
 
-    _execute(config, config_dir, overrides, cfg, debug, body)
+    _execute(config, config_dir, overrides, cfg, debug, body, multirun, "pipeline")
 
 
 @app.command()
@@ -245,14 +299,18 @@ def study(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
           config_dir: ConfigDir = None,
           run: Annotated[Optional[str], typer.Option(
               "--run", help="Pretrain run to reuse (default: pretrain once for the study).")]
-          = None, cfg: PrintCfg = False, debug: Debug = False) -> None:
-    """Pretrained vs scratch across label fractions and seeds: study.json, study.md, a plot."""
-    def body(c: Config) -> None:
+          = None, cfg: PrintCfg = False, multirun: Multirun = False,
+          debug: Debug = False) -> None:
+    """Pretrained vs scratch across label fractions and seeds: study.json, study.md, a plot.
+
+    [bold]Example[/bold]: pretrainer study 'study.fractions=[0.01,0.1]' study.seeds=3
+    """
+    def body(c: Config):
         from pretrainer.stages import study as stage
 
-        stage.run(c, pretrain_run=run)
+        return stage.run(c, pretrain_run=run)
 
-    _execute(config, config_dir, overrides, cfg, debug, body)
+    _execute(config, config_dir, overrides, cfg, debug, body, multirun, "study")
 
 
 @app.command()
@@ -277,7 +335,7 @@ def serve(config: ConfigName = DEFAULT_EXPERIMENT, config_dir: ConfigDir = None,
         error(f"--workers must be >= 1, got {workers}")
         raise typer.Exit(2)
 
-    def body(c: Config) -> None:
+    def body(c: Config):
         from pretrainer.stages import serve as stage
 
         stage.run(run, c.paths.runs, c.experiment, host, port, workers)
@@ -303,7 +361,7 @@ def predict(input: Annotated[str, typer.Argument(
 
     [bold]Example[/bold]: pretrainer predict photos/ --run runs/fashion_ae/deploy-... -o out.csv
     """
-    def body(c: Config) -> None:
+    def body(c: Config):
         from pretrainer.stages import predict as stage
 
         stage.run(c, input, run=run, output=output, batch_size=batch_size)
@@ -329,7 +387,7 @@ def embed(source: Annotated[Optional[str], typer.Argument(
     [bold]Example[/bold]: pretrainer embed test --run runs/fashion_ae/pretrain-...; then
     tensorboard --logdir runs/fashion_ae/pretrain-.../embeddings/test
     """
-    def body(c: Config) -> None:
+    def body(c: Config):
         from pretrainer.stages import embed as stage
 
         stage.run(c, source, run=run, output=output, limit=limit)
@@ -338,14 +396,26 @@ def embed(source: Annotated[Optional[str], typer.Argument(
 
 
 @app.command()
-def doctor(runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where runs are written.")]
-           = "runs", debug: Debug = False) -> None:
-    """Check versions, devices, strategy, precision, a training step, an export and disk."""
-    if not debug:
-        _quiet_tensorflow()
-    from pretrainer.stages import doctor as stage
+def doctor(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
+           config_dir: ConfigDir = None,
+           runs_dir: Annotated[Optional[str], typer.Option(
+               "--runs-dir", help="Where runs are written (default: paths.runs).")] = None,
+           debug: Debug = False) -> None:
+    """Check versions, devices, strategy, precision, a training step, an export and disk.
 
-    if not stage.run(runs_dir):
+    Takes the strategy overrides a training verb would get, e.g. on a TPU VM:
+    [bold]pretrainer doctor trainer.strategy=tpu trainer.tpu=local[/bold]
+    """
+    result = {}
+
+    def body(c: Config):
+        from pretrainer.stages import doctor as stage
+
+        result["ok"] = stage.run(runs_dir or c.paths.runs, c.trainer.strategy, c.trainer.tpu,
+                                 c.trainer.connect_timeout)
+
+    _execute(config, config_dir, overrides, False, debug, body)
+    if not result.get("ok"):
         raise typer.Exit(1)
 
 

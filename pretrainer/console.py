@@ -43,7 +43,8 @@ def styled(text: str, style: str) -> Text:
 
 def table(title: str, columns: list[str], rows: list[list]) -> Table:
     """A table of plain values: no markup is read in the title or cells (use styled())."""
-    t = Table(title=escape(title), title_justify="left")
+    # min_width: a narrow table would wrap its title mid-phrase in logs
+    t = Table(title=escape(title), title_justify="left", min_width=min(len(title), 120))
     for col in columns:
         t.add_column(escape(col))
     for row in rows:

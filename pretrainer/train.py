@@ -8,6 +8,7 @@ import io
 import math
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -102,12 +103,14 @@ class HistoryCSV(keras.callbacks.Callback):
 class RichProgress(keras.callbacks.Callback):
     """A Rich bar per epoch with the running loss, and one summary line per epoch."""
 
-    def __init__(self, title: str, epochs: int, steps: int):
+    def __init__(self, title: str, epochs: int, steps: int, batch_size: Optional[int] = None):
         super().__init__()
-        self.title, self.epochs, self.steps = title, epochs, steps
+        self.title, self.epochs, self.steps, self.batch_size = title, epochs, steps, batch_size
         self.progress: Optional[Progress] = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+        self.seen = 0
         if not console.is_terminal:  # logs and CI: the per-epoch summary line is enough
             return
         self.progress = Progress(TextColumn(f"{self.title} epoch {epoch + 1}/{self.epochs}"),
@@ -118,6 +121,7 @@ class RichProgress(keras.callbacks.Callback):
         self.task = self.progress.add_task("", total=self.steps, metrics="")
 
     def on_train_batch_end(self, batch, logs=None):
+        self.seen = batch + 1
         if self.progress is not None:
             loss = (logs or {}).get("loss")
             self.progress.update(self.task, completed=batch + 1,
@@ -129,7 +133,11 @@ class RichProgress(keras.callbacks.Callback):
             self.progress = None
         shown = "  ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items()
                           if k != "learning_rate")
-        console.print(f"  {esc(self.title)} epoch {epoch + 1}/{self.epochs}  {shown}")
+        seconds = time.perf_counter() - getattr(self, "t0", time.perf_counter())
+        rate = (f"  {self.seen * self.batch_size / seconds:,.0f} ex/s" if self.batch_size
+                and seconds > 0 else f"  {self.seen / max(seconds, 1e-9):.1f} steps/s")
+        console.print(f"  {esc(self.title)} epoch {epoch + 1}/{self.epochs}  {seconds:.1f} s"
+                      f"{rate}  {shown}", soft_wrap=True)
 
 
 class ScaledUpdates(keras.callbacks.Callback):
@@ -432,8 +440,12 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
         trainer: TrainerConfig, title: str, val_ds=None, validation_steps: Optional[int] = None,
         monitor: str = "val_loss", mode: str = "min",
         restore_from: Optional[Path] = None, extra_callbacks: tuple = (),
-        class_weight: Optional[dict] = None) -> dict[str, list[float]]:
+        class_weight: Optional[dict] = None,
+        batch_size: Optional[int] = None) -> dict[str, list[float]]:
     """Train `model` (already compiled) with checkpoints; resume if run_dir has one.
+
+    Each epoch's line says its time and throughput (examples/s when `batch_size` is
+    given); the run manifest gets `fit_seconds`, the training time of this process.
 
     Logs go to run_dir/history.csv and run_dir/tb, checkpoints to run_dir/ckpt.
     `train_data(start_batch)` returns the endless training stream from that batch
@@ -483,7 +495,7 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
             monitor=monitor, mode=mode, patience=trainer.early_stopping_patience,
             restore_best_weights=True))
     if trainer.verbose:
-        callbacks.append(RichProgress(title, epochs, steps_per_epoch))
+        callbacks.append(RichProgress(title, epochs, steps_per_epoch, batch_size))
     # Segments: the rest of an interrupted epoch, then whole epochs.
     segments = []
     epoch0, done_in_epoch = divmod(start, steps_per_epoch)
@@ -492,6 +504,7 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
         epoch0 += 1
     if epoch0 < epochs:
         segments.append((epoch0 * steps_per_epoch, epoch0, steps_per_epoch))
+    fit_t0 = time.perf_counter()
     with _catch_stop_signals(stop):
         for skip, first_epoch, steps in segments:
             last_epoch = first_epoch + 1 if steps != steps_per_epoch else epochs
@@ -508,6 +521,10 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
             if stop.signal is not None or model.stop_training:
                 break
     step = optimizer_step(model)
+    if (run_dir / "manifest.json").is_file():
+        from pretrainer import runs
+
+        runs.update_manifest(run_dir, fit_seconds=round(time.perf_counter() - fit_t0, 2))
     if stop.signal is not None:
         raise Preempted(f"{title}: stopped by {signal.Signals(stop.signal).name} at step "
                         f"{step}/{total}; checkpoint saved in {run_dir / 'ckpt'}. Run the same "

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -27,7 +28,7 @@ def test_help_on_every_verb_does_not_import_tensorflow():
         "import sys\n"
         "from pretrainer.cli import app\n"
         "for verb in ([], ['collect'], ['pretrain'], ['finetune'], ['evaluate'], ['deploy'],"
-        " ['pipeline'], ['configs'], ['doctor'], ['serve'], ['study']):\n"
+        " ['pipeline'], ['configs'], ['doctor'], ['serve'], ['study'], ['predict'], ['embed']):\n"
         "    try:\n"
         "        app(verb + ['--help'], prog_name='pretrainer')\n"
         "    except SystemExit as e:\n"
@@ -92,6 +93,21 @@ def test_doctor_checks_the_machine(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for check in ("versions", "strategy auto", "train step", "SavedModel export", "disk"):
         assert check in proc.stdout
+
+
+def test_doctor_says_install_gpu_when_the_driver_sees_gpus_tensorflow_does_not(tmp_path):
+    fake = tmp_path / "bin" / "nvidia-smi"  # the driver's tool, listing one GPU
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-0)'\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    proc = run_cli(["doctor", "--runs-dir", str(tmp_path), "trainer.strategy=tpu",
+                    "trainer.tpu=grpc://127.0.0.1:9", "trainer.connect_timeout=3"],
+                   cwd=tmp_path, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "nvidia-smi lists 1 GPU(s), TensorFlow sees 0" in out and "pretrainer[gpu]" in out
+    assert "strategy tpu (trainer.tpu=grpc://127.0.0.1:9)" in out  # the override is honoured
 
 
 def test_a_failed_precondition_leaves_no_run_and_collects_nothing(tmp_path):

@@ -33,3 +33,37 @@ def test_wheel_ships_configs_and_bundled_data(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "fashion_ae"
+
+
+def test_gpu_extra_names_an_extra_tensorflow_has():
+    import importlib.metadata
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert extras["gpu"] == ["tensorflow[and-cuda]==2.21.*"]
+    assert "and-cuda" in importlib.metadata.metadata("tensorflow").get_all("Provides-Extra")
+
+
+def test_tpu_install_list_never_pulls_the_cpu_tensorflow_wheel(tmp_path):
+    """`make install-tpu`'s third step, resolved by pip (a dry run against PyPI)."""
+    import json
+
+    import pytest
+
+    deps = subprocess.run([sys.executable, str(ROOT / "scripts" / "deps.py"),
+                           "--without-tensorflow"], capture_output=True, text=True, timeout=60)
+    assert deps.returncode == 0, deps.stderr
+    wanted = deps.stdout.split()
+    assert not {"tensorflow", "tensorflow-text", "keras-hub"} & {
+        w.split("=")[0].split(">")[0].split("<")[0] for w in wanted}
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run",
+                           "--ignore-installed", "--quiet", "--report", str(tmp_path / "r.json"),
+                           *wanted], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and ("connection" in proc.stderr.lower()
+                                 or "network" in proc.stderr.lower()):
+        pytest.skip("PyPI is not reachable from here")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = {i["metadata"]["name"].lower() for i in
+             json.loads((tmp_path / "r.json").read_text())["install"]}
+    assert "keras" in names and not any(n.startswith("tensorflow") for n in names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +44,20 @@ def precision_advice(gpus: list) -> tuple[str, str]:
     return "float32", "no bf16 matrix units found on this CPU"
 
 
-def run(runs_root: str = "runs") -> bool:
+def nvidia_gpus() -> list[str]:
+    """GPUs the NVIDIA driver lists (`nvidia-smi -L`), whatever TensorFlow sees."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.startswith("GPU ")]
+
+
+def run(runs_root: str = "runs", strategy: str = "auto", tpu: str = "",
+        timeout: float = 30.0) -> bool:
     import keras
     import numpy as np
     import tensorflow as tf
@@ -61,11 +75,20 @@ def run(runs_root: str = "runs") -> bool:
     gpus = tf.config.list_physical_devices("GPU")
     add("devices", True, f"{len(tf.config.list_physical_devices('CPU'))} CPU, {len(gpus)} GPU"
         + (f" ({', '.join(g.name for g in gpus)})" if gpus else ""))
+    listed = nvidia_gpus()
+    if listed:
+        add("GPU visible to TensorFlow", len(gpus) >= len(listed),
+            f"nvidia-smi lists {len(listed)} GPU(s), TensorFlow sees {len(gpus)}"
+            + ("" if len(gpus) >= len(listed) else
+               ": TensorFlow lacks its CUDA libraries; install pretrainer[gpu] "
+               "(`make install-gpu`, or pip install 'pretrainer[gpu]')"))
+    label = f"strategy {strategy}" + (f" (trainer.tpu={tpu})" if tpu else "")
     try:
-        strategy, why = get_strategy("auto")
-        add("strategy auto", True, f"{type(strategy).__name__} ({why})")
+        chosen, why = get_strategy(strategy, tpu=tpu, timeout=timeout)
+        add(label, True, f"{type(chosen).__name__} ({why}), "
+                         f"{chosen.num_replicas_in_sync} replica(s)")
     except UserError as exc:
-        add("strategy auto", False, str(exc))
+        add(label, False, str(exc))
     from pretrainer.train import resolve_precision
 
     advice, why = precision_advice(gpus)

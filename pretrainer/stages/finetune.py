@@ -145,7 +145,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                  and ft.ema_momentum is None else None)
     if keep_best is not None:
         callbacks.append(keep_best)
-    history = fit(trained, train_data, steps_per_epoch=steps_per_epoch,
+    history = fit(trained, train_data, steps_per_epoch=steps_per_epoch, batch_size=bs,
                   epochs=ft.epochs or cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title=f"finetune[{ft.init}]", val_ds=val_ds, validation_steps=val_steps,
                   monitor="val_loss" if regression else "val_accuracy",

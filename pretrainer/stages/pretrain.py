@@ -74,7 +74,7 @@ def run(cfg: Config) -> Path:
     history = fit(model, train_data, steps_per_epoch=pipeline.steps(store, "unlabeled", bs),
                   epochs=cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title="pretrain", val_ds=val_ds, validation_steps=val_steps,
-                  restore_from=restore_from, extra_callbacks=tuple(extra))
+                  restore_from=restore_from, extra_callbacks=tuple(extra), batch_size=bs)
     if is_multi_worker(strategy):
         info(f"worker {worker_index()}: {optimizer_step(model)} steps, final weights "
              f"checksum {weights_checksum(model):.6f}")

@@ -12,7 +12,7 @@ from pretrainer.stages import evaluate, study
 
 pytestmark = pytest.mark.e2e
 
-TINY = ["data.max_samples=300", "data.max_test=60", "trainer.epochs=1", "finetune.epochs=1",
+TINY = ["data.max_samples=200", "data.max_test=40", "trainer.epochs=1", "finetune.epochs=1",
         "trainer.verbose=false", "backbone.filters=[8,16]", "backbone.latent_dim=16",
         "study.fractions=[0.05,0.2]", "study.seeds=2", "study.linear_probe=true"]
 

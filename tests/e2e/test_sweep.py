@@ -1,0 +1,57 @@
+"""`-m/--multirun`: every combination as its own run, one table, and a killed sweep that
+continues where it stopped."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pretrainer.cli import app
+from pretrainer.stages import finetune
+
+pytestmark = pytest.mark.e2e
+
+ARGS = ["finetune", "-c", "house_linear", "-m", "finetune.learning_rate=0.1,0.05",
+        "finetune.epochs=2,3", "trainer.verbose=false"]
+
+
+def test_a_sweep_runs_each_combination_once_and_resumes_after_a_kill(in_tmp, monkeypatch):
+    real, calls = finetune.run, {"n": 0}
+
+    def killed_on_the_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(finetune, "run", killed_on_the_third)
+    result = CliRunner().invoke(app, ARGS)
+    assert result.exit_code == 130, result.output
+    (sweep,) = (in_tmp / "runs" / "house_linear").glob("sweep-finetune-*")
+    assert len(json.loads((sweep / "sweep.json").read_text())["combinations"]) == 2
+
+    monkeypatch.setattr(finetune, "run", real)
+    result = CliRunner().invoke(app, ARGS)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("finished earlier") == 2
+    state = json.loads((sweep / "sweep.json").read_text())
+    combos = [c["overrides"] for c in state["combinations"]]
+    assert len(combos) == 4 and len({tuple(c) for c in combos}) == 4
+    runs = {c["run"] for c in state["combinations"]}
+    assert len(runs) == 4 and all((p / "DONE").is_file() for p in map(in_tmp.joinpath, runs))
+    table = (sweep / "sweep.md").read_text()
+    assert "| finetune.learning_rate | finetune.epochs | loss |" in table
+    assert table.count("| 0.05 |") == 2 and "| 3 |" in table
+    assert all(json.loads((in_tmp / r / "manifest.json").read_text())["epochs"] in (2, 3)
+               for r in runs)
+
+
+def test_several_values_without_multirun_is_a_one_line_error(in_tmp):
+    result = CliRunner().invoke(app, ["finetune", "-c", "house_linear", "trainer.epochs=1,2"])
+    assert result.exit_code == 2
+    assert "trainer.epochs" in result.output and "-m (--multirun)" in result.output
+
+
+def test_cfg_job_is_accepted_as_hydra_users_type_it():
+    result = CliRunner().invoke(app, ["pretrain", "--cfg", "job", "trainer.epochs=4"])
+    assert result.exit_code == 0 and "epochs: 4" in result.output
