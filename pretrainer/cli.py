@@ -107,6 +107,10 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
         if print_cfg:
             typer.echo(to_yaml(cfg), nl=False)
             return
+        if cfg.tracking.backend == "mlflow":  # before any work, not when the run is done
+            from pretrainer.tracking import require_mlflow
+
+            require_mlflow()
         if not debug:
             _quiet_tensorflow()
         if multirun:

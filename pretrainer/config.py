@@ -300,6 +300,17 @@ class StudyConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking (`tracking=mlflow`, or tracking.backend=mlflow)."""
+    backend: str = "none"  # none | mlflow (pip install 'pretrainer[mlflow]')
+    uri: str = ""  # an MLflow server (http://host:5000) or store; empty: <paths.runs>/mlruns
+    experiment: str = ""  # MLflow experiment name; empty: the pretrainer experiment
+
+    def __post_init__(self) -> None:
+        _check_choice("tracking.backend", self.backend, ("none", "mlflow"))
+
+
+@dataclass
 class Config:
     experiment: str = ""  # names runs/<experiment>/; empty: the config's file name
     description: str = ""  # one line, shown by `pretrainer configs`
@@ -313,6 +324,7 @@ class Config:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 _GROUPS = ("data", "backbone", "pretext", "finetune", "trainer", "deploy")
@@ -433,6 +445,10 @@ def compose(name: str = DEFAULT_EXPERIMENT, overrides: Optional[list[str]] = Non
     experiments = list_experiments(config_dir)
     if name not in experiments:
         raise ConfigError(f"Unknown config '{name}'. Choose from: {', '.join(experiments)}")
+    # `tracking=mlflow` reads like a config group (as in Hydra apps) but is one field here:
+    # no experiment config has to list a tracking default for it to work
+    overrides = [f"tracking.backend={ov.split('=', 1)[1]}" if ov.split("=", 1)[0] == "tracking"
+                 and "=" in ov else ov for ov in overrides]
     for ov in overrides:
         _reject_hydra_only(ov)
     dirs = config_dirs(config_dir)

@@ -261,6 +261,10 @@ def is_done(run: Path) -> bool:
 
 
 def mark_done(run: Path) -> None:
+    """Mark a run finished (after logging it to MLflow when its config asks for that)."""
+    from pretrainer import tracking
+
+    tracking.log_run(Path(run))
     atomic_write_text(Path(run) / DONE, _dt.datetime.now().isoformat(timespec="seconds") + "\n")
     release_lock(Path(run) / LOCK)
 

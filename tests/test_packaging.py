@@ -37,6 +37,7 @@ def test_wheel_ships_configs_and_bundled_data(tmp_path):
 
 def test_gpu_extra_names_an_extra_tensorflow_has():
     import importlib.metadata
+
     import tomllib
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
