@@ -42,12 +42,13 @@ demo: install
 	$(BIN)/pretrainer pipeline --config fashion_ae
 
 test: install-dev
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not bench"
 
 lint: install-dev
 	$(BIN)/ruff check pretrainer tests benchmarks scripts
 
 bench: install-dev
+	$(BIN)/python -m pytest -q -n 2 -m bench tests/test_benchmarks.py
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/precision.py

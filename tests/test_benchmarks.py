@@ -2,7 +2,12 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
+# The slower harnesses run with `make bench` (which checks them first), not in `make test`:
+# the suite must stay well under 15 minutes on 2 cores. run.py's smoke stays here.
+slow_harness = pytest.mark.bench
 
 
 def _smoke(script: str, out, *extra: str, timeout: int = 600):
@@ -20,11 +25,13 @@ def test_benchmark_harness_smoke(tmp_path):
         assert results[name]["speedup"] > 0
 
 
+@slow_harness
 def test_collect_read_benchmark_smoke(tmp_path):
     _, results = _smoke("collect_read.py", tmp_path / "cr.json")
     assert results["collect_images_per_s"] > 0 and results["rss_10x_mib"] > 0
 
 
+@slow_harness
 def test_throughput_benchmark_smoke(tmp_path):
     _, results = _smoke("throughput.py", tmp_path / "tp.json", timeout=900)
     assert results["ceilings_gflop_per_s"]["float32"] > 0
@@ -35,6 +42,7 @@ def test_throughput_benchmark_smoke(tmp_path):
     assert results["export"]["p50_ms"]["keras"] > 0 and "litert" in results["export"]["p50_ms"]
 
 
+@slow_harness
 def test_precision_benchmark_smoke(tmp_path):
     _, results = _smoke("precision.py", tmp_path / "p.json", "--models",
                         "seed_cnn_classifier,autoencoder")
