@@ -51,10 +51,10 @@ def run(cfg: Config) -> dict:
         gain = -ci["mean"]  # mean squared error lowered by pretraining
         console.print(f"pretraining changed the test MSE by {-ci['mean']:+.4g} (95% CI "
                       f"{-ci['high']:+.4g} to {-ci['low']:+.4g}, {ci['method']})"
-                      + (": within noise" if ci["low"] <= 0 <= ci["high"] else ""))
+                      + (": within noise" if ci["low"] <= 0 <= ci["high"] else ""), soft_wrap=True)
     else:
         gain = ci["mean"] * 100
-        console.print(f"pretrained - scratch test accuracy: {verdict(ci)}")
+        console.print(f"pretrained - scratch test accuracy: {verdict(ci)}", soft_wrap=True)
     console.print(f"exported model: [bold]{esc(export)}[/bold]  ({wall:.0f} s)")
     return {"pretrain": pre, "results": results, "deploy": dep, "export": export,
             "wall_s": wall, "gain_points": gain, "gain_interval": ci}
