@@ -224,6 +224,9 @@ class TrainerConfig:
     steps_per_execution: int = 1
     # XLA: null = auto (on with a GPU; off on CPU, where it ran small CNNs at 0.59x)
     jit_compile: Optional[bool] = None
+    # every training and validation batch of one size (the last partial one of a pass is
+    # dropped), as TPUs need static shapes; null = on when the strategy is a TPU
+    static_batches: Optional[bool] = None
     early_stopping_patience: int = 0  # 0 disables early stopping
     checkpoint_every: int = 100  # steps between checkpoints (a kill loses at most this many)
     verbose: bool = True  # Rich progress bars

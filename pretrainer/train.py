@@ -52,6 +52,16 @@ def setup(trainer: TrainerConfig, seed: int):
     keras.mixed_precision.set_global_policy(policy)
     strategy, why = get_strategy(trainer.strategy, trainer.devices, trainer.tpu,
                                  trainer.connect_timeout)
+    import tensorflow as tf
+
+    from pretrainer.data import pipeline
+
+    static = trainer.static_batches
+    if static is None:
+        static = isinstance(strategy, tf.distribute.TPUStrategy)
+    pipeline.set_static_batches(static)
+    if static:
+        why += "; batches of one size (static shapes)"
     return strategy, why if policy == "float32" else f"{why}; {precision_why}"
 
 
@@ -436,6 +446,18 @@ def _metric_state(ckpt_path: Optional[str]) -> Optional[dict]:
     return json.loads(Path(f"{ckpt_path}.metrics.json").read_text())
 
 
+def _require_static(title: str, what: str, ds) -> None:
+    """TPUs compile one program per input shape: every dimension must be known."""
+    import tensorflow as tf
+
+    loose = [spec for spec in tf.nest.flatten(ds.element_spec)
+             if not spec.shape.is_fully_defined()]
+    if loose:
+        raise TrainingError(f"{title}: the {what} input has dynamic shapes "
+                            f"({', '.join(str(s.shape) for s in loose[:3])}) but static batches "
+                            f"are required (trainer.static_batches, on for TPUs)")
+
+
 def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, run_dir: Path,
         trainer: TrainerConfig, title: str, val_ds=None, validation_steps: Optional[int] = None,
         monitor: str = "val_loss", mode: str = "min",
@@ -464,6 +486,16 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
     run_dir = Path(run_dir)
     make_train = train_data if callable(train_data) else (
         lambda start: train_data.skip(start) if start else train_data)
+    from pretrainer.data import pipeline
+
+    if pipeline.static_batches():
+        if batch_size:  # maps after batching (tokenization) lose the static batch dimension
+            unpinned = make_train
+            make_train = lambda start: pipeline.pin_batch(unpinned(start), batch_size)  # noqa: E731
+            val_ds = None if val_ds is None else pipeline.pin_batch(val_ds, batch_size)
+        _require_static(title, "training", make_train(0))
+        if val_ds is not None:
+            _require_static(title, "validation", val_ds)
     ckpt = checkpoint(model)
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
     source = manager if restore_from is None else tf.train.CheckpointManager(

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pretrainer.config import DataConfig
 from pretrainer.data import pipeline
@@ -116,3 +117,28 @@ def test_stores_for_other_configs_live_side_by_side_and_runs_keep_theirs(tmp_pat
     (tmp_path / a.data.name / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RunError, match="rebuilt since for another data config"):
         trained_store(run, store_b)
+
+
+def test_static_batches_make_every_repeated_batch_whole(sorted_store):
+    """The TPU rule: with static batches on, repeated streams have a static batch dimension
+    and an unshuffled pass drops its partial last batch; a split smaller than one batch is a
+    clear error; fit refuses an input whose shapes are still dynamic."""
+    from pretrainer.errors import DataError
+    from pretrainer.train import TrainingError, _require_static
+
+    pipeline.set_static_batches(True)
+    try:
+        n = pipeline.split_info(sorted_store, "test")["count"]
+        bs = 7 if n % 7 else 11
+        for shuffle in (False, True):
+            ds = pipeline.images(sorted_store, "test", batch_size=bs, shuffle=shuffle,
+                                 repeat=True, cache=False)
+            assert ds.element_spec[0].shape[0] == bs and ds.element_spec[1].shape[0] == bs
+            assert all(len(y) == bs for _, y in ds.take(3 * (n // bs) + 2))
+        assert pipeline.steps(sorted_store, "test", bs) == n // bs
+        with pytest.raises(DataError, match="fewer than one batch"):
+            pipeline.steps(sorted_store, "test", n + 1)
+        with pytest.raises(TrainingError, match="dynamic shapes"):
+            _require_static("pretrain", "training", tf.data.Dataset.range(10).batch(3))
+    finally:
+        pipeline.set_static_batches(False)

@@ -115,10 +115,39 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
     return ds.skip(offset) if offset else ds, manifest, workers
 
 
+_STATIC = {"on": False}
+
+
+def set_static_batches(on: bool) -> None:
+    """Make every repeated (training / validation) stream yield batches of one size, as a
+    TPU needs: the last partial batch of an unshuffled pass is dropped. train.setup turns
+    this on for TPU strategies (or trainer.static_batches=true)."""
+    _STATIC["on"] = bool(on)
+
+
+def static_batches() -> bool:
+    return _STATIC["on"]
+
+
+def pin_batch(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Declare the batch dimension of every component `batch_size` (a map after batching,
+    such as tokenization, loses it); other unknown dimensions stay unknown."""
+    def pin(t):
+        return tf.ensure_shape(t, [batch_size, *t.shape[1:]])
+
+    def each(*xs):
+        out = tf.nest.map_structure(pin, xs)
+        return out if len(xs) > 1 else out[0]
+
+    return ds.map(each)
+
+
 def _repeat_batches(ds, batch_size: int, *, shuffle: bool, repeat: bool, start_batch: int):
     """Batch; unshuffled repeated reads (validation) repeat whole passes, so every pass
-    yields the same batches; shuffled reads batch the endless record stream."""
-    ds = ds.batch(batch_size)
+    yields the same batches; shuffled reads batch the endless record stream. Repeated
+    streams drop a partial last batch when static batches are on (its batch dimension is
+    then static: the endless shuffled stream loses nothing)."""
+    ds = ds.batch(batch_size, drop_remainder=repeat and _STATIC["on"])
     if repeat and not shuffle:
         ds = ds.repeat()
         if start_batch:
@@ -291,7 +320,14 @@ def to_numpy(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def steps(store: Path, split: str, batch_size: int, limit: Optional[int] = None) -> int:
+    """Batches per pass over `split` (whole batches only when static batches are on)."""
     n = split_info(store, split)["count"]
     if limit is not None:
         n = min(n, limit)
+    if _STATIC["on"]:
+        if n < batch_size:
+            raise DataError(f"the {split} split has {n} examples, fewer than one batch of "
+                            f"{batch_size}: with static batches (TPUs) every batch is whole. "
+                            f"Lower the batch size or give the split more examples")
+        return n // batch_size
     return max(1, -(-n // batch_size))
