@@ -300,11 +300,19 @@ def latest_run(runs_root: str | Path, experiment: str, stage: str,
 
 
 def resolve(runs_root: str | Path, experiment: str, stage: str,
-            run: Optional[str | Path] = None) -> Path:
-    """`--run DIR` when given (it must be a finished `stage` run), else the latest one."""
-    if run is not None:
+            run: Optional[str | Path] = None, accept: tuple[str, ...] = ()) -> Path:
+    """`--run DIR` when given (a finished run of `stage`, or of any stage in `accept`),
+    else the latest finished `stage` run."""
+    if run is None:
+        return latest_run(runs_root, experiment, stage)
+    if not accept:
         return require_done(run, stage)
-    return latest_run(runs_root, experiment, stage)
+    path = require_done(run)
+    got = read_manifest(path).get("stage")
+    if got not in accept:
+        raise RunError(f"Run {path} is a '{got}' run; this step takes a "
+                       f"{' or '.join(accept)} run")
+    return path
 
 
 def read_manifest(run: Path) -> dict:

@@ -19,6 +19,15 @@ def run_cli(args, cwd, timeout=600, env=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def run_python(code: str, cwd=ROOT, timeout=300, env=None):
+    """Run `python -c CODE` in a fresh process (a clean interpreter: what a user's other
+    program, or a serving runtime, would import)."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=env)
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run with the working directory in a fresh folder (runs/ and data/ land there)."""

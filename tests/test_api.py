@@ -1,7 +1,4 @@
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import ROOT, run_python
 
 
 def test_notebook_api_runs_a_stage_without_tensorflows_startup_noise(tmp_path):
@@ -13,9 +10,7 @@ def test_notebook_api_runs_a_stage_without_tensorflows_startup_noise(tmp_path):
             "    pt.config('house_linear', ['trainer.epoch=3'])\n"
             "except Exception as e:\n"
             "    print('ERR', type(e).__name__)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    proc = run_python(code, cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RUN" in proc.stdout and proc.stdout.split("RUN")[1].split()[1] == "True"
     assert "ERR ConfigError" in proc.stdout

@@ -1,12 +1,10 @@
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import run_python
 
 from pretrainer.config import DeployConfig
 from pretrainer.exports import litert, onnx, parity, savedmodel
@@ -71,8 +69,7 @@ def test_saved_model_runner_imports_only_tensorflow(tiny, tmp_path):
             f"'{tmp_path / 'y.npy'}']); "
             "print(sorted(m for m in sys.modules if m.startswith('pretrainer.') "
             "and m not in ('pretrainer.exports', 'pretrainer.exports.parity')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
+    out = run_python(code)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert np.load(tmp_path / "y.npy").shape == (40, 3)
@@ -121,8 +118,7 @@ l = runner(images=x[:1])["probabilities"]
 print(json.dumps({{"names": json.loads(meta["class_names"]), "spec": json.loads(meta["input_spec"]),
                   "onnx": o.tolist(), "litert": l.tolist()}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = run_python(code, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["names"] == NAMES and got["spec"]["layout"].startswith("NHWC")

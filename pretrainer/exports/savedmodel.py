@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from pretrainer import runs
-from pretrainer.exports import preprocess
+from pretrainer.exports import preprocess, sidecar
 
 
 def next_version(model_dir: Path) -> int:
@@ -152,8 +152,7 @@ def export(model, target: Path, manifest: dict) -> Path:
         assets.mkdir(exist_ok=True)
         names = manifest.get("class_names") or []
         if names:
-            (assets / "labels.txt").write_text("".join(f"{n}\n" for n in names),
-                                               encoding="utf-8")
+            (assets / "labels.txt").write_text(sidecar.labels_text(names), encoding="utf-8")
         (assets / "input_spec.json").write_text(
             json.dumps(preprocess.input_spec(manifest), indent=2) + "\n", encoding="utf-8")
     return target

@@ -11,10 +11,16 @@ from pretrainer import runs
 from pretrainer.exports import preprocess
 
 
+def labels_text(names: list[str]) -> str:
+    """labels.txt: one class name per line, in label order (beside LiteRT/ONNX files and in
+    the SavedModel's assets/)."""
+    return "".join(f"{n}\n" for n in names)
+
+
 def write(artifact: Path, manifest: dict, fmt: str, **extra) -> None:
     names = list(manifest.get("class_names") or [])
     if names:
-        runs.atomic_write_text(artifact.parent / "labels.txt", "".join(f"{n}\n" for n in names))
+        runs.atomic_write_text(artifact.parent / "labels.txt", labels_text(names))
     spec = preprocess.input_spec(manifest)
     doc = {"format": fmt, "file": artifact.name, "class_names": names,
            "input": spec.get("tensor"), "outputs": spec["outputs"], **extra}

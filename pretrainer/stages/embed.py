@@ -49,8 +49,6 @@ def _featurizer(run_dir: Path, manifest: dict):
             return np.asarray(features(feed, training=False), np.float32)
 
         return call
-    if stage != "pretrain":
-        raise RunError(f"{run_dir} is a {stage} run: embed takes a pretrain or finetune run")
     backbone = load_keras_artifact(run_dir, "backbone.keras", None if text else shape)
     if not text:
         return lambda x: np.asarray(backbone(x, training=False), np.float32).reshape(len(x), -1)
@@ -96,8 +94,8 @@ def run(cfg: Config, source: Optional[str] = None, run: Optional[str] = None,
     from pretrainer.stages import trained_store
     from pretrainer.stages.collect import store_path
 
-    run_dir = (runs.require_done(run) if run is not None
-               else runs.latest_run(cfg.paths.runs, cfg.experiment, "pretrain"))
+    run_dir = runs.resolve(cfg.paths.runs, cfg.experiment, "pretrain", run,
+                           accept=("pretrain", "finetune"))
     store = trained_store(run_dir, store_path(cfg))
     manifest = read_manifest(store)
     featurize = _featurizer(run_dir, manifest)

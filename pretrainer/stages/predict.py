@@ -40,8 +40,8 @@ def model_entry(cfg: Config, run: Optional[str]):
     from pretrainer.stages import load_keras_artifact, trained_store
     from pretrainer.stages.collect import store_path
 
-    run_dir = (runs.require_done(run) if run is not None
-               else runs.latest_run(cfg.paths.runs, cfg.experiment, "finetune"))
+    run_dir = runs.resolve(cfg.paths.runs, cfg.experiment, "finetune", run,
+                           accept=("deploy", "finetune"))
     stage = runs.read_manifest(run_dir).get("stage")
     if stage == "deploy":
         from pretrainer.stages.serve import find_export
@@ -52,14 +52,12 @@ def model_entry(cfg: Config, run: Optional[str]):
         savedmodel.load_text_ops()
         fns = dict(tf.saved_model.load(str(path)).signatures)
         what = f"the SavedModel {path}"
-    elif stage == "finetune":
+    else:  # finetune
         manifest = read_manifest(trained_store(run_dir, store_path(cfg)))
         shape = None if manifest["modality"] == "text" else tuple(manifest["shape"])
         model = load_keras_artifact(run_dir, "model.keras", shape)
         fns = savedmodel.signatures(model, manifest)
         what = f"{run_dir / 'model.keras'}"
-    else:
-        raise RunError(f"{run_dir} is a {stage} run: predict takes a deploy or finetune run")
     name, arg = ENTRY[manifest["modality"]]
     fn = fns.get(name) or fns["serving_default"]
     dtype = tf.string if manifest["modality"] == "text" else tf.float32

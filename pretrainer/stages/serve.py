@@ -284,7 +284,7 @@ def make_handler(model: Model):
 
         def setup(self):
             super().setup()
-            head = self.server.heads.get(self.request) if hasattr(self.server, "heads") else None
+            head = self.server.heads.get(self.request)
             if head:  # the watcher read the request head: read it again from there
                 self.rfile = io.BufferedReader(_Prefixed(head, self.connection))
 
@@ -515,7 +515,6 @@ def make_server(run: Path, host: str = "127.0.0.1", port: int = 8501,
         server = PooledHTTPServer((host, port), make_handler(model), workers=workers)
     except OSError as exc:
         raise RunError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     return server, model
 
 

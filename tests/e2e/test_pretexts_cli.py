@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_python
 
 pytestmark = pytest.mark.e2e
 
@@ -128,8 +128,6 @@ def test_language_models_pretrain_finetune_deploy_raw_strings(tmp_path, experime
 
 def _text_model_is_usable_outside_pretrainer(tmp_path, exp, pre, dep):
     """.keras files load with Keras + keras-hub alone; serve, predict and embed take text."""
-    import subprocess
-    import sys
     import urllib.request
 
     (ft,) = exp.glob("finetune-*")
@@ -138,8 +136,7 @@ def _text_model_is_usable_outside_pretrainer(tmp_path, exp, pre, dep):
             f"m = keras.saving.load_model({str(ft / 'model.keras')!r}); "
             "import tensorflow as tf; p = m(tf.constant(['a short text'])).numpy(); "
             "print(p.shape, sorted(k for k in sys.modules if k.startswith('pretrainer')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)
+    out = run_python(code, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("[]")  # no pretrainer module was needed
 
