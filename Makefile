@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev,onnx,mlflow]"
+	$(BIN)/pip install --quiet -e ".[dev,onnx,mlflow,optuna]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

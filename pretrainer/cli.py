@@ -55,7 +55,8 @@ PrintCfg = Annotated[bool, typer.Option(
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", metavar="")]
 Multirun = Annotated[bool, typer.Option(
     "--multirun", "-m", help="Sweep: run every combination of comma-separated override "
-                             "values (a=1,2 b=x,y) as its own run, then one table.",
+                             "values (a=1,2 b=x,y) as its own run, then one table; with "
+                             "hydra/sweeper=optuna and interval(), an Optuna search.",
     metavar="")]
 
 
@@ -99,7 +100,12 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
     try:
         from pretrainer import sweep
 
-        combos, swept = sweep.expand(overrides) if overrides else ([[]], [])
+        searching = bool(overrides) and sweep.is_search(overrides)
+        if searching and not multirun:
+            raise UserError("interval() and hydra.sweeper settings run a search; add -m "
+                            "(--multirun)")
+        combos, swept = (([sweep.fixed_overrides(overrides)], []) if searching else
+                         sweep.expand(overrides) if overrides else ([[]], []))
         if len(combos) > 1 and not multirun:
             raise UserError(f"{', '.join(swept)}: several values sweep over {len(combos)} "
                             f"runs; add -m (--multirun) to run each combination")
@@ -114,7 +120,7 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
         if not debug:
             _quiet_tensorflow()
         if multirun:
-            _sweep(verb, config, config_dir, overrides, cfg, body)
+            _sweep(verb, config, config_dir, overrides, cfg, body, searching)
         else:
             body(cfg)
     except UserError as exc:
@@ -141,14 +147,15 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
 
 
 def _sweep(verb: str, config: str, config_dir: Optional[str], overrides: List[str],
-           first: Config, body: Callable[[Config], object]) -> None:
+           first: Config, body: Callable[[Config], object], searching: bool = False) -> None:
     from pretrainer import sweep
     from pretrainer.console import console, info
 
-    out = sweep.run(verb, config, overrides, first.paths.runs, first.experiment,
+    out = (sweep.search if searching else sweep.run)(verb, config, overrides, first.paths.runs, first.experiment,
                     lambda combo: body(compose(config, combo, config_dir)),
                     echo=lambda line: info(f"[bold]{line}[/bold]"))
-    console.print((out / "sweep.md").read_text(), markup=False, highlight=False)
+    console.print((out / "sweep.md").read_text(), markup=False, highlight=False,
+                  soft_wrap=True)
     info(f"sweep done: {out / 'sweep.json'}")
 
 

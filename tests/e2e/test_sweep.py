@@ -55,3 +55,48 @@ def test_several_values_without_multirun_is_a_one_line_error(in_tmp):
 def test_cfg_job_is_accepted_as_hydra_users_type_it():
     result = CliRunner().invoke(app, ["pretrain", "--cfg", "job", "trainer.epochs=4"])
     assert result.exit_code == 0 and "epochs: 4" in result.output
+
+
+SEARCH = ["finetune", "-c", "house_linear", "-m", "hydra/sweeper=optuna",
+          "hydra.sweeper.n_trials=3", "finetune.learning_rate=tag(log, interval(0.01, 0.2))",
+          "finetune.epochs=range(2,4)", "trainer.verbose=false"]
+
+
+def test_an_optuna_search_runs_its_trials_and_continues_after_a_kill(in_tmp, monkeypatch):
+    pytest.importorskip("optuna")
+    real, calls = finetune.run, {"n": 0}
+
+    def killed_on_the_second(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(finetune, "run", killed_on_the_second)
+    assert CliRunner().invoke(app, SEARCH).exit_code == 130
+    (sweep,) = (in_tmp / "runs" / "house_linear").glob("sweep-finetune-*")
+    first = json.loads((sweep / "sweep.json").read_text())["combinations"]
+    assert [t["status"] for t in first] == ["done", "running"]
+
+    monkeypatch.setattr(finetune, "run", real)
+    result = CliRunner().invoke(app, SEARCH)
+    assert result.exit_code == 0, result.output
+    state = json.loads((sweep / "sweep.json").read_text())
+    trials = state["combinations"]
+    assert [t["status"] for t in trials] == ["done"] * 3
+    assert trials[0] == first[0] and trials[1]["params"] == first[1]["params"]
+    for t in trials:  # each trial its own finished run, with the values Optuna proposed
+        assert 0.01 <= t["params"]["finetune.learning_rate"] <= 0.2
+        assert t["params"]["finetune.epochs"] in (2, 3)
+        manifest = json.loads((in_tmp / t["run"] / "manifest.json").read_text())
+        assert manifest["epochs"] == t["params"]["finetune.epochs"]
+        assert t["objective"] == "loss" and t["value"] == t["metrics"]["loss"]
+    assert state["best"]["loss"] == min(t["value"] for t in trials)
+    assert "3 Optuna TPE trials (minimize loss)" in (sweep / "sweep.md").read_text()
+
+
+def test_a_search_without_multirun_or_with_a_bad_setting_is_one_line(in_tmp):
+    result = CliRunner().invoke(app, SEARCH[:3] + SEARCH[4:])
+    assert result.exit_code == 2 and "add -m" in result.output
+    result = CliRunner().invoke(app, SEARCH + ["hydra.sweeper.storage=x"])
+    assert result.exit_code == 2 and "valid: n_trials, direction" in result.output
