@@ -55,6 +55,6 @@ def quiet_tensorflow() -> None:
     """Import TensorFlow with its start-up lines (oneDNN, CUDA probing) muted."""
     if os.environ.get("PRETRAINER_VERBOSE_TF") == "1":
         return
-    from pretrainer.cli import _quiet_tensorflow
+    from pretrainer.console import quiet_tensorflow
 
-    _quiet_tensorflow()
+    quiet_tensorflow()

@@ -6,7 +6,6 @@ the function body, so `pretrainer --help` and `--cfg` stay fast.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Callable, List, Optional
 
@@ -60,39 +59,12 @@ Multirun = Annotated[bool, typer.Option(
     metavar="")]
 
 
-def _quiet_tensorflow() -> None:
-    """Import TensorFlow and Keras with stderr muted; --debug skips this and shows everything.
-
-    TF 2.21 prints absl lines (oneDNN, "Could not find cuda drivers") before its
-    log level is read, so TF_CPP_MIN_LOG_LEVEL alone cannot hide them: mute fd 2
-    for the import only. An import failure still raises after stderr is back.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import keras  # noqa: F401  (TID253: deliberately inside a function)
-                import tensorflow  # noqa: F401
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
-    # "N out of the last M calls ... triggered tf.function retracing": expected when a
-    # stage predicts with several models in one process, and no use to a user.
-    tensorflow.get_logger().setLevel("ERROR")
-
-
 def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[str]],
              print_cfg: bool, debug: bool, body: Callable[[Config], object],
              multirun: bool = False, verb: str = "") -> None:
     """Compose, then run `body(cfg)`; user errors become one red line and exit code 2.
     With `multirun`, once per combination of the swept overrides (pretrainer.sweep)."""
-    from pretrainer.console import error
+    from pretrainer.console import error, quiet_tensorflow
 
     overrides = list(overrides or [])
     if print_cfg and overrides and overrides[0] in ("job", "all", "hydra"):
@@ -117,8 +89,12 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
             from pretrainer.tracking import require_mlflow
 
             require_mlflow()
-        if not debug:
-            _quiet_tensorflow()
+        if debug:
+            from pretrainer import console as _console
+
+            _console.TF_NOISE = True
+        elif verb != "collect":  # collect decodes in forked processes before TF loads
+            quiet_tensorflow()
         if multirun:
             _sweep(verb, config, config_dir, overrides, cfg, body, searching)
         else:

@@ -108,3 +108,35 @@ def test_bad_folders_are_clear_errors(tmp_path, setup, match):
 def test_missing_path_is_a_clear_error():
     with pytest.raises(DataError, match="data.path"):
         sources.load(DataConfig(source="image_folder"))
+
+
+def test_worker_processes_decode_the_same_images_in_the_same_order(tmp_path):
+    """Large folders decode in forked workers (before TensorFlow loads): same pixels, same
+    order, same skipped files as decoding in one process, with hidden folders ignored."""
+    root = make_class_folder(tmp_path / "imgs", per_class=40)
+    (root / "cats" / "broken.png").write_bytes(b"\x89PNG not really")
+    _img(root / ".thumbs" / "x.png", (1, 2, 3))
+    code = f"""
+import sys
+from pathlib import Path
+import numpy as np
+from pretrainer.data import folders
+assert "tensorflow" not in sys.modules
+folders.PARALLEL_MIN_FILES, folders.CHUNK = 10, 7  # many chunks, out-of-order finishes
+root = Path({str(root)!r})
+files = folders._images_under(root)
+assert not any(".thumbs" in str(f) for f in files) and len(files) == 121
+assert folders._pool(2, len(files)) is not None
+one = folders.load_images(files, (8, 8), "RGB", root, workers=1)
+two = folders.load_images(files, (8, 8), "RGB", root, workers=2, label="decode")
+assert np.array_equal(one[0], two[0]) and one[1] == two[1] and one[2] == two[2], "differ"
+assert [s["file"] for s in two[2]] == ["cats/broken.png"] and len(two[1]) == 120
+import tensorflow  # noqa: F401 - once TensorFlow is loaded, no forks
+assert folders._pool(2, len(files)) is None
+print("ok")
+"""
+    from conftest import run_python
+
+    result = run_python(code)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    assert "decode: 121 images in" in result.stdout

@@ -15,6 +15,8 @@ skipped, counted and listed with its reason; it never stops the collect.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -27,9 +29,20 @@ DEFAULT_SIZE = (64, 64)
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """Image files under `folder` (hidden files and folders skipped), sorted by path parts.
+    os.scandir, not Path.rglob + is_file: 70k files listed in a fraction of the 3 s."""
+    found, stack = [], [str(folder)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    stack.append(entry.path)
+                elif (os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+                      and entry.is_file()):
+                    found.append(entry.path)
+    return [Path(f) for f in sorted(found, key=lambda f: f.split(os.sep))]
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -65,9 +78,66 @@ def _choose_mode(files: list[Path], color: str) -> str:
     return "L" if modes and modes <= {"L", "1", "I;16", "I"} else "RGB"
 
 
-def load_images(files: list[Path], size: tuple[int, int], mode: str, root: Path
+# Decoding is per-file Python + Pillow work; above this many files it is spread over
+# worker processes. Threads were measured slower (20k 28x28 PNGs: 2.4 s on one thread,
+# 4.6 s on two: Pillow's small-image path holds the GIL).
+PARALLEL_MIN_FILES = 4000
+CHUNK = 512
+
+
+def _workers() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, cpus or 1)
+
+
+def _pool(workers: int, n_files: int):
+    """A fork pool, or None (decode here). Fork, not spawn: spawn re-imports the user's
+    __main__, which breaks scripts without an `if __name__ == "__main__"` guard. Only while
+    TensorFlow is not loaded: its threads do not survive a fork."""
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    if (workers < 2 or n_files < PARALLEL_MIN_FILES or "tensorflow" in sys.modules
+            or "fork" not in multiprocessing.get_all_start_methods()):
+        return None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+
+def load_images(files: list[Path], size: tuple[int, int], mode: str, root: Path,
+                label: str = "", workers: Optional[int] = None
                 ) -> tuple[np.ndarray, list[int], list[dict]]:
-    """Decode, convert and resize; return (images, indices kept, skipped [{file, reason}])."""
+    """Decode, convert and resize; return (images, indices kept, skipped [{file, reason}]).
+
+    With `label`, shows progress (a bar on a terminal, a line now and then in logs) and
+    ends with one line of count, time and rate. Large lists decode in `workers`
+    processes (default: the CPUs this process may use, at most 8), in file order.
+    """
+    from pretrainer.console import progress
+
+    h, w = size
+    channels = 1 if mode == "L" else 3
+    out = np.empty((len(files), h, w, channels), dtype=np.uint8)
+    kept, skipped = [], []
+    chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
+    args = (chunks, [size] * len(chunks), [mode] * len(chunks), [str(root)] * len(chunks))
+    pool = _pool(_workers() if workers is None else workers, len(files))  # before any thread
+    with contextlib.ExitStack() as stack:
+        if pool is not None:
+            stack.enter_context(pool)
+        advance = stack.enter_context(progress(label or None, len(files), "images"))
+        results = pool.map(_decode_chunk, *args) if pool is not None else map(
+            _decode_chunk, *args)
+        for start, (arr, k, sk) in zip(range(0, len(files), CHUNK), results, strict=True):
+            out[len(kept):len(kept) + len(k)] = arr
+            kept += [start + i for i in k]
+            skipped += sk
+            advance(len(k) + len(sk))
+    return out[:len(kept)], kept, skipped
+
+
+def _decode_chunk(files: list[Path], size: tuple[int, int], mode: str, root: str
+                  ) -> tuple[np.ndarray, list[int], list[dict]]:
     from PIL import Image, UnidentifiedImageError
 
     h, w = size
@@ -84,22 +154,23 @@ def load_images(files: list[Path], size: tuple[int, int], mode: str, root: Path
                 arr = np.asarray(im, dtype=np.uint8)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            skipped.append({"file": str(path.relative_to(root)), "reason": reason})
+            skipped.append({"file": str(Path(path).relative_to(root)), "reason": reason})
             continue
         out[len(kept)] = arr.reshape(h, w, channels)
         kept.append(i)
     return out[:len(kept)], kept, skipped
 
 
-def _labeled(folder: Path, classes: list[str], size, mode, root) -> tuple:
+def _labeled(folder: Path, classes: list[str], size, mode, root, label: str = "",
+             listed: Optional[dict] = None) -> tuple:
     files, labels = [], []
     for c, name in enumerate(classes):
         d = folder / name
         if d.is_dir():
-            found = _images_under(d)
+            found = listed[name] if listed is not None else _images_under(d)
             files += found
             labels += [c] * len(found)
-    x, kept, skipped = load_images(files, size, mode, root)
+    x, kept, skipped = load_images(files, size, mode, root, label=label)
     return x, np.asarray(labels, dtype=np.int64)[kept], skipped
 
 
@@ -118,24 +189,28 @@ def load_folder(root_path: Optional[str], image_size, color: str):
     mode = _choose_mode(all_files, color)
     result = {"layout": layout, "mode": mode, "size": size}
     if layout == "flat":
-        x, _, skipped = load_images(all_files, size, mode, root)
+        x, _, skipped = load_images(all_files, size, mode, root, label="decode")
         result.update(x_pool=x, y_pool=None, class_names=[], skipped=skipped)
         return result
     top = root / next(d.name for d in _class_dirs(root) if d.name.lower() == "train") \
         if layout == "splits" else root
-    classes = [d.name for d in _class_dirs(top) if _images_under(d)]
-    empty = [d.name for d in _class_dirs(top) if not _images_under(d)]
+    listed = {d.name: _images_under(d) for d in _class_dirs(top)}  # list each folder once
+    classes = [name for name, found in listed.items() if found]
+    empty = [name for name, found in listed.items() if not found]
     if len(classes) < 2:
         raise DataError(f"Found {len(classes)} class folder(s) with images under {top}; "
                         f"need at least 2 (or a flat folder for unlabeled data)")
-    x, y, skipped = _labeled(top, classes, size, mode, root)
+    x, y, skipped = _labeled(top, classes, size, mode, root,
+                             label=f"decode {top.name}" if layout == "splits" else "decode",
+                             listed=listed)
     result.update(x_pool=x, y_pool=y, class_names=classes, skipped=skipped,
                   empty_classes=empty)
     if layout == "splits":
         subdirs = {d.name.lower(): d for d in _class_dirs(root)}
         for split in ("test", "val"):
             if split in subdirs:
-                xs, ys, sk = _labeled(subdirs[split], classes, size, mode, root)
+                xs, ys, sk = _labeled(subdirs[split], classes, size, mode, root,
+                                      label=f"decode {subdirs[split].name}")
                 result[f"x_{split}"], result[f"y_{split}"] = xs, ys
                 skipped += sk
     return result
@@ -149,5 +224,6 @@ def load_unlabeled_folder(path: str, shape: tuple[int, ...]) -> tuple[np.ndarray
     files = _images_under(root)
     if not files:
         raise DataError(f"No images under data.extra_unlabeled={path}")
-    x, _, skipped = load_images(files, shape[:2], "L" if shape[2] == 1 else "RGB", root)
+    x, _, skipped = load_images(files, shape[:2], "L" if shape[2] == 1 else "RGB", root,
+                                label="decode extra_unlabeled")
     return x, skipped

@@ -60,11 +60,40 @@ def transformer(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Mode
 
 
 def train_vocabulary(texts_ds, size: int) -> list[str]:
-    """WordPiece vocabulary learned from a dataset of strings (keras-hub)."""
-    import keras_hub
+    """WordPiece vocabulary learned from a dataset of (batches of) strings.
 
-    return keras_hub.tokenizers.compute_word_piece_vocabulary(
-        texts_ds, vocabulary_size=size, lowercase=True, reserved_tokens=RESERVED)
+    Trained by Hugging Face's Rust `tokenizers` (a keras-hub dependency) with BERT's
+    normalisation and pre-tokenisation, lowercased and "##" continuations as
+    keras-hub's WordPieceTokenizer reads them. Not keras_hub's
+    compute_word_piece_vocabulary: on 30k short texts it took 77 s for half of them,
+    this 1.7 s for all, with slightly fewer tokens per text and no [UNK] either way.
+    Reserved tokens come first, in RESERVED's order ([PAD] is id 0), then the rest sorted.
+    The trainer breaks ties between merges of equal count in hash order, so a fresh run
+    may differ in a few tokens at the size cut (4 of 2,000 on the bundled fortunes);
+    a resumed run reuses the saved vocab.txt.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    from pretrainer.console import progress
+
+    def strings(advance):
+        for batch in texts_ds.as_numpy_iterator():
+            batch = batch if getattr(batch, "ndim", 0) else [batch]
+            advance(len(batch))
+            yield [t.decode("utf-8", "replace") for t in batch]
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=False,
+                                                clean_text=True, handle_chinese_chars=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=size, special_tokens=list(RESERVED),
+                                        continuing_subword_prefix="##", show_progress=False)
+    with progress("WordPiece vocabulary", None, "texts") as advance:
+        tok.train_from_iterator(strings(advance), trainer)
+    # ids in sorted order: the trainer numbers tokens of equal count in hash order, which
+    # differs from run to run; WordPiece matches by string, so the order is free
+    learned = sorted(set(tok.get_vocab()) - set(RESERVED))
+    return list(RESERVED) + learned
 
 
 def tokenizer(vocab: list[str], sequence_length: int):

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pretrainer import runs
 from pretrainer.config import Config
-from pretrainer.console import console, esc, info, table, warn
+from pretrainer.console import console, esc, info, quiet_tensorflow, table, warn
 from pretrainer.data import sources
 from pretrainer.data.store import (
     FORMAT_VERSION,
@@ -103,7 +103,8 @@ def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> st
     sources.get_source(cfg.data.source)  # an unknown name fails before any work
     what = cfg.data.path if cfg.data.source == "image_folder" else cfg.data.dataset
     info(f"[bold]collect[/bold]: {esc(cfg.data.source)}:{esc(what)} -> {esc(store)}")
-    src = sources.load(cfg.data)
+    src = sources.load(cfg.data)  # before TensorFlow loads: image folders decode in forks
+    quiet_tensorflow()
     if src.skipped and len(src.x_pool):  # (all skipped: build_store says so and stops)
         shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:5])
         more = f" and {len(src.skipped) - 5} more" if len(src.skipped) > 5 else ""
