@@ -53,6 +53,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/precision.py
 	$(BIN)/python benchmarks/collect_read.py
+	$(BIN)/python benchmarks/seed_at_size.py
 
 samples: install
 	$(BIN)/python scripts/make_samples.py

@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default="seed_cnn_classifier,conv_ae_classifier,autoencoder,"
                     "simclr,resnet_classifier", help="comma-separated subset")
+    ap.add_argument("--batches", default="128,1024", help="comma-separated batch sizes")
+    ap.add_argument("--steps", type=int, default=50, help="timed steps per measurement")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "precision.json")
     args = ap.parse_args()
     gpu = bool(keras.config.backend() == "jax" and __import__("jax").devices()[0].platform
@@ -85,8 +87,8 @@ def main() -> None:
                    "tensorflow").config.list_physical_devices("GPU"))
     policies = ["float32", "mixed_bfloat16"] + (["mixed_float16"] if gpu else [])
     models = args.models.split(",")
-    batches = [64] if args.smoke else [128, 1024]
-    steps, rounds = (3, 1) if args.smoke else (50, args.rounds)
+    batches = [64] if args.smoke else [int(b) for b in args.batches.split(",")]
+    steps, rounds = (3, 1) if args.smoke else (args.steps, args.rounds)
     rows = []
     for name in models:
         for batch in batches:

@@ -218,10 +218,13 @@ class TrainerConfig:
     tpu: str = ""  # tpu: a TPU name, local (on a TPU VM) or grpc://host:port
     connect_timeout: float = 30.0  # seconds to reach a TPU before giving up
     devices: List[str] = field(default_factory=list)  # mirrored: e.g. ["/gpu:0", "/gpu:1"]
-    # float32 | mixed_float16 | mixed_bfloat16 | auto (the policy measured fastest for these
-    # models: float32 on an AMX CPU and on an H200, see pretrainer.train.resolve_precision)
+    # float32 | mixed_float16 | mixed_bfloat16 | auto (the policy measured fastest for the
+    # model here: mixed_bfloat16 for conv image models on an AMX CPU, else float32; see
+    # pretrainer.train.resolve_precision)
     precision: str = "auto"
-    steps_per_execution: int = 1
+    # training steps per tf.function call (fewer Python round trips); lowered to divide
+    # the epoch's steps, the checkpoint interval rounded to a multiple (exact resume)
+    steps_per_execution: int = 16
     # XLA: null = auto (on with a GPU; off on CPU, where it ran small CNNs at 0.59x)
     jit_compile: Optional[bool] = None
     # every training and validation batch of one size (the last partial one of a pass is
@@ -292,6 +295,8 @@ class StudyConfig:
     fractions: List[float] = field(default_factory=lambda: [0.01, 0.1])  # labeled fractions
     seeds: int = 1  # label draws (and finetune seeds) per fraction
     linear_probe: bool = False  # also finetune the pretrained backbone frozen
+    # also fit the classical baseline (pretrainer.baselines) on each cell's labels
+    classical: bool = True
 
     def __post_init__(self) -> None:
         if not self.fractions:

@@ -26,29 +26,55 @@ class TrainingError(UserError):
     """Training diverged (NaN/Inf loss)."""
 
 
-def resolve_precision(precision: str) -> tuple[str, str]:
+# Measured on a 2-core AMX-BF16 CPU (Sapphire Rapids class), steady-state training
+# samples/s mixed_bfloat16 / float32 (benchmarks/precision.py --batches 64,256):
+# seed CNN 1.11x (batch 64) and 1.74x (256), conv_ae classifier 1.37x and 1.03x,
+# conv autoencoder 1.37x-1.46x (64); end to end at 60k images (`make bench`,
+# seed_at_size) the seed CNN recipe is faster in bf16 too. Not faster there: DCGAN
+# (0.54x), the transformer LM (1.00x). On an H200 (Keras/JAX) neither bf16 nor fp16
+# gained consistently for these small models, so GPUs stay float32.
+BF16_CPU_BACKBONES = ("seed_cnn", "conv_ae", "resnet", "mobilenet")
+BF16_CPU_SLOWER_PRETEXTS = ("dcgan",)
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True on CPUs with AMX-BF16 tile units (Linux: the amx_bf16 flag in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, workload: Optional[dict] = None) -> tuple[str, str]:
     """(Keras dtype policy, why) for trainer.precision.
 
-    `auto` is float32: mixed precision was measured no faster for pretrainer's
-    models on both kinds of hardware tried (benchmarks/throughput.py and run.py on an
-    AMX-BF16 CPU: seed CNN 0.90x, autoencoder and SimCLR 1.09x, DCGAN 0.54x, LM 1.00x;
-    benchmarks/precision.py on an H200 with Keras' JAX backend, batch 128 and 1024:
-    bf16 0.71x-1.30x and fp16 0.48x-1.37x across seed CNN, conv_ae, autoencoder,
-    SimCLR and ResNet50V2 at 32x32, no consistent gain). Bigger models and images
-    can gain; set mixed_bfloat16 / mixed_float16 explicitly and measure.
+    `auto` picks from measurements (above): mixed_bfloat16 for convolutional image
+    models on a CPU with AMX-BF16 and no GPU, float32 everywhere else (GPUs, other
+    CPUs, MLPs on tables, transformers on text, DCGAN). `workload`: {"modality",
+    "backbone", "pretext"} of the run; without it, float32.
     """
     if precision != "auto":
         return precision, precision
-    return "float32", "float32 (auto: mixed precision measured no faster for these models)"
+    w = workload or {}
+    if (w.get("modality") == "image" and w.get("backbone") in BF16_CPU_BACKBONES
+            and w.get("pretext") not in BF16_CPU_SLOWER_PRETEXTS and cpu_has_amx_bf16()):
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            return "mixed_bfloat16", ("mixed_bfloat16 (auto: conv image models measured "
+                                      "faster in bf16 on this AMX CPU)")
+    return "float32", "float32 (auto: mixed precision measured no faster for this model here)"
 
 
-def setup(trainer: TrainerConfig, seed: int):
+def setup(trainer: TrainerConfig, seed: int, workload: Optional[dict] = None):
     """Seed every RNG, set the precision policy and pick the strategy (built before any op).
-    Returns (strategy, a line saying which strategy and precision were chosen and why)."""
+    Returns (strategy, a line saying which strategy and precision were chosen and why).
+    `workload`: what trains ({"modality", "backbone", "pretext"}), for precision auto."""
     from pretrainer.strategy import get_strategy
 
     keras.utils.set_random_seed(seed)
-    policy, precision_why = resolve_precision(trainer.precision)
+    policy, precision_why = resolve_precision(trainer.precision, workload)
     keras.mixed_precision.set_global_policy(policy)
     strategy, why = get_strategy(trainer.strategy, trainer.devices, trainer.tpu,
                                  trainer.connect_timeout)
@@ -111,7 +137,13 @@ class HistoryCSV(keras.callbacks.Callback):
 
 
 class RichProgress(keras.callbacks.Callback):
-    """A Rich bar per epoch with the running loss, and one summary line per epoch."""
+    """A Rich bar per epoch with the running loss, and one summary line per epoch.
+
+    async_safe: Keras calls the batch-end hook from a worker thread (Rich's Progress
+    is thread-safe), so reading the loss for the bar does not make training wait.
+    """
+
+    async_safe = True
 
     def __init__(self, title: str, epochs: int, steps: int, batch_size: Optional[int] = None):
         super().__init__()
@@ -131,10 +163,11 @@ class RichProgress(keras.callbacks.Callback):
         self.task = self.progress.add_task("", total=self.steps, metrics="")
 
     def on_train_batch_end(self, batch, logs=None):
-        self.seen = batch + 1
-        if self.progress is not None:
+        self.seen = max(self.seen, batch + 1)  # (worker threads may finish out of order)
+        progress = self.progress
+        if progress is not None:
             loss = (logs or {}).get("loss")
-            self.progress.update(self.task, completed=batch + 1,
+            progress.update(self.task, completed=self.seen,
                                  metrics="" if loss is None else f"loss {float(loss):.4f}")
 
     def on_epoch_end(self, epoch, logs=None):
@@ -299,43 +332,81 @@ class StepCheckpoint(keras.callbacks.Callback):
     at most `every` steps, and `fit` resumes from the exact step. Beside each
     checkpoint it keeps the running state of the epoch's metrics, so the history
     row of a resumed epoch averages all of its steps, not only those after the resume.
+
+    No host sync per step: the step is counted here (read from the optimizer once per
+    fit), the work happens at batch *begin* (Keras passes no logs there, so nothing
+    waits for the step before it), and divergence is checked only when saving, from
+    the metrics' running values (a NaN loss makes the epoch's mean loss NaN). So with
+    every other callback async-safe, Keras dispatches steps without waiting on them.
     """
 
     def __init__(self, manager, every: int, stop: _StopRequest):
         super().__init__()
         self.manager, self.every, self.stop = manager, every, stop
         self.last = -1
+        self.step = self.epoch_base = 0
 
-    def _save(self) -> int:
-        step = optimizer_step(self.model)
-        if step != self.last:
-            path = self.manager.save(checkpoint_number=step)
-            save_metric_state(self.model, path)
-            self.last = step
-        return step
+    def _save(self) -> bool:
+        """Checkpoint this step unless the model diverged (then stop training)."""
+        if self.step == self.last:
+            return True
+        if not _metrics_finite(self.model):  # never checkpoint diverged weights
+            self.model.stop_training = True
+            return False
+        path = self.manager.save(checkpoint_number=self.step)
+        save_metric_state(self.model, path)
+        self.last = self.step
+        return True
 
-    def on_train_batch_end(self, batch, logs=None):
-        if not _finite(logs):  # never checkpoint diverged weights
-            return
-        step = optimizer_step(self.model)
+    def on_train_begin(self, logs=None):
+        self.step = optimizer_step(self.model)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_base = self.step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.step = self.epoch_base + batch  # the steps finished before this one
         if self.stop.signal is not None:
             self._save()
             # not stop_training: Keras would still run the epoch's validation pass first
             raise _StopNow()
-        elif step - max(self.last, 0) >= self.every and batch + 1 != self.params.get("steps"):
-            # (an epoch's last step is saved by on_epoch_end, after validation, so the
-            # checkpoint holds any state validation moved)
+        if batch and self.step - max(self.last, 0) >= self.every:
             self._save()
 
-    def on_test_batch_end(self, batch, logs=None):
+    def on_test_batch_begin(self, batch, logs=None):
         # a signal during validation: stop now; the resumed run redoes the steps since
         # the last checkpoint (the same batches, so the same weights)
         if self.stop.signal is not None:
             raise _StopNow()
 
     def on_epoch_end(self, epoch, logs=None):
+        # (an epoch's last step is saved here, after validation, so the checkpoint holds
+        # any state validation moved)
+        self.step = self.epoch_base + self.params["steps"]
         if _finite(logs):
             self._save()
+        else:
+            self.model.stop_training = True
+
+
+def _metrics_finite(model: keras.Model) -> bool:
+    for m in model.metrics:
+        try:
+            values = keras.tree.flatten(m.result())
+        except Exception:  # noqa: BLE001 - a metric without a result yet
+            continue
+        if not all(np.isfinite(np.asarray(keras.ops.convert_to_numpy(v), np.float64)).all()
+                   for v in values):
+            return False
+    return True
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard at epoch frequency. Its batch-end hook writes nothing then (no
+    profiling, no per-batch writer), but merely defining it makes Keras wait for every
+    step; async_safe lets Keras run it off the training thread."""
+
+    async_safe = True
 
 
 def _metric_variables(model: keras.Model) -> dict:
@@ -446,6 +517,42 @@ def _metric_state(ckpt_path: Optional[str]) -> Optional[dict]:
     return json.loads(Path(f"{ckpt_path}.metrics.json").read_text())
 
 
+def execution_size(requested: int, steps_per_epoch: int) -> int:
+    """The largest number of steps per execution, up to `requested`, dividing an epoch."""
+    k = max(1, min(requested, steps_per_epoch))
+    while steps_per_epoch % k:
+        k -= 1
+    return k
+
+
+def steps_per_execution(requested: int, steps_per_epoch: int,
+                        validation_steps: Optional[int], checkpoint_every: int
+                        ) -> tuple[int, int, str]:
+    """(steps per execution, checkpoint interval, a note when either was changed).
+
+    Keras runs a whole execution of k steps even past the end of an epoch (it takes
+    the next batches of the endless stream, so epochs, resumes and validation passes
+    would no longer line up). So k is the largest value up to the requested one that
+    divides the epoch's steps and the validation steps, and the checkpoint interval is
+    rounded up to a multiple of k: every checkpoint, and so every resume point, then
+    falls on an execution boundary, and a resumed run sees exactly the same steps.
+    (Stages size the validation batch so its steps are a multiple of k:
+    pipeline.validation_batch.)
+    """
+    k = execution_size(requested, steps_per_epoch)
+    while validation_steps and validation_steps % k:
+        k = execution_size(k - 1, steps_per_epoch)
+    every = -(-checkpoint_every // k) * k
+    notes = []
+    if k != requested:
+        need = f"the {steps_per_epoch} steps per epoch" + (
+            f" and the {validation_steps} validation steps" if validation_steps else "")
+        notes.append(f"steps_per_execution {requested} -> {k} (it must divide {need})")
+    if every != checkpoint_every:
+        notes.append(f"checkpoint_every {checkpoint_every} -> {every} (a multiple of {k})")
+    return k, every, "; ".join(notes)
+
+
 def _require_static(title: str, what: str, ds) -> None:
     """TPUs compile one program per input shape: every dimension must be known."""
     import tensorflow as tf
@@ -463,7 +570,8 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
         monitor: str = "val_loss", mode: str = "min",
         restore_from: Optional[Path] = None, extra_callbacks: tuple = (),
         class_weight: Optional[dict] = None,
-        batch_size: Optional[int] = None) -> dict[str, list[float]]:
+        batch_size: Optional[int] = None,
+        val_batch_size: Optional[int] = None) -> dict[str, list[float]]:
     """Train `model` (already compiled) with checkpoints; resume if run_dir has one.
 
     Each epoch's line says its time and throughput (examples/s when `batch_size` is
@@ -492,7 +600,8 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
         if batch_size:  # maps after batching (tokenization) lose the static batch dimension
             unpinned = make_train
             make_train = lambda start: pipeline.pin_batch(unpinned(start), batch_size)  # noqa: E731
-            val_ds = None if val_ds is None else pipeline.pin_batch(val_ds, batch_size)
+            val_ds = None if val_ds is None else pipeline.pin_batch(
+                val_ds, val_batch_size or batch_size)
         _require_static(title, "training", make_train(0))
         if val_ds is not None:
             _require_static(title, "validation", val_ds)
@@ -503,6 +612,19 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
     start, restored = _restore_from(model, source)
     metric_state = _metric_state(restored) if start % steps_per_epoch else None
     total = epochs * steps_per_epoch
+    # per-step update scaling (discriminative rates, gradual unfreezing) needs one step
+    # per execution: over k steps it would scale their sum
+    requested = (1 if any(isinstance(cb, ScaledUpdates) for cb in extra_callbacks)
+                 else trainer.steps_per_execution)
+    k, every, note = steps_per_execution(requested, steps_per_epoch,
+                                         validation_steps if val_ds is not None else None,
+                                         trainer.checkpoint_every)
+    if start % k:  # a checkpoint from a run with another k: one step at a time, exactly
+        note = f"steps_per_execution 1 (resuming at step {start}, not a multiple of {k})"
+        k, every = 1, trainer.checkpoint_every
+    model.steps_per_execution = k  # read when fit builds its train/test functions
+    if note:
+        console.print(f"  {esc(title)}: {esc(note)}", soft_wrap=True)
     if is_multi_worker(model.distribute_strategy):
         return _fit_multi_worker(model, make_train(start), steps_per_epoch=steps_per_epoch,
                                  epochs=epochs,
@@ -513,12 +635,11 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
     stop = _StopRequest()
     history_cb = HistoryCSV(run_dir / "history.csv", keep_epochs=start // steps_per_epoch)
     callbacks: list[keras.callbacks.Callback] = [
-        RestoreMetricState(metric_state),
+        *([RestoreMetricState(metric_state)] if metric_state else []),  # (it syncs a step)
         *extra_callbacks,  # first, so the metrics they add reach history.csv and TensorBoard
         history_cb,
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "tb"), write_graph=False),
-        keras.callbacks.TerminateOnNaN(),
-        StepCheckpoint(manager, trainer.checkpoint_every, stop),
+        EpochTensorBoard(log_dir=str(run_dir / "tb"), write_graph=False),
+        StepCheckpoint(manager, every, stop),
     ]
     if trainer.early_stopping_patience > 0:
         if val_ds is None:

@@ -49,3 +49,14 @@ def test_precision_benchmark_smoke(tmp_path):
     rows = results["rows"]
     assert {r["model"] for r in rows} == {"seed_cnn_classifier", "autoencoder"}
     assert all(r["samples_per_s"]["mixed_bfloat16"] > 0 for r in rows)
+
+
+@slow_harness
+def test_seed_at_size_benchmark_smoke(tmp_path):
+    from pathlib import Path
+
+    if not (Path("/usr/share/datasets/fashion-mnist") / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    stdout, results = _smoke("seed_at_size.py", tmp_path / "s.json", timeout=900)
+    assert "| seed recipe (Keras, float32) |" in stdout
+    assert results["speedup_auto"] > 0 and 0 <= results["rows"]["auto"]["test_accuracy"] <= 1

@@ -1,3 +1,5 @@
+import pytest
+
 from pretrainer.config import compose
 from pretrainer.stages.study import _arms
 
@@ -11,3 +13,43 @@ def test_study_arms_share_the_recipe_and_add_a_labels_only_baseline():
                     ("scratch", "scratch", "full", "fixmatch"),
                     ("scratch_labels_only", "scratch", "full", "none"),
                     ("linear_probe", "pretrained", "linear_probe", "none")]
+
+
+@pytest.mark.parametrize("modality", ["image", "text", "tabular"])
+def test_the_classical_baseline_learns_from_the_labeled_split_only(tmp_path, modality):
+    """Fitted on train (C chosen on val), scored on test, saved as evaluate_run layout."""
+    import numpy as np
+
+    from pretrainer import baselines
+    from pretrainer.config import DataConfig
+    from pretrainer.data.sources import SourceData
+    from pretrainer.data.store import build_store, read_manifest
+    from pretrainer.stages.evaluate import example_scores
+
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 2
+    if modality == "image":
+        x = rng.integers(0, 100, (400, 6, 6, 1), dtype=np.uint8)
+        x[y == 1, :3] += 150  # class 1: a bright top half
+        src = SourceData(x_pool=x, y_pool=y, class_names=["dark", "bright"])
+    elif modality == "text":
+        words = np.array(["good great fine", "awful bad poor"])
+        x = np.array([f"{w} {i}" for i, w in enumerate(words[y])], dtype=object)
+        src = SourceData(x_pool=x, y_pool=y, class_names=["pos", "neg"], modality="text")
+    else:
+        from pretrainer.data import sources
+
+        a, b = rng.normal(size=400) + 3 * y, rng.normal(size=400)
+        (tmp_path / "t.csv").write_text("a,b,colour,label\n" + "".join(
+            f"{u:.3f},{v:.3f},{'red' if k else 'blue'},{'yes' if k else 'no'}\n"
+            for u, v, k in zip(a, b, y, strict=True)))
+        src = sources.load(DataConfig(source="csv", path=str(tmp_path / "t.csv"),
+                                      target="label"))
+    build_store(tmp_path / "s", DataConfig(labeled_fraction=0.25, val_fraction=0.1,
+                                           test_fraction=0.25), 0, src)
+    manifest = read_manifest(tmp_path / "s")
+    result = baselines.fit_and_score(tmp_path / "s", manifest)
+    assert result["samples"] == manifest["splits"]["test"]["count"]
+    assert result["accuracy"] > 0.9, result
+    saved = baselines.save(result, tmp_path / "classical")
+    assert example_scores(saved).mean() == pytest.approx(result["accuracy"])

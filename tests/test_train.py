@@ -64,7 +64,7 @@ class _Crash(keras.callbacks.Callback):
 def test_resume_continues_from_the_last_checkpoint_with_the_same_step_count(tmp_path):
     from pretrainer import train
 
-    trainer = TrainerConfig(verbose=False, checkpoint_every=3)
+    trainer = TrainerConfig(verbose=False, checkpoint_every=3, steps_per_execution=1)
     model, ds = _deterministic_setup()
     fit(model, ds, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "straight",
         trainer=trainer, title="t")
@@ -125,7 +125,7 @@ class _CrashAt(keras.callbacks.Callback):
 
 @pytest.mark.parametrize("damage_latest", [False, True])
 def test_resume_mid_epoch_ends_with_identical_weights_and_history(tmp_path, damage_latest):
-    trainer = TrainerConfig(verbose=False, checkpoint_every=4)  # ckpts at 4, 6, 10, ...
+    trainer = TrainerConfig(verbose=False, checkpoint_every=4, steps_per_execution=1)  # ckpts at 4, 6, 10, ...
     model, stream = _dropout_setup()
     fit(model, stream, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "straight",
         trainer=trainer, title="t")
@@ -166,3 +166,53 @@ def test_keep_best_restores_the_best_validation_epoch_and_survives_a_restart(tmp
     assert again.restore(model)["epoch"] == 2
     for a, b in zip(model.get_weights(), snapshots[1], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_steps_per_execution_divides_the_epoch_and_validation_and_checkpoints():
+    from pretrainer.train import steps_per_execution
+
+    assert steps_per_execution(8, 891, None, 100) == (
+        3, 102, "steps_per_execution 8 -> 3 (it must divide the 891 steps per epoch); "
+                "checkpoint_every 100 -> 102 (a multiple of 3)")
+    assert steps_per_execution(8, 800, 48, 100)[:2] == (8, 104)
+    assert steps_per_execution(8, 800, 47, 100)[:2] == (1, 100)  # 47 is prime
+    assert steps_per_execution(1, 800, 47, 100) == (1, 100, "")
+    assert steps_per_execution(16, 5, None, 100)[:2] == (5, 100)
+
+
+def test_validation_batches_are_sized_to_whole_executions(tmp_path):
+    from pretrainer.config import DataConfig
+    from pretrainer.data import pipeline
+    from pretrainer.data.sources import SourceData
+    from pretrainer.data.store import build_store
+    from pretrainer.train import steps_per_execution
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1000, 4, 4, 1), dtype=np.uint8)
+    build_store(tmp_path / "s", DataConfig(val_fraction=0.047, test_fraction=0.1), 0,
+                SourceData(x_pool=x, y_pool=np.arange(1000) % 2, class_names=["a", "b"]))
+    n = pipeline.split_info(tmp_path / "s", "val")["count"]
+    assert n == 42 and pipeline.steps(tmp_path / "s", "val", 16) == 3
+    # 240 steps per epoch, 8 per execution: 42 examples cannot make 8k steps with batches
+    # of 4 to 16; 6 (a divisor of 240) with batches of 8 (6 steps) can
+    b = pipeline.validation_batch(tmp_path / "s", "val", 16, 240, 8)
+    assert (b, pipeline.steps(tmp_path / "s", "val", b)) == (8, 6)
+    assert steps_per_execution(8, 240, pipeline.steps(tmp_path / "s", "val", b), 100)[0] == 6
+    batches = list(pipeline.examples(tmp_path / "s", "val", batch_size=b))
+    assert sum(len(xb) for xb, _ in batches) == n  # every example, once
+    assert pipeline.validation_batch(tmp_path / "s", "val", 16, 240, 1) == 16
+
+
+def test_precision_auto_is_bf16_only_for_conv_image_models_on_amx_cpus(monkeypatch):
+    from pretrainer import train
+
+    conv = {"modality": "image", "backbone": "seed_cnn"}
+    monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: True)
+    assert train.resolve_precision("auto", conv)[0] == "mixed_bfloat16"
+    assert train.resolve_precision("auto", {**conv, "pretext": "dcgan"})[0] == "float32"
+    assert train.resolve_precision("auto", {"modality": "text",
+                                            "backbone": "transformer"})[0] == "float32"
+    assert train.resolve_precision("auto")[0] == "float32"
+    assert train.resolve_precision("float32", conv)[0] == "float32"
+    monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: False)
+    assert train.resolve_precision("auto", conv)[0] == "float32"

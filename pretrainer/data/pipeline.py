@@ -331,3 +331,22 @@ def steps(store: Path, split: str, batch_size: int, limit: Optional[int] = None)
                             f"Lower the batch size or give the split more examples")
         return n // batch_size
     return max(1, -(-n // batch_size))
+
+
+def validation_batch(store: Path, split: str, batch_size: int, steps_per_epoch: int,
+                     steps_per_execution: int) -> int:
+    """The validation batch size under steps_per_execution > 1: Keras runs whole
+    executions, so a pass over `split` must take a multiple of the steps per execution
+    that training uses (a divisor of the epoch's steps). Tries the largest such divisor
+    first, with batch sizes from `batch_size` down to a quarter of it; `batch_size`
+    when none fits (training then runs fewer steps per execution: train.fit)."""
+    n_steps = steps(store, split, batch_size)
+    for k in range(min(steps_per_execution, steps_per_epoch), 1, -1):
+        if steps_per_epoch % k:
+            continue
+        if n_steps % k == 0:
+            return batch_size
+        for b in range(batch_size - 1, max(1, batch_size // 4) - 1, -1):
+            if steps(store, split, b) % k == 0:
+                return b
+    return batch_size

@@ -64,6 +64,8 @@ def float32_copy(model):
         return model
     copy = model.__class__.from_config(fixed)
     copy.set_weights([keras.ops.convert_to_numpy(w).astype("float32") for w in model.weights])
+    if getattr(model, "loss", None) is not None:  # deploy's pruning finetunes the copy
+        copy.compile(loss=model.loss)
     return copy
 
 

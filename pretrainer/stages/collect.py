@@ -103,7 +103,9 @@ def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> st
     sources.get_source(cfg.data.source)  # an unknown name fails before any work
     what = cfg.data.path if cfg.data.source == "image_folder" else cfg.data.dataset
     info(f"[bold]collect[/bold]: {esc(cfg.data.source)}:{esc(what)} -> {esc(store)}")
-    src = sources.load(cfg.data)  # before TensorFlow loads: image folders decode in forks
+    if cfg.data.source != "image_folder":  # (other loaders may import TensorFlow)
+        quiet_tensorflow()
+    src = sources.load(cfg.data)  # image folders decode in forks, before TensorFlow loads
     quiet_tensorflow()
     if src.skipped and len(src.x_pool):  # (all skipped: build_store says so and stops)
         shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:5])

@@ -92,9 +92,9 @@ def run(runs_root: str = "runs", strategy: str = "auto", tpu: str = "",
     from pretrainer.train import resolve_precision
 
     advice, why = precision_advice(gpus)
-    policy, _ = resolve_precision("auto")
-    add("precision", True, f"trainer.precision=auto uses {policy}; hardware: {why} (mixed "
-                          f"precision pays off for large models: measure with "
+    conv = resolve_precision("auto", {"modality": "image", "backbone": "conv_ae"})[0]
+    add("precision", True, f"trainer.precision=auto uses {conv} for conv image models and "
+                          f"float32 for the others here; hardware: {why} (measure yours with "
                           f"benchmarks/precision.py)")
     with tempfile.TemporaryDirectory() as tmp:
         try:

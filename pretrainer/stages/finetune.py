@@ -55,7 +55,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     if semi and (text or tabular or regression or manifest["splits"]["unlabeled"]["count"] == 0):
         raise ConfigError("finetune.semi_supervised=fixmatch needs image classification data "
                           "with an unlabeled split; set finetune.semi_supervised=none")
-    strategy, why = setup(cfg.trainer, cfg.seed)
+    strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest["modality"],
+                                                  "backbone": cfg.backbone.name})
     if semi and is_multi_worker(strategy):
         raise ConfigError("finetune.semi_supervised=fixmatch runs on one machine (cpu, gpu, "
                           "mirrored or tpu), not multi_worker")
@@ -129,10 +130,13 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
             store, batch_size=bs * ft.unlabeled_ratio, weak=ft.augment, seed=cfg.seed,
             cache=cfg.data.cache, start_batch=start_batch,
             shuffle_buffer=cfg.data.shuffle_buffer))
-    val_ds, val_steps = None, None
-    if manifest["splits"]["val"]["count"] > 0:
-        val_ds = pipeline.examples(store, "val", batch_size=bs, repeat=True, **read)
-        val_steps = pipeline.steps(store, "val", bs)
+    val_ds, val_steps, vbs = None, None, bs
+    if manifest["splits"]["val"]["count"] > 0:  # (its steps a multiple of steps/execution)
+        scaled = ft.mode == "gradual" or (ft.mode == "full" and ft.backbone_lr_multiplier != 1)
+        vbs = pipeline.validation_batch(store, "val", bs, steps_per_epoch,
+                                        1 if scaled else cfg.trainer.steps_per_execution)
+        val_ds = pipeline.examples(store, "val", batch_size=vbs, repeat=True, **read)
+        val_steps = pipeline.steps(store, "val", vbs)
     callbacks = []
     if ft.mode == "full" and ft.backbone_lr_multiplier != 1.0:
         callbacks.append(ScaledUpdates(backbone.trainable_variables, ft.backbone_lr_multiplier))
@@ -146,6 +150,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     if keep_best is not None:
         callbacks.append(keep_best)
     history = fit(trained, train_data, steps_per_epoch=steps_per_epoch, batch_size=bs,
+                  val_batch_size=vbs,
                   epochs=ft.epochs or cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title=f"finetune[{ft.init}]", val_ds=val_ds, validation_steps=val_steps,
                   monitor="val_loss" if regression else "val_accuracy",

@@ -55,7 +55,8 @@ def model_entry(cfg: Config, run: Optional[str]):
     else:  # finetune
         manifest = read_manifest(trained_store(run_dir, store_path(cfg)))
         shape = None if manifest["modality"] == "text" else tuple(manifest["shape"])
-        model = load_keras_artifact(run_dir, "model.keras", shape)
+        # computing in float32, as deploy exports it: the same predictions either way
+        model = savedmodel.float32_copy(load_keras_artifact(run_dir, "model.keras", shape))
         fns = savedmodel.signatures(model, manifest)
         what = f"{run_dir / 'model.keras'}"
     name, arg = ENTRY[manifest["modality"]]

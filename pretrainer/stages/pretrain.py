@@ -32,7 +32,9 @@ def run(cfg: Config) -> Path:
     if manifest["modality"] not in pretext.modality:
         raise DataError(f"pretext '{cfg.pretext.name}' needs {' or '.join(pretext.modality)} "
                         f"data; {store} holds {manifest['modality']}")
-    strategy, why = setup(cfg.trainer, cfg.seed)
+    strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest["modality"],
+                                                  "backbone": cfg.backbone.name,
+                                                  "pretext": cfg.pretext.name})
     run_dir, resumed, chief, restore_from = open_run(
         cfg.paths.runs, cfg.experiment, "pretrain", strategy, to_yaml(cfg),
         dataset_manifest=join(store, MANIFEST),
@@ -51,8 +53,9 @@ def run(cfg: Config) -> Path:
                               **compile_kwargs(cfg.trainer))
     bs = cfg.trainer.batch_size
 
-    def read(split: str, **kw):
-        ds = pipeline.examples(store, split, batch_size=bs, labels=False, cache=cfg.data.cache,
+    def read(split: str, batch_size: int = bs, **kw):
+        ds = pipeline.examples(store, split, batch_size=batch_size, labels=False,
+                               cache=cfg.data.cache,
                                shuffle_buffer=cfg.data.shuffle_buffer, **kw)
         return (ds.map(prepare) if prepare else ds).map(targets)
 
@@ -60,10 +63,13 @@ def run(cfg: Config) -> Path:
         return read("unlabeled", shuffle=True, repeat=True, seed=cfg.seed,
                     start_batch=start_batch)
 
-    val_ds, val_steps = None, None
-    if manifest["splits"]["val"]["count"] > 0:
-        val_ds = read("val", repeat=True)
-        val_steps = pipeline.steps(store, "val", bs)
+    steps_per_epoch = pipeline.steps(store, "unlabeled", bs)
+    val_ds, val_steps, vbs = None, None, bs
+    if manifest["splits"]["val"]["count"] > 0:  # (its steps a multiple of steps/execution)
+        vbs = pipeline.validation_batch(store, "val", bs, steps_per_epoch,
+                                        cfg.trainer.steps_per_execution)
+        val_ds = read("val", batch_size=vbs, repeat=True)
+        val_steps = pipeline.steps(store, "val", vbs)
     extra = []
     if pretext.embedding_rank:
         probe = val_ds if val_ds is not None else train_data(0)
@@ -71,7 +77,7 @@ def run(cfg: Config) -> Path:
         extra.append(EmbeddingRank(backbone, sample[:256]))
     if pretext.samples == "generated":
         extra.append(GeneratedGrid(run_dir / "plots", seed=cfg.seed))
-    history = fit(model, train_data, steps_per_epoch=pipeline.steps(store, "unlabeled", bs),
+    history = fit(model, train_data, steps_per_epoch=steps_per_epoch, val_batch_size=vbs,
                   epochs=cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
                   title="pretrain", val_ds=val_ds, validation_steps=val_steps,
                   restore_from=restore_from, extra_callbacks=tuple(extra), batch_size=bs)

@@ -80,22 +80,9 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
             for arm, init, mode, semi in _arms(cfg):
                 if (fraction, seed, arm) in finished:
                     continue
-                c = copy.deepcopy(cfg)
-                if per_class is not None:
-                    c.data.labels_per_class = per_class
-                    c.data.name = f"{cfg.data.name}-study-{per_class}pc-s{seed}"
-                else:
-                    c.data.labeled_fraction, c.data.labels_per_class = fraction, None
-                    c.data.name = f"{cfg.data.name}-study-f{fraction:g}-s{seed}"
-                c.data.label_seed = cfg.seed + 1000 * seed
-                # the same test, val and pool in every cell: only the labeled draw moves
-                c.data.split_seed = collect.store_seed(cfg)
-                c.seed = cfg.seed + seed
+                c = _cell(cfg, fraction, seed, out)
                 c.finetune.init, c.finetune.mode = init, mode
                 c.finetune.semi_supervised = semi
-                # cells live inside the study's directory: `latest run` lookups (deploy,
-                # evaluate) never pick a study cell
-                c.experiment = f"{cfg.experiment}/{out.name}"
                 collect.run(c, share_from=base_store)  # pool, val, test: links, not copies
                 ft = finetune.run(c, run=pre if init == "pretrained" else None)
                 ev = evaluate.run(c, run=ft)
@@ -106,6 +93,11 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
                     "mse": metrics.get("mse"), "finetune_run": str(ft),
                     "evaluate_run": str(ev)})
                 runs.atomic_write_json(out / "study.json", state)  # a kill keeps every cell so far
+            if cfg.study.classical and (fraction, seed, "classical") not in finished:
+                c = _cell(cfg, fraction, seed, out)
+                collect.run(c, share_from=base_store)
+                state["cells"].append(_classical_cell(c, fraction, seed, out))
+                runs.atomic_write_json(out / "study.json", state)
     summary = summarise(state["cells"])
     state["summary"] = summary
     state["comparisons"] = comparisons = compare(state["cells"])
@@ -119,9 +111,52 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
     console.print(table(f"study: test {metric} by labeled fraction", ["fraction", "labels",
                         "init", f"{metric} (mean ± std)", "seeds"], rows))
     for c in comparisons:
-        info(f"  {c['fraction']:g}: {esc(c['arm'])} - scratch: {esc(c['verdict'])}")
+        what = c["arm"] if " - " in c["arm"] else f"{c['arm']} - scratch"
+        info(f"  {c['fraction']:g}: {esc(what)}: {esc(c['verdict'])}")
     info(f"[green]study done[/green]: {esc(out / 'study.md')}")
     return out
+
+
+def _cell(cfg: Config, fraction, seed: int, out: Path) -> Config:
+    """The config of one cell: its labeled draw; the study's test, val and pool."""
+    c = copy.deepcopy(cfg)
+    per_class = cfg.data.labels_per_class
+    if per_class is not None:
+        c.data.labels_per_class = per_class
+        c.data.name = f"{cfg.data.name}-study-{per_class}pc-s{seed}"
+    else:
+        c.data.labeled_fraction, c.data.labels_per_class = fraction, None
+        c.data.name = f"{cfg.data.name}-study-f{fraction:g}-s{seed}"
+    c.data.label_seed = cfg.seed + 1000 * seed
+    # the same test, val and pool in every cell: only the labeled draw moves
+    c.data.split_seed = collect.store_seed(cfg)
+    c.seed = cfg.seed + seed
+    # cells live inside the study's directory: `latest run` lookups (deploy, evaluate)
+    # never pick a study cell
+    c.experiment = f"{cfg.experiment}/{out.name}"
+    return c
+
+
+def _classical_cell(c: Config, fraction, seed: int, out: Path) -> dict:
+    """The classical baseline (pretrainer.baselines) on the cell's labeled split, scored
+    on the same test split as the deep arms."""
+    from pretrainer import baselines
+    from pretrainer.data.store import read_manifest
+
+    store = collect.store_path(c)
+    manifest = read_manifest(store)
+    result = baselines.fit_and_score(Path(store), manifest)
+    where = baselines.save(result, out / "classical" / f"f{fraction:g}-s{seed}")
+    labels = manifest["splits"]["train"]["count"]
+    info(f"  classical ({esc(result['name'])}): {_score(result)} in {result['seconds']:.1f} s")
+    return {"fraction": fraction, "seed": seed, "arm": "classical", "labels": labels,
+            "accuracy": result.get("accuracy"), "f1_macro": None, "mse": result.get("mse"),
+            "model": result["name"], "evaluate_run": str(where)}
+
+
+def _score(result: dict) -> str:
+    return (f"test accuracy {result['accuracy']:.4f}" if "accuracy" in result
+            else f"test MSE {result['mse']:.4g}")
 
 
 def compare(cells: list[dict]) -> list[dict]:
@@ -135,6 +170,9 @@ def compare(cells: list[dict]) -> list[dict]:
     out = []
     for fraction, arm in dict.fromkeys((c["fraction"], c["arm"]) for c in cells):
         if arm == "scratch":
+            continue
+        if arm == "classical":  # the question there: does pretrained beat it?
+            out += _versus(by, fraction, "pretrained", "classical", metric, sign)
             continue
         pairs = [(by[(fraction, arm, s)], by[(fraction, "scratch", s)])
                  for f, a, s in by if f == fraction and a == arm and (fraction, "scratch", s) in by]
@@ -151,6 +189,24 @@ def compare(cells: list[dict]) -> list[dict]:
         out.append({"fraction": fraction, "arm": arm, "metric": metric, **ci,
                     "verdict": verdict(ci, scale, unit)})
     return out
+
+
+def _versus(by: dict, fraction, arm: str, base: str, metric: str, sign: float) -> list[dict]:
+    """`arm` minus `base` at one fraction (the same seeds' cells), as compare() reports."""
+    from pretrainer.stats import paired_bootstrap, seed_interval, verdict
+
+    pairs = [(by[(fraction, arm, s)], by[(fraction, base, s)])
+             for f, a, s in by if f == fraction and a == arm and (fraction, base, s) in by]
+    if not pairs:
+        return []
+    ci = seed_interval([sign * (a[metric] - b[metric]) for a, b in pairs])
+    if ci is None:
+        a, b = pairs[0]
+        ci = paired_bootstrap(evaluate.example_scores(Path(a["evaluate_run"])),
+                              evaluate.example_scores(Path(b["evaluate_run"])))
+    scale, unit = (100.0, "points") if metric == "accuracy" else (1.0, "MSE (lower is better)")
+    return [{"fraction": fraction, "arm": f"{arm} - {base}", "metric": metric, **ci,
+             "verdict": verdict(ci, scale, unit)}]
 
 
 def _pm(s: dict) -> str:
@@ -211,7 +267,11 @@ def _markdown(cfg: Config, pre: Path, summary: list[dict],
              f"test split. `pretrained` and `scratch` share the finetuning recipe"
              + (f" (semi_supervised={cfg.finetune.semi_supervised}: both also learn from the "
                 f"unlabeled split); `scratch_labels_only` never sees unlabeled data"
-                if cfg.finetune.semi_supervised != "none" else "") + ".", "",
+                if cfg.finetune.semi_supervised != "none" else "") + "."
+             + (" `classical` is the strongest simple baseline (pretrainer.baselines: TF-IDF + "
+                "logistic regression for text, gradient boosting for tables, logistic "
+                "regression on pixels for images) on the same labeled and test examples."
+                if cfg.study.classical else ""), "",
              f"| fraction | labels | init | test {metric} (mean ± std) | seeds |",
              "|---|---|---|---|---|"]
     lines += [f"| {s['fraction']:g} | {s['labels']} | {s['arm']} | {_pm(s)} | {s['n']} |"
@@ -219,7 +279,9 @@ def _markdown(cfg: Config, pre: Path, summary: list[dict],
     if comparisons:
         lines += ["", f"Differences in test {metric} (each arm minus scratch, same labels and "
                   f"test examples; \"within noise\" when the 95% interval covers zero):", "",
-                  "| fraction | arm − scratch | difference |", "|---|---|---|"]
-        lines += [f"| {c['fraction']:g} | {c['arm']} | {c['verdict']} |" for c in comparisons]
+                  "| fraction | comparison | difference |", "|---|---|---|"]
+        lines += [f"| {c['fraction']:g} | "
+                  f"{c['arm'] if ' - ' in c['arm'] else c['arm'] + ' − scratch'} | "
+                  f"{c['verdict']} |" for c in comparisons]
     lines += ["", "![label efficiency](label_efficiency.png)", ""]
     return "\n".join(lines)

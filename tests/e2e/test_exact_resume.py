@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 TINY = ["data.max_samples=300", "data.max_test=60", "trainer.epochs=2", "finetune.epochs=2",
         "trainer.verbose=false", "backbone.filters=[8,16]", "backbone.latent_dim=16",
-        "trainer.batch_size=32", "trainer.checkpoint_every=4"]
+        "trainer.batch_size=32", "trainer.checkpoint_every=4", "trainer.steps_per_execution=1"]
 
 
 def _crash_at(monkeypatch, step):
@@ -42,21 +42,29 @@ CASES = {
     "fixmatch": ("fashion_ae", "finetune", ["finetune.init=scratch", "finetune.augment=shift_flip",
                                             "finetune.semi_supervised=fixmatch",
                                             "finetune.steps_per_epoch=10"]),
+    # 2 steps per execution: the validation batch (15 examples) resized to 8 so a pass is
+    # 2 steps; checkpoints at 4, 8, 10, 14; killed at 16
+    "finetune_2_per_execution": ("fashion_ae", "finetune", [
+        "finetune.init=scratch", "finetune.augment=shift_flip", "finetune.steps_per_epoch=10",
+        "trainer.steps_per_execution=2"]),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, case):
     experiment, stage, extra = CASES[case]
+    keys = {o.split("=")[0] for o in extra}
+    tiny = [o for o in TINY if o.split("=")[0] not in keys]  # the case's values win
     run = pretrain.run if stage == "pretrain" else finetune.run
     artifact = "backbone.keras" if stage == "pretrain" else "model.keras"
-    straight = run(compose(experiment, [*TINY, *extra, f"paths.runs={tmp_path / 'a'}",
+    straight = run(compose(experiment, [*tiny, *extra, f"paths.runs={tmp_path / 'a'}",
                                         f"paths.data={tmp_path / 'data'}"]))
-    cfg = compose(experiment, [*TINY, *extra, f"paths.runs={tmp_path / 'b'}",
+    cfg = compose(experiment, [*tiny, *extra, f"paths.runs={tmp_path / 'b'}",
                                f"paths.data={tmp_path / 'data'}"])
     with monkeypatch.context() as m:
-        _crash_at(m, 15)  # mid-epoch 2, one or two steps after the last checkpoint
-        with pytest.raises(RuntimeError, match="killed at step 15"):
+        at = 16 if "per_execution" in case else 15  # executions end on even steps there
+        _crash_at(m, at)  # mid-epoch 2, one or two steps after the last checkpoint
+        with pytest.raises(RuntimeError, match=f"killed at step {at}"):
             run(cfg)
     resumed = run(cfg)
     assert resumed.parent != straight.parent

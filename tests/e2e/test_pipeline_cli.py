@@ -187,7 +187,10 @@ def test_predict_and_embed_an_image_folder_like_the_model(pipeline_run, tmp_path
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     deploy_run = sorted(exp.glob("deploy-*"))[0]
     ft = Path(json.loads((deploy_run / "manifest.json").read_text())["parent_run"])
-    expected = keras.saving.load_model(ft / "model.keras").predict(x, verbose=0)
+    from pretrainer.exports.savedmodel import float32_copy
+
+    # (trained in mixed_bfloat16 where auto picks it; predictions and exports compute in f32)
+    expected = float32_copy(keras.saving.load_model(ft / "model.keras")).predict(x, verbose=0)
     proc = run_cli(["predict", str(folder), "--run", str(deploy_run), "-o",
                     str(tmp_path / "p.csv")], cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -32,17 +32,24 @@ def test_study_cells_plot_and_resume(in_tmp, monkeypatch):
         study.run(cfg)
     (out,) = (in_tmp / "runs" / "fashion_ae").glob("study-*")
     first = json.loads((out / "study.json").read_text())["cells"]
-    assert len(first) == 4
+    assert len(first) == 5  # 3 deep arms + the classical one, then pretrained of seed 1
+    assert [c["arm"] for c in first][3] == "classical"
 
     monkeypatch.setattr(evaluate, "run", real)
     again = study.run(compose("fashion_ae", TINY))
     assert again.resolve() == out.resolve()  # the same study, continued
     state = json.loads((out / "study.json").read_text())
-    assert state["cells"][:4] == first
-    assert len(state["cells"]) == 2 * 2 * 3  # fractions x seeds x (pretrained, scratch, probe)
-    assert {s["arm"] for s in state["summary"]} == {"pretrained", "scratch", "linear_probe"}
+    assert state["cells"][:5] == first
+    # fractions x seeds x (pretrained, scratch, probe, classical)
+    assert len(state["cells"]) == 2 * 2 * 4
+    assert {s["arm"] for s in state["summary"]} == {"pretrained", "scratch", "linear_probe",
+                                                    "classical"}
+    classical = [c for c in state["cells"] if c["arm"] == "classical"]
+    assert all(c["model"] == "logistic regression on pixels" and 0 <= c["accuracy"] <= 1
+               for c in classical)
     assert (out / "label_efficiency.png").stat().st_size > 1000
-    assert "| 0.05 |" in (out / "study.md").read_text() and (out / "DONE").is_file()
+    md = (out / "study.md").read_text()
+    assert "| 0.05 |" in md and (out / "DONE").is_file() and "| pretrained - classical |" in md
     labels = {(c["fraction"], c["seed"]): c["labels"] for c in state["cells"]}
     assert labels[(0.05, 0)] < labels[(0.2, 0)]
     # every cell is scored on the same test examples; only the labeled draw moves
@@ -51,7 +58,8 @@ def test_study_cells_plot_and_resume(in_tmp, monkeypatch):
     ys = [np.load(Path(c["evaluate_run"]) / "predictions.npz")["y_true"] for c in state["cells"]]
     assert all(np.array_equal(ys[0], y) for y in ys)
     # each arm minus scratch, with an interval over the 2 seeds
-    assert {c["arm"] for c in state["comparisons"]} == {"pretrained", "linear_probe"}
+    assert {c["arm"] for c in state["comparisons"]} == {"pretrained", "linear_probe",
+                                                        "pretrained - classical"}
     assert all("CI" in c["verdict"] for c in state["comparisons"])
     # study cells are never "the latest finetune run" of the experiment
     with pytest.raises(RunError, match="No finished finetune run"):
