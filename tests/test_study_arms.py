@@ -53,3 +53,15 @@ def test_the_classical_baseline_learns_from_the_labeled_split_only(tmp_path, mod
     assert result["accuracy"] > 0.9, result
     saved = baselines.save(result, tmp_path / "classical")
     assert example_scores(saved).mean() == pytest.approx(result["accuracy"])
+
+
+def test_large_images_are_block_averaged_for_the_pixel_baseline():
+    import numpy as np
+
+    from pretrainer.baselines import _downsample
+
+    x = np.arange(2 * 100 * 64 * 3, dtype=np.float32).reshape(2, 100, 64, 3)
+    small = _downsample(x)
+    assert small.shape == (2, 25, 16, 3)  # factor 4: at most 32 a side
+    np.testing.assert_allclose(small[0, 0, 0], x[0, :4, :4].mean(axis=(0, 1)))
+    assert _downsample(x[:, :28, :28]).shape == (2, 28, 28, 3)
