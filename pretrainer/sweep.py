@@ -72,6 +72,22 @@ def expand(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
     return [list(c) for c in itertools.product(*axes)], swept
 
 
+def _sweep_dir(verb: str, config: str, overrides: list[str], runs_root: str, experiment: str,
+               fresh: dict) -> tuple[Path, Path, dict]:
+    """(runs/<exp>/sweep-<verb>-<key>, its sweep.json, the state: the saved one, or a new
+    one with `fresh`'s fields). The key hashes the verb, config and overrides."""
+    from pretrainer import runs
+
+    key = hashlib.sha256(json.dumps([verb, config, list(overrides)]).encode()).hexdigest()[:10]
+    out = runs.experiment_dir(runs_root, experiment) / f"sweep-{verb}-{key}"
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "sweep.json"
+    state = (json.loads(state_file.read_text()) if state_file.is_file() else
+             {"verb": verb, "config": config, "overrides": list(overrides), **fresh,
+              "combinations": []})
+    return out, state_file, state
+
+
 def summary(result) -> dict:
     """Headline numbers of a stage's result: a run directory, or pipeline's dict."""
     if isinstance(result, dict):  # pipeline
@@ -100,13 +116,8 @@ def run(verb: str, config: str, overrides: list[str], runs_root: str, experiment
     from pretrainer import runs
 
     combos, swept = expand(overrides)
-    key = hashlib.sha256(json.dumps([verb, config, list(overrides)]).encode()).hexdigest()[:10]
-    out = runs.experiment_dir(runs_root, experiment) / f"sweep-{verb}-{key}"
-    out.mkdir(parents=True, exist_ok=True)
-    state_file = out / "sweep.json"
-    state = (json.loads(state_file.read_text()) if state_file.is_file() else
-             {"verb": verb, "config": config, "overrides": list(overrides), "swept": swept,
-              "combinations": []})
+    out, state_file, state = _sweep_dir(verb, config, overrides, runs_root, experiment,
+                                        {"swept": swept})
     done = {tuple(c["overrides"]): c for c in state["combinations"] if c["status"] == "done"}
     runs.lock_run(out)  # one process per sweep
     try:
@@ -265,16 +276,11 @@ def search(verb: str, config: str, overrides: list[str], runs_root: str, experim
         raise ConfigError(f"hydra.sweeper: {exc}") from None
     if n_trials < 1:
         raise ConfigError("hydra.sweeper.n_trials must be at least 1")
-    key = hashlib.sha256(json.dumps([verb, config, list(overrides)]).encode()).hexdigest()[:10]
-    out = runs.experiment_dir(runs_root, experiment) / f"sweep-{verb}-{key}"
-    out.mkdir(parents=True, exist_ok=True)
-    state_file = out / "sweep.json"
-    state = (json.loads(state_file.read_text()) if state_file.is_file() else
-             {"verb": verb, "config": config, "overrides": list(overrides), "search": {
-                 "sampler": "TPESampler", "seed": seed, "n_trials": n_trials,
-                 "metric": settings.get("metric"), "direction": settings.get("direction"),
-                 "space": {k: repr(d) for k, d in space.items()}},
-              "swept": list(space), "combinations": []})
+    out, state_file, state = _sweep_dir(verb, config, overrides, runs_root, experiment, {
+        "search": {"sampler": "TPESampler", "seed": seed, "n_trials": n_trials,
+                   "metric": settings.get("metric"), "direction": settings.get("direction"),
+                   "space": {k: repr(d) for k, d in space.items()}},
+        "swept": list(space)})
     conf = state["search"]
     if conf["direction"] not in (None, "maximize", "minimize"):
         raise ConfigError(f"hydra.sweeper.direction={conf['direction']}: valid: maximize, "

@@ -33,3 +33,17 @@ def in_tmp(tmp_path, monkeypatch):
     """Run with the working directory in a fresh folder (runs/ and data/ land there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def interrupt_on_call(monkeypatch, owner, name: str, n: int) -> None:
+    """Make the n-th call of owner.name raise KeyboardInterrupt (a kill at that point);
+    the calls before it run the real thing."""
+    real, calls = getattr(owner, name), {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(owner, name, interrupted)

@@ -160,39 +160,25 @@ def _score(result: dict) -> str:
 
 
 def compare(cells: list[dict]) -> list[dict]:
-    """Each arm minus `scratch` per labeled fraction, with a 95% interval: over the seeds
-    (t) when there are several, else a paired bootstrap over the shared test examples."""
-    from pretrainer.stats import paired_bootstrap, seed_interval, verdict
-
+    """Each arm minus `scratch` per labeled fraction (and pretrained minus the classical
+    baseline), each with a 95% interval (_versus)."""
     metric = "accuracy" if cells and cells[0].get("accuracy") is not None else "mse"
     sign = 1.0 if metric == "accuracy" else -1.0  # a positive difference is always better
     by = {(c["fraction"], c["arm"], c["seed"]): c for c in cells}
     out = []
     for fraction, arm in dict.fromkeys((c["fraction"], c["arm"]) for c in cells):
-        if arm == "scratch":
-            continue
         if arm == "classical":  # the question there: does pretrained beat it?
-            out += _versus(by, fraction, "pretrained", "classical", metric, sign)
-            continue
-        pairs = [(by[(fraction, arm, s)], by[(fraction, "scratch", s)])
-                 for f, a, s in by if f == fraction and a == arm and (fraction, "scratch", s) in by]
-        if not pairs:
-            continue
-        ci = seed_interval([sign * (a[metric] - b[metric]) for a, b in pairs])
-        if ci is None and all(a.get("evaluate_run") and b.get("evaluate_run") for a, b in pairs):
-            a, b = pairs[0]
-            ci = paired_bootstrap(evaluate.example_scores(Path(a["evaluate_run"])),
-                                  evaluate.example_scores(Path(b["evaluate_run"])))
-        if ci is None:
-            continue
-        scale, unit = (100.0, "points") if metric == "accuracy" else (1.0, "MSE (lower is better)")
-        out.append({"fraction": fraction, "arm": arm, "metric": metric, **ci,
-                    "verdict": verdict(ci, scale, unit)})
+            out += _versus(by, fraction, "pretrained", "classical", metric, sign,
+                           label="pretrained - classical")
+        elif arm != "scratch":
+            out += _versus(by, fraction, arm, "scratch", metric, sign, label=arm)
     return out
 
 
-def _versus(by: dict, fraction, arm: str, base: str, metric: str, sign: float) -> list[dict]:
-    """`arm` minus `base` at one fraction (the same seeds' cells), as compare() reports."""
+def _versus(by: dict, fraction, arm: str, base: str, metric: str, sign: float,
+            label: str) -> list[dict]:
+    """`arm` minus `base` at one fraction with a 95% interval: over the seeds (t) when
+    there are several, else a paired bootstrap over the shared test examples."""
     from pretrainer.stats import paired_bootstrap, seed_interval, verdict
 
     pairs = [(by[(fraction, arm, s)], by[(fraction, base, s)])
@@ -200,12 +186,14 @@ def _versus(by: dict, fraction, arm: str, base: str, metric: str, sign: float) -
     if not pairs:
         return []
     ci = seed_interval([sign * (a[metric] - b[metric]) for a, b in pairs])
-    if ci is None:
+    if ci is None and all(a.get("evaluate_run") and b.get("evaluate_run") for a, b in pairs):
         a, b = pairs[0]
         ci = paired_bootstrap(evaluate.example_scores(Path(a["evaluate_run"])),
                               evaluate.example_scores(Path(b["evaluate_run"])))
+    if ci is None:
+        return []
     scale, unit = (100.0, "points") if metric == "accuracy" else (1.0, "MSE (lower is better)")
-    return [{"fraction": fraction, "arm": f"{arm} - {base}", "metric": metric, **ci,
+    return [{"fraction": fraction, "arm": label, "metric": metric, **ci,
              "verdict": verdict(ci, scale, unit)}]
 
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import interrupt_on_call
 
 from pretrainer import runs
 from pretrainer.config import compose
@@ -19,15 +20,8 @@ TINY = ["data.max_samples=200", "data.max_test=40", "trainer.epochs=1", "finetun
 
 def test_study_cells_plot_and_resume(in_tmp, monkeypatch):
     cfg = compose("fashion_ae", TINY)
-    real, calls = evaluate.run, {"n": 0}
-
-    def dies_on_the_fifth(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(evaluate, "run", dies_on_the_fifth)
+    real = evaluate.run
+    interrupt_on_call(monkeypatch, evaluate, "run", 5)
     with pytest.raises(KeyboardInterrupt):
         study.run(cfg)
     (out,) = (in_tmp / "runs" / "fashion_ae").glob("study-*")

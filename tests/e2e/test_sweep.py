@@ -4,6 +4,7 @@ continues where it stopped."""
 import json
 
 import pytest
+from conftest import interrupt_on_call
 from typer.testing import CliRunner
 
 from pretrainer.cli import app
@@ -16,15 +17,8 @@ ARGS = ["finetune", "-c", "house_linear", "-m", "finetune.learning_rate=0.1,0.05
 
 
 def test_a_sweep_runs_each_combination_once_and_resumes_after_a_kill(in_tmp, monkeypatch):
-    real, calls = finetune.run, {"n": 0}
-
-    def killed_on_the_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(finetune, "run", killed_on_the_third)
+    real = finetune.run
+    interrupt_on_call(monkeypatch, finetune, "run", 3)
     result = CliRunner().invoke(app, ARGS)
     assert result.exit_code == 130, result.output
     (sweep,) = (in_tmp / "runs" / "house_linear").glob("sweep-finetune-*")
@@ -64,15 +58,8 @@ SEARCH = ["finetune", "-c", "house_linear", "-m", "hydra/sweeper=optuna",
 
 def test_an_optuna_search_runs_its_trials_and_continues_after_a_kill(in_tmp, monkeypatch):
     pytest.importorskip("optuna")
-    real, calls = finetune.run, {"n": 0}
-
-    def killed_on_the_second(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(finetune, "run", killed_on_the_second)
+    real = finetune.run
+    interrupt_on_call(monkeypatch, finetune, "run", 2)
     assert CliRunner().invoke(app, SEARCH).exit_code == 130
     (sweep,) = (in_tmp / "runs" / "house_linear").glob("sweep-finetune-*")
     first = json.loads((sweep / "sweep.json").read_text())["combinations"]
