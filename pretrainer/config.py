@@ -176,9 +176,20 @@ class FinetuneConfig:
     # which weights the run keeps: those of the best validation epoch (val_accuracy, or
     # val_loss for regression) when there is a val split, or the last epoch's
     keep: str = "best"
+    # text: a wide part beside the transformer (Wide & Deep): none | ngrams (TF-IDF of word
+    # 1-2-grams and character 2-5-grams of the labeled texts, L2-normalised, fed with the
+    # pooled embedding to the one softmax layer)
+    wide: str = "none"
+    wide_max_tokens: int = 50_000  # ngrams: the most frequent n-grams kept, per kind
+    head_l2: float = 0.0  # L2 penalty on the softmax layer's kernel (a logistic regression's 1/C)
 
     def __post_init__(self) -> None:
         _check_choice("finetune.init", self.init, ("pretrained", "scratch", "public"))
+        _check_choice("finetune.wide", self.wide, ("none", "ngrams"))
+        if self.wide_max_tokens < 1:
+            raise ConfigError(f"Expected finetune.wide_max_tokens >= 1. Received: "
+                              f"{self.wide_max_tokens}")
+        _check_range("finetune.head_l2", self.head_l2, 0.0, 1.0)
         _check_choice("finetune.keep", self.keep, ("best", "last"))
         _check_choice("finetune.mode", self.mode, ("full", "linear_probe", "gradual"))
         _check_choice("finetune.feature_norm", self.feature_norm, ("none", "batch", "layer"))

@@ -525,6 +525,19 @@ def execution_size(requested: int, steps_per_epoch: int) -> int:
     return k
 
 
+def epoch_steps(steps: int, requested: int) -> tuple[int, str]:
+    """(steps per epoch, a note when changed): one pass over the split, rounded up to a
+    multiple of the requested steps per execution when the pass has no divisor of at
+    least half of it (233 steps would otherwise run one step per execution, ~1.5x
+    slower). The training stream repeats, so an epoch is a count of steps: a pass
+    then ends inside an epoch, and exact resume (by steps) is unaffected."""
+    if requested <= 1 or steps < 4 * requested or 2 * execution_size(requested, steps) > requested:
+        return steps, ""
+    rounded = -(-steps // requested) * requested
+    return rounded, (f"steps per epoch {steps} -> {rounded} (a multiple of steps_per_execution "
+                     f"{requested}; {steps} has no divisor near it)")
+
+
 def steps_per_execution(requested: int, steps_per_epoch: int,
                         validation_steps: Optional[int], checkpoint_every: int
                         ) -> tuple[int, int, str]:

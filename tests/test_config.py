@@ -44,6 +44,8 @@ def test_unknown_group_option_lists_choices():
     ("data.labeled_fraction=2", "labeled_fraction"),
     ("data.labeled_fraction=0", "labeled_fraction"),
     ("finetune.init=magic", "pretrained, scratch"),
+    ("finetune.wide=bag", "none, ngrams"),
+    ("finetune.head_l2=-1", "head_l2"),
     ("trainer.strategy=tpu9", "auto, cpu"),
     ("trainer.batch_size=0", "batch_size"),
 ])

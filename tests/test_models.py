@@ -94,3 +94,42 @@ def test_wordpiece_vocabulary_is_learned_fast_and_tokenizes_its_texts_without_un
     assert again[:len(RESERVED)] == RESERVED and len(set(again) ^ set(vocab)) <= 20
     ids = np.asarray(tokenizer(vocab, 64)(tf.constant(texts)))
     assert (ids != UNK).all() and (ids[:, 0] != 0).all()
+
+
+def test_wide_and_deep_text_classifier_learns_ngrams_and_saves_as_plain_keras(tmp_path):
+    """finetune.wide=ngrams: the n-gram TF-IDF part learns a rule the (random) transformer
+    cannot see in a few steps, and the saved model loads and predicts the same with Keras."""
+    import tensorflow as tf
+
+    from pretrainer.models.heads import ngram_features, text_classifier
+    from pretrainer.models.transformer import tokenizer, train_vocabulary
+
+    rng = np.random.default_rng(0)
+    filler = ["the", "a", "cat", "sat", "on", "mat", "dog", "ran", "far", "away"]
+    texts, labels = [], []
+    for i in range(200):  # class = which rare marker word appears, among filler words
+        words = list(rng.choice(filler, 8))
+        words.insert(int(rng.integers(0, 8)), ["zebra", "quokka"][i % 2])
+        texts.append(" ".join(words))
+        labels.append(i % 2)
+    x, y = np.array(texts), np.array(labels)
+    vocab = train_vocabulary(tf.data.Dataset.from_tensor_slices(x).batch(64), 100)
+    tok = tokenizer(vocab, 16)
+    backbone = build_backbone((16,), BackboneConfig(name="transformer", latent_dim=16,
+                                                    num_layers=1, num_heads=2,
+                                                    intermediate_dim=16, sequence_length=16,
+                                                    vocabulary_size=len(vocab), causal=False))
+    backbone.trainable = False  # a linear model over the features: the wide part must learn
+    wide = ngram_features(x[:100], lambda t: np.asarray(backbone(tok(tf.constant(t)))).mean(1),
+                          max_tokens=1000)
+    model = text_classifier(backbone, tok, 2, wide=wide, l2=1e-4)
+    model.compile(keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    model.fit(tf.data.Dataset.from_tensor_slices((x[:100], y[:100])).batch(20), epochs=15,
+              verbose=0)
+    acc = (model.predict(tf.constant(x[100:]), verbose=0).argmax(1) == y[100:]).mean()
+    assert acc > 0.95
+    path = tmp_path / "wide.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(tf.constant(x[100:]), verbose=0),
+                               model.predict(tf.constant(x[100:]), verbose=0), atol=1e-5)

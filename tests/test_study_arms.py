@@ -65,3 +65,14 @@ def test_large_images_are_block_averaged_for_the_pixel_baseline():
     assert small.shape == (2, 25, 16, 3)  # factor 4: at most 32 a side
     np.testing.assert_allclose(small[0, 0, 0], x[0, :4, :4].mean(axis=(0, 1)))
     assert _downsample(x[:, :28, :28]).shape == (2, 28, 28, 3)
+
+
+def test_comparisons_include_pretrained_minus_labels_only():
+    from pretrainer.stages.study import compare
+
+    cells = [{"fraction": 6, "seed": s, "arm": arm, "accuracy": acc + 0.01 * s}
+             for s in range(3) for arm, acc in (("pretrained", 0.75), ("scratch", 0.76),
+                                                ("scratch_labels_only", 0.66))]
+    got = {c["arm"]: c for c in compare(cells)}
+    assert set(got) == {"pretrained", "scratch_labels_only", "pretrained - scratch_labels_only"}
+    assert got["pretrained - scratch_labels_only"]["verdict"].startswith("+9.0 points")

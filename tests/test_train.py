@@ -180,6 +180,18 @@ def test_steps_per_execution_divides_the_epoch_and_validation_and_checkpoints():
     assert steps_per_execution(16, 5, None, 100)[:2] == (5, 100)
 
 
+def test_an_epoch_without_a_large_divisor_is_rounded_to_whole_executions():
+    from pretrainer.train import epoch_steps, execution_size
+
+    steps, note = epoch_steps(233, 16)  # prime: it would run one step per execution
+    assert steps == 240 and execution_size(16, steps) == 16 and "233 -> 240" in note
+    assert epoch_steps(240, 16) == (240, "")
+    assert epoch_steps(891, 8)[0] == 896  # 891 = 81 x 11: 3 steps per execution at most
+    assert epoch_steps(171, 16) == (171, "")  # 9 per execution: kept
+    assert epoch_steps(35, 16) == (35, "")  # too short an epoch to stretch
+    assert epoch_steps(233, 1) == (233, "")
+
+
 def test_validation_batches_are_sized_to_whole_executions(tmp_path):
     from pretrainer.config import DataConfig
     from pretrainer.data import pipeline

@@ -61,11 +61,12 @@ def normalizer(stats: dict) -> keras.layers.Layer:
 
 
 def text_classifier(backbone: keras.Model, tokenizer, num_classes: int, *,
-                    dropout: float = 0.0) -> keras.Model:
+                    dropout: float = 0.0, wide=None, l2: float = 0.0) -> keras.Model:
     """Raw strings -> WordPiece tokenizer -> transformer -> masked mean pool -> softmax.
 
     The tokenizer is part of the model, so the saved model and its SavedModel export
-    take text, not token ids.
+    take text, not token ids. `wide` (from `ngram_features`) adds a Wide & Deep linear
+    part: the n-gram vectors and the standardised pooled embedding feed one softmax.
     """
     from pretrainer.models.transformer import padding_mask
 
@@ -73,8 +74,57 @@ def text_classifier(backbone: keras.Model, tokenizer, num_classes: int, *,
     ids = tokenizer(inputs)
     h = backbone(ids)
     x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(h, mask=padding_mask(ids))
+    if wide is not None:
+        x = wide["standardize"](x)
+        x = keras.layers.Rescaling(wide["deep_scale"], name="deep_scale")(x)
+        parts = [x] + [keras.layers.UnitNormalization(name=f"{v.name}_l2")(v(inputs))
+                       for v in wide["vectorizers"]]
+        x = keras.layers.Concatenate(name="wide_and_deep")(parts)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                 kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
                                  name="probabilities")(x)
     return keras.Model(inputs, outputs, name="text_classifier")
+
+
+DEEP_NORM = 0.3  # the pooled embedding's expected norm beside the two unit n-gram vectors
+
+
+def ngram_features(texts, embed, max_tokens: int) -> dict:
+    """The wide part of a Wide & Deep text classifier, fitted on the labeled texts:
+    TF-IDF of word 1-2-grams and of character 2-5-grams (Keras TextVectorization, saved
+    in the model, so exports take raw strings), and a standardisation of the pooled
+    embedding (`embed(texts)`) scaled to norm DEEP_NORM. The same features as the
+    classical TF-IDF + logistic regression baseline, so the deep part is measured as
+    what it adds to them (README, "Few labels")."""
+    import numpy as np
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices(texts).batch(256)
+    words = _tfidf(data, len(texts), max_tokens, name="word_ngrams", ngrams=2)
+    chars = _tfidf(data, len(texts), max_tokens, name="char_ngrams", standardize="lower",
+                   split="character", ngrams=(2, 3, 4, 5))
+    feats = np.asarray(embed(texts), np.float32)
+    standardize = keras.layers.Normalization(name="deep_standardize")
+    standardize.adapt(feats)
+    return {"vectorizers": [words, chars], "standardize": standardize,
+            "deep_scale": DEEP_NORM / float(np.sqrt(feats.shape[-1]))}
+
+
+def _tfidf(data, n: int, max_tokens: int, *, name: str, **kw):
+    """A TextVectorization giving count x idf, idf as scikit-learn's TfidfVectorizer
+    computes it (log((1 + n) / (1 + df)) + 1) and 0 for out-of-vocabulary tokens.
+    Keras' own tf_idf mode counts unseen n-grams in its [UNK] slot: on new texts that
+    slot outweighs the rest once rows are L2-normalised (measured: 18 % vs 29 % val
+    accuracy with word n-grams on 39 fortune categories)."""
+    import numpy as np
+
+    counter = keras.layers.TextVectorization(max_tokens=max_tokens, output_mode="multi_hot",
+                                             **kw)
+    counter.adapt(data)
+    df = sum(np.asarray(counter(batch)).sum(0) for batch in data)
+    idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+    idf[0] = 0.0  # the [UNK] slot
+    return keras.layers.TextVectorization(output_mode="tf_idf", vocabulary=counter.get_vocabulary(),
+                                          idf_weights=idf.astype(np.float32), name=name, **kw)

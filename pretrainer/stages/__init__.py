@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -85,6 +87,9 @@ def open_run(runs_root: str, experiment: str, stage: str, strategy, cfg_yaml: st
         run, resumed = runs.start_run(runs_root, experiment, stage, cfg_yaml, **lineage)
         return run, resumed, True, None
     scratch = Path(tempfile.mkdtemp(prefix=f"pretrainer-{stage}-worker{worker_index()}-"))
+    # its checkpoints matter only while this process trains: gone when it exits (they
+    # piled up in /tmp, one folder per worker and run)
+    atexit.register(shutil.rmtree, scratch, True)
     chief_run = runs.resumable_run(runs_root, experiment, stage, cfg_yaml)
     return scratch, chief_run is not None, False, chief_run
 

@@ -41,8 +41,11 @@ def _featurizer(run_dir: Path, manifest: dict):
     shape = None if text else tuple(manifest["shape"])
     if stage == "finetune":
         model = load_keras_artifact(run_dir, "model.keras", shape)
-        head = model.layers[-1]
-        features = keras.Model(model.inputs, head.input)
+        # a Wide & Deep text model (finetune.wide=ngrams): the pooled embedding, not the
+        # tens of thousands of n-gram columns beside it
+        names = {layer.name for layer in model.layers}
+        features = keras.Model(model.inputs, model.get_layer("mean_pool").output
+                               if "wide_and_deep" in names else model.layers[-1].input)
 
         def call(x):
             feed = tf.constant(list(x)) if text else x

@@ -22,6 +22,7 @@ from pretrainer.train import (
     ScaledUpdates,
     backbone_blocks,
     compile_kwargs,
+    epoch_steps,
     fit,
     optimizer_step,
     setup,
@@ -51,6 +52,9 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         raise ConfigError(f"finetune.init=public needs a backbone with public weights "
                           f"({', '.join(PUBLIC_WEIGHTS)}); backbone '{cfg.backbone.name}' has "
                           f"none. Use backbone=resnet or backbone=mobilenet, or init=pretrained")
+    if ft.wide != "none" and not text:
+        raise ConfigError(f"finetune.wide={ft.wide} is for text classifiers; this store holds "
+                          f"{manifest['modality']} data. Set finetune.wide=none")
     semi = ft.semi_supervised != "none"
     if semi and (text or tabular or regression or manifest["splits"]["unlabeled"]["count"] == 0):
         raise ConfigError("finetune.semi_supervised=fixmatch needs image classification data "
@@ -71,7 +75,13 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     info(f"[bold]finetune[/bold] ({ft.init}, {ft.mode}): {esc(source)} -> {esc(run_dir)} "
          f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
     bs = ft.batch_size or cfg.trainer.batch_size
-    steps_per_epoch = ft.steps_per_epoch or pipeline.steps(store, "train", bs)
+    scaled = ft.mode == "gradual" or (ft.mode == "full" and ft.backbone_lr_multiplier != 1)
+    steps_per_epoch = ft.steps_per_epoch
+    if not steps_per_epoch:  # one pass, or a little more when that runs whole executions
+        steps_per_epoch, note = epoch_steps(pipeline.steps(store, "train", bs),
+                                            1 if scaled else cfg.trainer.steps_per_execution)
+        if note:
+            info(f"  finetune: {note}")
     with strategy.scope():
         if text:
             backbone, tok = _text_backbone(cfg, parent, store, run_dir)
@@ -85,7 +95,10 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
             backbone.trainable = False
         norm = normalizer(manifest["feature_stats"]) if tabular else None
         if text:
-            model = text_classifier(backbone, tok, manifest["num_classes"], dropout=ft.dropout)
+            wide = (_wide_ngrams(store, backbone, tok, ft.wide_max_tokens)
+                    if ft.wide == "ngrams" else None)
+            model = text_classifier(backbone, tok, manifest["num_classes"], dropout=ft.dropout,
+                                    wide=wide, l2=ft.head_l2)
             loss, metrics = ft.loss, ["accuracy"]
         elif regression:
             model = regressor(backbone, hidden=ft.head_units, dropout=ft.dropout,
@@ -132,7 +145,6 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
             shuffle_buffer=cfg.data.shuffle_buffer))
     val_ds, val_steps, vbs = None, None, bs
     if manifest["splits"]["val"]["count"] > 0:  # (its steps a multiple of steps/execution)
-        scaled = ft.mode == "gradual" or (ft.mode == "full" and ft.backbone_lr_multiplier != 1)
         vbs = pipeline.validation_batch(store, "val", bs, steps_per_epoch,
                                         1 if scaled else cfg.trainer.steps_per_execution)
         val_ds = pipeline.examples(store, "val", batch_size=vbs, repeat=True, **read)
@@ -227,6 +239,25 @@ def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
             cfg.backbone, vocabulary_size=len(vocab)))
     save_vocabulary(vocab, Path(run_dir) / "vocab.txt")
     return backbone, tokenizer(vocab, length)
+
+
+def _wide_ngrams(store, backbone, tok, max_tokens: int) -> dict:
+    """The Wide & Deep n-gram part, fitted on the labeled split's texts."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pretrainer.models.heads import ngram_features
+    from pretrainer.models.transformer import padding_mask
+
+    batches = pipeline.texts(store, "train", batch_size=512, labels=False, cache=False)
+    texts = np.concatenate(list(batches.as_numpy_iterator()))
+    inputs = keras.Input(shape=(), dtype="string")
+    ids = tok(inputs)
+    pooled = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(
+        backbone(ids), mask=padding_mask(ids)))
+    return ngram_features(texts, lambda t: pooled.predict(tf.constant(t), batch_size=256,
+                                                          verbose=0), max_tokens)
 
 
 def _public_backbone(cfg: Config, shape: tuple):

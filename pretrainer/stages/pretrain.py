@@ -20,7 +20,7 @@ from pretrainer.pretext.health import EmbeddingRank
 from pretrainer.stages import open_run, save_artifact, weights_checksum
 from pretrainer.stages.collect import ensure_store
 from pretrainer.strategy import is_multi_worker, worker_index
-from pretrainer.train import compile_kwargs, fit, optimizer_step, setup
+from pretrainer.train import compile_kwargs, epoch_steps, fit, optimizer_step, setup
 
 
 def run(cfg: Config) -> Path:
@@ -63,7 +63,10 @@ def run(cfg: Config) -> Path:
         return read("unlabeled", shuffle=True, repeat=True, seed=cfg.seed,
                     start_batch=start_batch)
 
-    steps_per_epoch = pipeline.steps(store, "unlabeled", bs)
+    steps_per_epoch, note = epoch_steps(pipeline.steps(store, "unlabeled", bs),
+                                        cfg.trainer.steps_per_execution)
+    if note:
+        info(f"  pretrain: {note}")
     val_ds, val_steps, vbs = None, None, bs
     if manifest["splits"]["val"]["count"] > 0:  # (its steps a multiple of steps/execution)
         vbs = pipeline.validation_batch(store, "val", bs, steps_per_epoch,

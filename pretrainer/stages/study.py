@@ -172,6 +172,9 @@ def compare(cells: list[dict]) -> list[dict]:
                            label="pretrained - classical")
         elif arm != "scratch":
             out += _versus(by, fraction, arm, "scratch", metric, sign, label=arm)
+        if arm == "scratch_labels_only":  # what pretraining and the pool add together
+            out += _versus(by, fraction, "pretrained", arm, metric, sign,
+                           label="pretrained - scratch_labels_only")
     return out
 
 

@@ -38,8 +38,11 @@ def _two_workers(tmp_path, args):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
+    scratch = tmp_path / "tmp"  # the workers' TMPDIR: a non-chief trains in a folder there
+    scratch.mkdir(exist_ok=True)
     for i in range(2):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "",
+               "TMPDIR": str(scratch),
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
                                                                      "index": i}})}
         procs.append(subprocess.Popen(
@@ -49,6 +52,7 @@ def _two_workers(tmp_path, args):
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-2000:] + err[-3000:]
+    assert not list(scratch.glob("pretrainer-*-worker*"))  # removed when the worker exits
     return [float(re.search(r"checksum ([0-9.]+)", out).group(1)) for out, _ in outs]
 
 
