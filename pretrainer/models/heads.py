@@ -95,9 +95,11 @@ def ngram_features(texts, embed, max_tokens: int) -> dict:
     """The wide part of a Wide & Deep text classifier, fitted on the labeled texts:
     TF-IDF of word 1-2-grams and of character 2-5-grams (Keras TextVectorization, saved
     in the model, so exports take raw strings), and a standardisation of the pooled
-    embedding (`embed(texts)`) scaled to norm DEEP_NORM. The same features as the
-    classical TF-IDF + logistic regression baseline, so the deep part is measured as
-    what it adds to them (README, "Few labels")."""
+    embedding (`embed(texts)`) scaled to norm DEEP_NORM. Close to the classical
+    baseline's features (raw counts, not sublinear; character n-grams across word
+    boundaries; the max_tokens most frequent of each kind), so the study's scratch arm,
+    the same head over a random transformer, shows what the pretrained embedding adds
+    (README, "Few labels")."""
     import numpy as np
     import tensorflow as tf
 

@@ -171,6 +171,9 @@ def _text_model_is_usable_outside_pretrainer(tmp_path, exp, pre, dep):
 
     embed.run(compose("text_mlm", []), str(tmp_path / "in.txt"), run=str(pre))
     assert np.load(pre / "embeddings" / "in" / "embeddings.npy").shape == (3, 32)
+    # a Wide & Deep finetune run: the pooled embedding, not the n-gram columns beside it
+    embed.run(compose("text_mlm", []), str(tmp_path / "in.txt"), run=str(ft))
+    assert np.load(ft / "embeddings" / "in" / "embeddings.npy").shape == (3, 32)
 
 
 def test_seed_cnn_trunk_pretrains_and_finetunes(tmp_path):
