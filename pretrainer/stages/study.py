@@ -268,8 +268,8 @@ def _markdown(cfg: Config, pre: Path, summary: list[dict],
     lines += [f"| {s['fraction']:g} | {s['labels']} | {s['arm']} | {_pm(s)} | {s['n']} |"
               for s in summary]
     if comparisons:
-        lines += ["", f"Differences in test {metric} (each arm minus scratch, same labels and "
-                  f"test examples; \"within noise\" when the 95% interval covers zero):", "",
+        lines += ["", f"Differences in test {metric} (an arm minus scratch, or pretrained minus "
+                  f"a baseline, on the same labels and test examples; \"within noise\" when the 95% interval covers zero):", "",
                   "| fraction | comparison | difference |", "|---|---|---|"]
         lines += [f"| {c['fraction']:g} | "
                   f"{c['arm'] if ' - ' in c['arm'] else c['arm'] + ' − scratch'} | "
