@@ -68,12 +68,8 @@ def text_classifier(backbone: keras.Model, tokenizer, num_classes: int, *,
     take text, not token ids. `wide` (from `ngram_features`) adds a Wide & Deep linear
     part: the n-gram vectors and the standardised pooled embedding feed one softmax.
     """
-    from pretrainer.models.transformer import padding_mask
-
     inputs = keras.Input(shape=(), dtype="string", name="text")
-    ids = tokenizer(inputs)
-    h = backbone(ids)
-    x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(h, mask=padding_mask(ids))
+    x = _mean_pool(inputs, backbone, tokenizer)
     if wide is not None:
         x = wide["standardize"](x)
         x = keras.layers.Rescaling(wide["deep_scale"], name="deep_scale")(x)
@@ -86,6 +82,21 @@ def text_classifier(backbone: keras.Model, tokenizer, num_classes: int, *,
                                  kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
                                  name="probabilities")(x)
     return keras.Model(inputs, outputs, name="text_classifier")
+
+
+def _mean_pool(inputs, backbone: keras.Model, tokenizer):
+    """strings -> tokens -> transformer -> mean over the non-[PAD] tokens."""
+    from pretrainer.models.transformer import padding_mask
+
+    ids = tokenizer(inputs)
+    return keras.layers.GlobalAveragePooling1D(name="mean_pool")(backbone(ids),
+                                                                mask=padding_mask(ids))
+
+
+def text_embedding(backbone: keras.Model, tokenizer) -> keras.Model:
+    """Raw strings -> the pooled embedding a text_classifier's head reads."""
+    inputs = keras.Input(shape=(), dtype="string", name="text")
+    return keras.Model(inputs, _mean_pool(inputs, backbone, tokenizer), name="text_embedding")
 
 
 DEEP_NORM = 0.3  # the pooled embedding's expected norm beside the two unit n-gram vectors

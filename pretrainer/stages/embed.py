@@ -55,17 +55,12 @@ def _featurizer(run_dir: Path, manifest: dict):
     backbone = load_keras_artifact(run_dir, "backbone.keras", None if text else shape)
     if not text:
         return lambda x: np.asarray(backbone(x, training=False), np.float32).reshape(len(x), -1)
-    from pretrainer.models.transformer import PAD, load_vocabulary, tokenizer
+    from pretrainer.models.heads import text_embedding
+    from pretrainer.models.transformer import load_vocabulary, tokenizer
 
-    tok = tokenizer(load_vocabulary(run_dir / "vocab.txt"), backbone.input_shape[1])
-
-    def call_text(x):
-        ids = np.asarray(tok(tf.constant(list(x))))
-        h = np.asarray(backbone(ids, training=False), np.float32)
-        mask = (ids != PAD)[..., None]
-        return (h * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
-
-    return call_text
+    pooled = text_embedding(backbone, tokenizer(load_vocabulary(run_dir / "vocab.txt"),
+                                                backbone.input_shape[1]))
+    return lambda x: np.asarray(pooled(tf.constant(list(x)), training=False), np.float32)
 
 
 def _split_batches(store, split: str, manifest: dict, batch_size: int):

@@ -243,19 +243,14 @@ def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
 
 def _wide_ngrams(store, backbone, tok, max_tokens: int) -> dict:
     """The Wide & Deep n-gram part, fitted on the labeled split's texts."""
-    import keras
     import numpy as np
     import tensorflow as tf
 
-    from pretrainer.models.heads import ngram_features
-    from pretrainer.models.transformer import padding_mask
+    from pretrainer.models.heads import ngram_features, text_embedding
 
     batches = pipeline.texts(store, "train", batch_size=512, labels=False, cache=False)
     texts = np.concatenate(list(batches.as_numpy_iterator()))
-    inputs = keras.Input(shape=(), dtype="string")
-    ids = tok(inputs)
-    pooled = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(
-        backbone(ids), mask=padding_mask(ids)))
+    pooled = text_embedding(backbone, tok)
     return ngram_features(texts, lambda t: pooled.predict(tf.constant(t), batch_size=256,
                                                           verbose=0), max_tokens)
 
