@@ -54,6 +54,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/precision.py
 	$(BIN)/python benchmarks/collect_read.py
 	$(BIN)/python benchmarks/seed_at_size.py
+	$(BIN)/python benchmarks/memory_scale.py
 
 samples: install
 	$(BIN)/python scripts/make_samples.py

@@ -1,3 +1,3 @@
-from pretrainer.cli import main
+from pretrainer.entry import main
 
 main()

@@ -60,3 +60,11 @@ def test_seed_at_size_benchmark_smoke(tmp_path):
     stdout, results = _smoke("seed_at_size.py", tmp_path / "s.json", timeout=900)
     assert "| seed recipe (Keras, float32) |" in stdout
     assert results["speedup_auto"] > 0 and 0 <= results["rows"]["auto"]["test_accuracy"] <= 1
+
+
+@slow_harness
+def test_memory_scale_benchmark_smoke(tmp_path):
+    _, results = _smoke("memory_scale.py", tmp_path / "m.json")
+    small, large = results["rows"]
+    assert large["images"] == 4 * small["images"]
+    assert results["ratio_cached"] > 0 and results["ratio_streamed"] > 0

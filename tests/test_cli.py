@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_python
 from typer.testing import CliRunner
 
 from pretrainer.cli import app
@@ -135,3 +135,26 @@ def test_version_and_short_help():
     for args in (["-h"], ["finetune", "-h"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_help_screen_is_cached_and_printed_without_typer(tmp_path):
+    """`pretrainer --help` renders once through Typer, then comes from the cache with
+    the standard library alone; another terminal width renders afresh."""
+    env = {"PRETRAINER_CACHE": str(tmp_path / "cache"), "COLUMNS": "100"}
+    first = run_cli(["--help"], cwd=tmp_path, env=env)
+    assert first.returncode == 0 and "Usage: pretrainer" in first.stdout
+    assert "collect" in first.stdout and len(list((tmp_path / "cache").iterdir())) == 1
+    again = run_cli(["--help"], cwd=tmp_path, env=env)
+    assert again.returncode == 0 and again.stdout == first.stdout
+    code = ("import runpy, sys; sys.argv = ['pretrainer', '--help']\n"
+            "try:\n    runpy.run_module('pretrainer', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print('typer' in sys.modules, 'rich' in sys.modules, file=sys.stderr)")
+    cached = run_python(code, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    assert cached.stdout == first.stdout and cached.stderr.strip() == "False False"
+    wider = run_cli(["--help"], cwd=tmp_path, env={**env, "COLUMNS": "140"})
+    assert wider.stdout != first.stdout and len(list((tmp_path / "cache").iterdir())) == 2
+    # a cache that cannot be written: the screen still comes, every time
+    (tmp_path / "file").write_text("")
+    ro = run_cli(["--help"], cwd=tmp_path, env={**env, "PRETRAINER_CACHE": str(tmp_path / "file")})
+    assert ro.returncode == 0 and ro.stdout == first.stdout

@@ -133,3 +133,15 @@ def test_wide_and_deep_text_classifier_learns_ngrams_and_saves_as_plain_keras(tm
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(loaded.predict(tf.constant(x[100:]), verbose=0),
                                model.predict(tf.constant(x[100:]), verbose=0), atol=1e-5)
+
+
+def test_resnet_backbone_takes_32px_images_and_gives_the_embedding():
+    """ResNet50V2 from keras.applications on the smallest size it takes (the finetune
+    path is the same for every backbone: the MobileNetV2 e2e test runs it)."""
+    cfg = BackboneConfig(name="resnet", latent_dim=16)
+    model = classifier(build_backbone((32, 32, 1), cfg), 3, hidden=[], dropout=0.0)
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype("float32")
+    p = model.predict(x, verbose=0)
+    assert p.shape == (2, 3) and np.allclose(p.sum(-1), 1, atol=1e-5)
+    with pytest.raises(ConfigError, match="at least 32x32"):
+        build_backbone((28, 28, 1), cfg)

@@ -139,3 +139,15 @@ def test_token_loss_ignores_padding_targets():
     logits[0, 0, 2] = 10.0
     y = np.array([[2, -1, -1]])
     assert float(token_loss(y, logits)[0]) < 1e-3  # the padded positions do not count
+
+
+def test_reconstruction_plot_takes_a_one_image_batch(tmp_path):
+    """A validation split of one image (a tiny folder) still gets its plot."""
+    import tensorflow as tf
+
+    from pretrainer.stages.pretrain import _save_reconstructions
+
+    x = np.random.default_rng(0).random((1, 8, 8, 1)).astype("float32")
+    identity = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Identity()])
+    _save_reconstructions(identity, tf.data.Dataset.from_tensors((x, x)), tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 500

@@ -138,7 +138,7 @@ class GeneratedGrid(keras.callbacks.Callback):
             size=(self.n, self.model.noise_dim)).astype("float32")
         imgs = np.asarray(self.model.generator(noise, training=False), np.float32)
         cols = int(np.ceil(np.sqrt(self.n)))
-        fig, axes = plt.subplots(cols, cols, figsize=(cols * 1.1, cols * 1.1))
+        fig, axes = plt.subplots(cols, cols, figsize=(cols * 1.1, cols * 1.1), squeeze=False)
         for ax, img in zip(axes.ravel(), list(imgs) + [None] * (cols * cols - self.n),
                            strict=True):
             ax.axis("off")

@@ -125,7 +125,7 @@ def _save_reconstructions(model, val_ds, path: Path, n: int = 8) -> None:
     # a direct call, not predict(): under a multi-worker strategy predict would need the
     # other workers, which have finished by now
     x_hat = np.asarray(model(x, training=False), dtype=np.float32)
-    fig, axes = plt.subplots(2, len(x), figsize=(1.2 * len(x), 2.6))
+    fig, axes = plt.subplots(2, len(x), figsize=(1.2 * len(x), 2.6), squeeze=False)
     for i in range(len(x)):
         for row, img in enumerate((x[i], x_hat[i])):
             ax = axes[row, i]

@@ -92,8 +92,8 @@ def test_stages_rerun_alone_from_earlier_runs(pipeline_run):
     proc = run_cli(["finetune", "--run", str(pre), *TINY], cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
     # latest finetune run, a new deploy run, pruned to half its weights
-    proc = run_cli(["deploy", *TINY, "deploy.prune_sparsity=0.5", "deploy.prune_epochs=1"],
-                   cwd=cwd)
+    proc = run_cli(["deploy", *TINY, "deploy.prune_sparsity=0.5", "deploy.prune_epochs=1",
+                    "deploy.formats=[saved_model]"], cwd=cwd)  # (every format: the fixture)
     assert proc.returncode == 0, proc.stderr[-2000:]
     deploys = sorted(exp.glob("deploy-*"))
     assert len(deploys) == 2

@@ -18,12 +18,24 @@ TINY = ["data.max_samples=300", "data.max_test=60", "trainer.epochs=1", "finetun
 STATIC = ["trainer.static_batches=true", "trainer.batch_size=16"]
 
 
+def _stages(experiment: str, verbs, overrides, pretrain_extra=()):
+    """The stages in this process, as the CLI verbs run them (the CLI itself, a real
+    subprocess, is exercised by test_pipeline_cli): each new TensorFlow process costs
+    seconds of import on a 2-core machine."""
+    from pretrainer.config import compose
+    from pretrainer.stages import deploy, finetune, pretrain
+
+    stage = {"pretrain": pretrain, "finetune": finetune, "deploy": deploy}
+    for verb in verbs:
+        extra = list(pretrain_extra) if verb == "pretrain" else []
+        stage[verb].run(compose(experiment, [*overrides, *extra]))
+
+
 @pytest.mark.parametrize("experiment", ["fashion_denoise", "fashion_simclr", "fashion_dcgan"])
-def test_image_pretexts_pretrain_then_finetune(tmp_path, experiment):
-    for verb in ("pretrain", "finetune"):
-        static = STATIC if verb == "pretrain" else []  # the TPU rule: every batch whole
-        proc = run_cli([verb, "--config", experiment, *TINY, *static], cwd=tmp_path)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+def test_image_pretexts_pretrain_then_finetune(in_tmp, experiment):
+    tmp_path = in_tmp
+    # the TPU rule, every batch whole, on the pretrain side
+    _stages(experiment, ("pretrain", "finetune"), TINY, pretrain_extra=STATIC)
     exp = tmp_path / "runs" / experiment
     (pre,) = exp.glob("pretrain-*")
     manifest = json.loads((pre / "manifest.json").read_text())
@@ -104,13 +116,10 @@ TEXT = ["trainer.epochs=1", "finetune.epochs=1", "trainer.verbose=false",
 
 
 @pytest.mark.parametrize("experiment", ["text_lm", "text_mlm"])
-def test_language_models_pretrain_finetune_deploy_raw_strings(tmp_path, experiment,
-                                                            monkeypatch):
+def test_language_models_pretrain_finetune_deploy_raw_strings(in_tmp, experiment):
+    tmp_path = in_tmp
     verbs = ["pretrain", "finetune"] + (["deploy"] if experiment == "text_mlm" else [])
-    for verb in verbs:
-        static = STATIC if verb == "pretrain" else []  # tokenized batches keep a static shape
-        proc = run_cli([verb, "--config", experiment, *TEXT, *static], cwd=tmp_path)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    _stages(experiment, verbs, TEXT, pretrain_extra=STATIC)  # tokenized: static shapes
     exp = tmp_path / "runs" / experiment
     (pre,) = exp.glob("pretrain-*")
     assert (pre / "vocab.txt").read_text().startswith("[PAD]\n")
@@ -120,9 +129,12 @@ def test_language_models_pretrain_finetune_deploy_raw_strings(tmp_path, experime
         (dep,) = exp.glob("deploy-*")
         parity = json.loads((dep / "export" / "parity.json").read_text())["saved_model"]
         assert parity["passed"] and parity["max_abs_diff"] < 1e-4
-        proc = run_cli(["deploy", "--config", experiment, *TEXT, "deploy=default"], cwd=tmp_path)
-        assert proc.returncode == 2 and "saved_model only" in proc.stderr
-        monkeypatch.chdir(tmp_path)  # in-process calls below resolve runs/ and data/ here
+        from pretrainer.config import compose
+        from pretrainer.errors import ConfigError
+        from pretrainer.stages import deploy
+
+        with pytest.raises(ConfigError, match="saved_model only"):  # (CLI: exit 2, test_cli)
+            deploy.run(compose(experiment, [*TEXT, "deploy=default"]))
         _text_model_is_usable_outside_pretrainer(tmp_path, exp, pre, dep)
 
 
@@ -176,16 +188,16 @@ def _text_model_is_usable_outside_pretrainer(tmp_path, exp, pre, dep):
     assert np.load(ft / "embeddings" / "in" / "embeddings.npy").shape == (3, 32)
 
 
-def test_seed_cnn_trunk_pretrains_and_finetunes(tmp_path):
-    args = ["--config", "fashion_ae", "backbone=seed_cnn", *TINY[:5], "trainer.batch_size=64"]
-    for verb in ("pretrain", "finetune"):
-        proc = run_cli([verb, *args], cwd=tmp_path)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+def test_seed_cnn_trunk_pretrains_and_finetunes(in_tmp):
+    _stages("fashion_ae", ("pretrain", "finetune"),
+            ["backbone=seed_cnn", *TINY[:5], "trainer.batch_size=64"])
+    (ft,) = (in_tmp / "runs" / "fashion_ae").glob("finetune-*")
+    assert (ft / "DONE").is_file()
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet", "resnet"])
-def test_keras_applications_backbones_on_a_32px_image_folder(in_tmp, backbone):
-    """In-process (the CLI path is the same for every backbone): these build slowly."""
+def test_keras_applications_backbone_pretrains_and_finetunes_on_a_32px_image_folder(in_tmp):
+    """In-process (the CLI path is the same for every backbone): MobileNetV2 here;
+    ResNet50V2, slower to build, is checked in test_models."""
     from test_folders import make_class_folder
 
     from pretrainer.config import compose
@@ -193,12 +205,9 @@ def test_keras_applications_backbones_on_a_32px_image_folder(in_tmp, backbone):
 
     root = make_class_folder(in_tmp / "imgs", per_class=12)
     args = [f"data.path={root}", "data.image_size=[32,32]",
-            f"backbone={backbone}", "backbone.latent_dim=16", "backbone.filters=[8,16]",
+            "backbone=mobilenet", "backbone.latent_dim=16", "backbone.filters=[8,16]",
             "trainer.epochs=1", "finetune.epochs=1", "trainer.batch_size=16",
             "trainer.verbose=false"]
-    if backbone == "mobilenet":
-        pre = pretrain.run(compose("folder_ae", args))
-        ft = finetune.run(compose("folder_ae", args), run=pre)
-    else:  # ResNet50V2 is slow to build: the scratch finetune alone shows it fits 32px
-        ft = finetune.run(compose("folder_ae", [*args, "finetune.init=scratch"]))
+    pre = pretrain.run(compose("folder_ae", args))
+    ft = finetune.run(compose("folder_ae", args), run=pre)
     assert (ft / "model.keras").is_file() and (ft / "DONE").is_file()
