@@ -193,21 +193,3 @@ def test_seed_cnn_trunk_pretrains_and_finetunes(in_tmp):
             ["backbone=seed_cnn", *TINY[:5], "trainer.batch_size=64"])
     (ft,) = (in_tmp / "runs" / "fashion_ae").glob("finetune-*")
     assert (ft / "DONE").is_file()
-
-
-def test_keras_applications_backbone_pretrains_and_finetunes_on_a_32px_image_folder(in_tmp):
-    """In-process (the CLI path is the same for every backbone): MobileNetV2 here;
-    ResNet50V2, slower to build, is checked in test_models."""
-    from test_folders import make_class_folder
-
-    from pretrainer.config import compose
-    from pretrainer.stages import finetune, pretrain
-
-    root = make_class_folder(in_tmp / "imgs", per_class=12)
-    args = [f"data.path={root}", "data.image_size=[32,32]",
-            "backbone=mobilenet", "backbone.latent_dim=16", "backbone.filters=[8,16]",
-            "trainer.epochs=1", "finetune.epochs=1", "trainer.batch_size=16",
-            "trainer.verbose=false"]
-    pre = pretrain.run(compose("folder_ae", args))
-    ft = finetune.run(compose("folder_ae", args), run=pre)
-    assert (ft / "model.keras").is_file() and (ft / "DONE").is_file()
