@@ -62,8 +62,12 @@ def _arms(cfg: Config) -> list[tuple[str, str, str, str]]:
 
 def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
     out, state = _study_dir(cfg)
-    info(f"[bold]study[/bold]: {len(cfg.study.fractions)} fraction(s) x {cfg.study.seeds} "
-         f"seed(s) -> {esc(out)}")
+    # data.labels_per_class, when given, is the one label budget studied (per class)
+    per_class = cfg.data.labels_per_class
+    levels = [per_class] if per_class is not None else list(cfg.study.fractions)
+    budget = (f"{per_class} label(s) per class" if per_class is not None
+              else f"{len(levels)} fraction(s)")
+    info(f"[bold]study[/bold]: {budget} x {cfg.study.seeds} seed(s) -> {esc(out)}")
     collect.run(cfg)
     pre = (runs.require_done(pretrain_run, "pretrain") if pretrain_run
            else (Path(state["pretrain_run"]) if state.get("pretrain_run") else pretrain.run(cfg)))
@@ -71,9 +75,6 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
     finished = {(c["fraction"], c["seed"], c["arm"]) for c in state["cells"]}
     if finished:
         info(f"  resuming: {len(finished)} finished cell(s) are kept")
-    # data.labels_per_class, when given, is the one label budget studied (per class)
-    per_class = cfg.data.labels_per_class
-    levels = [per_class] if per_class is not None else list(cfg.study.fractions)
     base_store = collect.store_path(cfg)
     for fraction in levels:
         for seed in range(cfg.study.seeds):
