@@ -26,6 +26,9 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from throughput import _peak_rss_mib  # noqa: E402  (a peer script: one way to read peak RSS)
+
 IDX = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -70,19 +73,6 @@ def write_folder(folder: Path, x: np.ndarray, y: np.ndarray, size: int) -> None:
     _write_idx(folder / "t10k-labels-idx1-ubyte", y[:1000])
 
 
-def peak_rss_mib(cmd: list[str]) -> float:
-    """Peak RSS of `cmd` run as the only child of a small Python process."""
-    code = ("import resource, subprocess, sys; "
-            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "sys.exit(p.stderr[-2000:]) if p.returncode else None; "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    proc = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True,
-                          cwd=ROOT, check=False)
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-2000:])
-    return int(proc.stdout.split()[-1]) / 1024
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000)
@@ -104,7 +94,7 @@ def main() -> None:
             subprocess.run([*cli, "collect", *base], check=True, capture_output=True)
             row = {"images": size}
             for key, cache in (("cached", "true"), ("streamed", "false")):
-                row[key] = peak_rss_mib([*cli, "pretrain", *base, f"data.cache={cache}"])
+                row[key] = _peak_rss_mib([*cli, "pretrain", *base, f"data.cache={cache}"], ROOT)
                 print(json.dumps({**row, "measured": key}), flush=True)
             rows.append(row)
     small, large = rows
