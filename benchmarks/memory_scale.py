@@ -33,28 +33,17 @@ IDX = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _images() -> tuple[np.ndarray, np.ndarray, str]:
-    """(uint8 images N x 28 x 28, labels, where they came from)."""
+    """(uint8 images N x 28 x 28, labels, where they came from), read by pretrainer's
+    own sources: Debian's IDX files when installed, else the bundled sample."""
+    from pretrainer.config import DataConfig
+    from pretrainer.data import sources
+
     if (IDX / "train-images-idx3-ubyte.gz").is_file():
-        from pretrainer.data.idx import load_idx_folder
-
-        x, y = load_idx_folder(IDX)["train"]
-        return x[..., 0], y, "full Fashion-MNIST (Debian IDX files)"
-    from importlib import resources
-
-    with resources.as_file(resources.files("pretrainer.data.samples")
-                           / "fashion_mnist_small.npz") as p:
-        d = np.load(p)
-        key = next(k for k in d.files if k.startswith("x"))
-        ykey = key.replace("x", "y", 1)
-        return d[key].reshape(-1, 28, 28), d[ykey], "bundled Fashion-MNIST sample"
-
-
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    """An uncompressed IDX file (the MNIST layout: magic, big-endian dims, uint8 data)."""
-    with open(path, "wb") as f:
-        f.write(bytes([0, 0, 8, arr.ndim]))
-        f.write(np.asarray(arr.shape, dtype=">i4").tobytes())
-        f.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+        cfg, what = DataConfig(source="idx", path=str(IDX)), "full Fashion-MNIST (Debian IDX files)"
+    else:
+        cfg, what = DataConfig(), "bundled Fashion-MNIST sample"
+    src = sources.load(cfg)
+    return src.x_pool[..., 0], src.y_pool, what
 
 
 def write_folder(folder: Path, x: np.ndarray, y: np.ndarray, size: int) -> None:
@@ -67,10 +56,12 @@ def write_folder(folder: Path, x: np.ndarray, y: np.ndarray, size: int) -> None:
     train = np.empty((reps * len(x), 28, 28), np.uint8)
     for k in range(reps):
         train[k * len(x):(k + 1) * len(x)] = np.roll(x, shifts[k], axis=(1, 2))
-    _write_idx(folder / "train-images-idx3-ubyte", train[:size])
-    _write_idx(folder / "train-labels-idx1-ubyte", np.tile(y, reps)[:size])
-    _write_idx(folder / "t10k-images-idx3-ubyte", x[:1000])
-    _write_idx(folder / "t10k-labels-idx1-ubyte", y[:1000])
+    from pretrainer.data.idx import write_idx
+
+    write_idx(folder / "train-images-idx3-ubyte", train[:size])
+    write_idx(folder / "train-labels-idx1-ubyte", np.tile(y, reps)[:size])
+    write_idx(folder / "t10k-images-idx3-ubyte", x[:1000])
+    write_idx(folder / "t10k-labels-idx1-ubyte", y[:1000])
 
 
 def main() -> None:

@@ -3,9 +3,10 @@
 Importing Typer and Rich alone costs more than the 0.1 s a help screen should
 take, so the top-level help screen (`pretrainer --help`, `-h`) is
 rendered by Typer once, stored under the user's cache folder and printed from
-there afterwards. The cache key covers everything the screen depends on: the
-package version, the size and modification time of the CLI's source files and
-the terminal (a tty or not, its width, the colour variables Rich reads), so an
+there afterwards. The cache key covers everything the screen depends on: Python,
+the size and modification time of the CLI's source files (the version included)
+and of the installed Typer, Click and Rich, and the terminal (a tty or not, its
+size, the colour and width variables Rich reads), so an
 edited CLI, an upgrade or a wider terminal renders afresh. Nothing else is
 cached; every other invocation goes straight to `pretrainer.cli`.
 
@@ -99,12 +100,16 @@ def _write_atomic(path: Path, text: str) -> None:
         pass
 
 
+def _cli() -> None:
+    from pretrainer.cli import main as cli_main  # Typer and Rich: only when needed
+
+    cli_main()
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args not in HELP_ARGS or os.environ.get("PRETRAINER_NO_HELP_CACHE"):
-        from pretrainer.cli import main as cli_main
-
-        cli_main()
+        _cli()
         return
     path = cache_dir() / f"help-{help_key(args, sys.stdout)}.txt"
     try:
@@ -118,13 +123,11 @@ def main() -> None:
         except BrokenPipeError:  # `pretrainer --help | head`: the reader has all it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    from pretrainer.cli import main as cli_main
-
     real, tee = sys.stdout, _Tee(sys.stdout)
     sys.stdout = tee
     code = 0
     try:
-        cli_main()
+        _cli()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:

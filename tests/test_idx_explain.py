@@ -1,36 +1,24 @@
 """IDX source (MNIST-family files) and explainability maps."""
 
-import gzip
-import struct
-
 import keras
 import numpy as np
 import pytest
 
 from pretrainer.config import DataConfig
+from pretrainer.data.idx import write_idx
 from pretrainer.data.sources import get_source
 from pretrainer.errors import DataError
 from pretrainer.explain import attributions, grid_png, pick
-
-
-def _write_idx(path, array, compress):
-    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(
-        f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        data = gzip.compress(data)
-    path.write_bytes(data)
 
 
 @pytest.mark.parametrize("compress", [False, True])
 def test_idx_folder_loads_train_and_test(tmp_path, compress):
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (20, 5, 6)), np.arange(20) % 10
-    _write_idx(tmp_path / "train-images-idx3-ubyte", x, compress)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte", y, compress)
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte", x[:4], compress)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", y[:4], compress)
+    write_idx(tmp_path / "train-images-idx3-ubyte", x, compress)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", y, compress)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", x[:4], compress)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", y[:4], compress)
     src = get_source("idx")(DataConfig(source="idx", dataset="fashion_mnist", path=str(tmp_path)))
     assert src.x_pool.shape == (20, 5, 6, 1) and np.array_equal(src.x_pool[..., 0], x)
     assert np.array_equal(src.y_pool, y) and len(src.x_test) == 4
@@ -41,10 +29,10 @@ def test_idx_errors_are_one_line(tmp_path):
     cfg = DataConfig(source="idx", path=str(tmp_path))
     with pytest.raises(DataError, match="train-images-idx3-ubyte"):
         get_source("idx")(cfg)
-    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 3, 3)), False)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 3, 3)), False)
     with pytest.raises(DataError, match="labels"):
         get_source("idx")(cfg)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(4), False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(4), False)
     truncated = tmp_path / "train-images-idx3-ubyte"
     truncated.write_bytes(truncated.read_bytes()[:-5])
     with pytest.raises(DataError, match="truncated") as err:

@@ -40,6 +40,19 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
+    """`array` as an IDX file of uint8 values (read_idx's inverse; gzip and a .gz suffix
+    when `compress`), for tests and benchmarks that make MNIST-layout folders."""
+    path = Path(path)
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    data = (bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+            + array.tobytes())
+    if compress:
+        path, data = path.with_name(path.name + ".gz"), gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
 def _find(folder: Path, stem: str) -> Optional[Path]:
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"),
                  stem.replace("-idx", ".idx") + ".gz"):
