@@ -75,6 +75,28 @@ def test_a_stream_started_at_batch_k_is_the_tail_of_the_full_stream(sorted_store
         np.testing.assert_array_equal(xa, xb)
 
 
+def test_a_cached_pass_is_the_documented_permutation_of_the_stored_order(sorted_store):
+    """A cached split's pass p is the stored order permuted by stateless_shuffle(range(n),
+    fold_in((seed, p), 0)): pinned, so a run resumed by a later version of pretrainer
+    (which gathers batches from one copy of the split) still sees the same batches."""
+    xs, ys = pipeline.to_numpy(pipeline.images(sorted_store, "train", batch_size=1000))
+    n, seed, bs = len(ys), 7, 96
+    expected = []
+    for p in range(2):
+        pass_seed = tf.constant([seed, p], tf.int64)
+        expected.append(tf.random.experimental.stateless_shuffle(
+            tf.range(n), seed=tf.random.experimental.stateless_fold_in(
+                pass_seed, tf.constant(0, tf.int64))).numpy())
+    order = np.concatenate(expected)
+    k = n // bs - 1  # the batch that straddles the end of the first pass
+    got = list(pipeline.images(sorted_store, "train", batch_size=bs, shuffle=True, repeat=True,
+                               seed=seed, start_batch=k).take(3).as_numpy_iterator())
+    for j, (x, y) in enumerate(got):
+        rows = order[(k + j) * bs:(k + j + 1) * bs]
+        np.testing.assert_array_equal(y, ys[rows])
+        np.testing.assert_array_equal(x, xs[rows])
+
+
 def test_a_store_of_the_old_format_is_rebuilt_not_reused(tmp_path, capsys):
     import json
 

@@ -57,9 +57,9 @@ def _block_shuffle(ds, block: int, seed: tf.Tensor):
 
 
 def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shuffle: bool,
-             repeat: bool, cache: bool, seed: int, bytes_per_example: int, skip: int = 0,
-             shuffle_buffer: int = SHUFFLE_BUFFER):
-    """Parsed, optionally cached / shuffled / repeated examples of one split (not batched).
+             repeat: bool, cache: bool, seed: int, bytes_per_example: int, batch_size: int,
+             start_batch: int = 0, shuffle_buffer: int = SHUFFLE_BUFFER):
+    """Batches of parsed, optionally cached / shuffled / repeated examples of one split.
 
     Order guarantee for shuffled reads: the store holds every split in a seeded random
     permutation (store.shuffled), so each shard is a uniform sample of the split; pass
@@ -67,8 +67,9 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
     interleaves up to SHUFFLE_SHARDS of them record by record and permutes blocks of
     `shuffle_buffer` records (the whole split at once when it is cached in memory).
     The order of pass p depends on (seed, p) only, never on how many iterators came
-    before, so a resumed run that skips the `skip` records it has already consumed
-    sees exactly the records an uninterrupted run would.
+    before, and the shuffled stream is endless records batched in order (batch k starts
+    at record k * batch_size), so a resumed run that starts at `start_batch` sees
+    exactly the batches an uninterrupted run would.
     Unshuffled reads keep the stored order; with `repeat` each pass is the same.
     """
     manifest = read_manifest(store)
@@ -92,27 +93,55 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
         ds = stored_order()
         if cached:
             ds = ds.cache()
-        return ds.skip(skip) if skip else ds, manifest, workers
+        return _repeat_batches(ds, batch_size, shuffle=False, repeat=repeat,
+                               start_batch=start_batch), manifest, workers
 
-    base = stored_order().cache() if cached else None
+    first, offset = divmod(int(start_batch) * int(batch_size), n)
+    passes = tf.data.Dataset.range(first, _PASSES if repeat else first + 1)
+
+    def pass_seed(p):
+        return tf.stack([tf.constant(int(seed), tf.int64), p])
+
+    def drop_remainder() -> bool:
+        return repeat and _STATIC["on"]
+
+    if cached:
+        # The whole split is one batch of tensors (read once per iterator) and every
+        # batch is gathered from it by a permutation of indices drawn per pass: one
+        # copy of the split in memory and no per-record work after the first read.
+        # (Each pass used to batch the cached records into one tensor, permute that and
+        # unbatch it again: three copies of the split. The permutation is the same one,
+        # stateless_shuffle of range(n) seeded by fold_in((seed, p), int64 0), so the batches
+        # are too.) Keras' own NumPy input works this way (indices, then a gather).
+        def pass_order(p):
+            return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(
+                tf.range(n), seed=tf.random.experimental.stateless_fold_in(
+                    pass_seed(p), tf.constant(0, tf.int64))))
+
+        def gathered(*whole):
+            order = passes.flat_map(pass_order)
+            order = order.skip(offset) if offset else order
+            return order.batch(batch_size, drop_remainder=drop_remainder()).map(
+                lambda i: tuple(tf.gather(t, i) for t in whole))
+
+        ds = stored_order().batch(n).flat_map(gathered)
+        return ds, manifest, workers
+
     files_t = tf.constant(files)
     cycle = min(len(files), SHUFFLE_SHARDS)
 
     def one_pass(p):
-        pass_seed = tf.stack([tf.constant(int(seed), tf.int64), p])
-        if base is not None:  # in memory: the whole split in a new order every pass
-            return _block_shuffle(base, n, pass_seed)
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(len(files)), seed=tf.random.experimental.stateless_fold_in(pass_seed, -1))
+            tf.range(len(files)), seed=tf.random.experimental.stateless_fold_in(pass_seed(p), -1))
         ds = tf.data.Dataset.from_tensor_slices(tf.gather(files_t, order))
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
                            num_parallel_calls=min(cycle, workers), deterministic=True)
         ds = ds.map(parse, num_parallel_calls=workers, deterministic=True)
-        return _block_shuffle(ds, max(1, min(n, shuffle_buffer)), pass_seed)
+        return _block_shuffle(ds, max(1, min(n, shuffle_buffer)), pass_seed(p))
 
-    first, offset = divmod(int(skip), n)
-    ds = tf.data.Dataset.range(first, _PASSES if repeat else first + 1).flat_map(one_pass)
-    return ds.skip(offset) if offset else ds, manifest, workers
+    ds = passes.flat_map(one_pass)
+    ds = ds.skip(offset) if offset else ds
+    return ds.batch(batch_size, drop_remainder=drop_remainder()), manifest, workers
 
 
 _STATIC = {"on": False}
@@ -143,12 +172,12 @@ def pin_batch(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
 
 
 def _repeat_batches(ds, batch_size: int, *, shuffle: bool, repeat: bool, start_batch: int):
-    """Batch; unshuffled repeated reads (validation) repeat whole passes, so every pass
-    yields the same batches; shuffled reads batch the endless record stream. Repeated
-    streams drop a partial last batch when static batches are on (its batch dimension is
-    then static: the endless shuffled stream loses nothing)."""
+    """Batch an unshuffled read; repeated ones (validation) repeat whole passes, so every
+    pass yields the same batches, and drop a partial last batch when static batches are
+    on. (Shuffled reads are batched in _records: an endless record stream.)"""
+    assert not shuffle
     ds = ds.batch(batch_size, drop_remainder=repeat and _STATIC["on"])
-    if repeat and not shuffle:
+    if repeat:
         ds = ds.repeat()
         if start_batch:
             ds = ds.skip(start_batch)
@@ -176,7 +205,7 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     ds, manifest, workers = _records(store, split, labels=labels, modality="image", parse=parse,
                                      shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
                                      bytes_per_example=int(np.prod(shape)),
-                                     skip=_records_to_skip(start_batch, batch_size, shuffle),
+                                     batch_size=batch_size, start_batch=start_batch,
                                      shuffle_buffer=shuffle_buffer)
     num_classes = manifest["num_classes"]
 
@@ -192,15 +221,8 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
             return x, tf.one_hot(label, num_classes)
         return x, label
 
-    ds = _repeat_batches(ds, batch_size, shuffle=shuffle, repeat=repeat,
-                         start_batch=start_batch)
     ds = ds.enumerate(start_batch).map(finish, num_parallel_calls=workers, deterministic=True)
     return ds.prefetch(2).with_options(_options())
-
-
-def _records_to_skip(start_batch: int, batch_size: int, shuffle: bool) -> int:
-    # a shuffled stream is endless records batched in order: batch k starts at record k*bs
-    return int(start_batch) * int(batch_size) if shuffle else 0
 
 
 def batch_seed(seed: int, index) -> tf.Tensor:
@@ -208,10 +230,8 @@ def batch_seed(seed: int, index) -> tf.Tensor:
     return tf.stack([tf.constant(int(seed), tf.int64), tf.cast(index, tf.int64)])
 
 
-def _batched(ds, batch_size: int, labels: bool, *, shuffle: bool = False, repeat: bool = False,
-             start_batch: int = 0) -> tf.data.Dataset:
-    """Batch (features, label) pairs, dropping the label when it is not wanted."""
-    ds = _repeat_batches(ds, batch_size, shuffle=shuffle, repeat=repeat, start_batch=start_batch)
+def _finish(ds, labels: bool) -> tf.data.Dataset:
+    """Drop the label when it is not wanted; prefetch."""
     if not labels:
         ds = ds.map(lambda x, _: x)
     return ds.prefetch(2).with_options(_options())
@@ -232,9 +252,8 @@ def texts(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     ds, _, _ = _records(store, split, labels=labels, modality="text", parse=parse,
                         shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
                         bytes_per_example=512, shuffle_buffer=shuffle_buffer,
-                        skip=_records_to_skip(start_batch, batch_size, shuffle))
-    return _batched(ds, batch_size, labels, shuffle=shuffle, repeat=repeat,
-                    start_batch=start_batch)
+                        batch_size=batch_size, start_batch=start_batch)
+    return _finish(ds, labels)
 
 
 def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
@@ -264,9 +283,8 @@ def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     ds, _, _ = _records(store, split, labels=labels, modality="tabular", parse=parse,
                         shuffle=shuffle, repeat=repeat, cache=cache, seed=seed,
                         bytes_per_example=4 * n, shuffle_buffer=shuffle_buffer,
-                        skip=_records_to_skip(start_batch, batch_size, shuffle))
-    return _batched(ds, batch_size, labels, shuffle=shuffle, repeat=repeat,
-                    start_batch=start_batch)
+                        batch_size=batch_size, start_batch=start_batch)
+    return _finish(ds, labels)
 
 
 def examples(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
