@@ -148,6 +148,7 @@ def bench_seed_recipe(repeats: int, epochs: int, limit: int | None, precision: s
     n = len(x)
     r.update(what=f"seed CNN on {name}, {n} samples x {epochs} epochs, batch 64, pretrainer in "
                   f"{precision} (seconds)",
+             images=n, epochs=epochs, data=name,
              samples_per_s_seed=n * epochs / r["baseline_s"],
              samples_per_s_pretrainer=n * epochs / r["candidate_s"],
              test_accuracy_seed=accuracy["seed"], test_accuracy_pretrainer=accuracy["pretrainer"])

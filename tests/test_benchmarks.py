@@ -68,3 +68,26 @@ def test_memory_scale_benchmark_smoke(tmp_path):
     small, large = results["rows"]
     assert large["images"] == 4 * small["images"]
     assert results["ratio_cached"] > 0 and results["ratio_streamed"] > 0
+
+
+def test_summary_prints_a_table_per_size_and_ignores_smoke_runs(tmp_path):
+    seed = {"baseline_s": 5.6, "candidate_s": 5.2, "speedup": 1.08, "images": 6000,
+            "epochs": 5, "data": "fashion_bundled", "test_accuracy_seed": 0.818,
+            "test_accuracy_pretrainer": 0.802, "what": "seed CNN"}
+    (tmp_path / "results.json").write_text(json.dumps({
+        "seed_recipe": seed, "seed_recipe_bf16": {**seed, "candidate_s": 6.1, "speedup": 0.92},
+        "_meta": {"smoke": False}}))
+    rows = {k: {"wall_s": w, "fit_s": w - 8, "test_accuracy": 0.888}
+            for k, w in (("seed", 54.1), ("float32", 60.0), ("auto", 46.1))}
+    (tmp_path / "seed_at_size.json").write_text(json.dumps({
+        "images": 60000, "epochs": 3, "rows": rows, "auto_policy": "mixed_bfloat16",
+        "smoke": False}))
+    (tmp_path / "memory_scale.json").write_text(json.dumps({"smoke": True, "rows": []}))
+    out = subprocess.run([sys.executable, "benchmarks/summary.py", "--dir", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "| fashion_bundled, 6,000 images x 5 (in one process) | 5.6 s | 5.2 s (1.08x) |" \
+        in out.stdout
+    assert "| full Fashion-MNIST, 60,000 images x 3 (whole process) | 54.1 s | 60.0 s (0.90x) " \
+        "| 46.1 s (1.17x) | 88.8 / 88.8 / 88.8 % |" in out.stdout
+    assert "memory_scale.json: only a --smoke run" in out.stdout
