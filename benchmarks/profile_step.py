@@ -3,8 +3,8 @@
     python benchmarks/profile_step.py [--precision float32] [--batch 64] [--steps 100]
     python benchmarks/profile_step.py --read LOGDIR --steps 100   # parse a trace only
 
-Trains the seed's CNN (28x28x1, Keras `model.fit` on NumPy arrays, as the seed recipe
-and `pretrainer finetune -c cifar_cnn` run it) for a warm-up, times 400 steps, then
+Trains the seed's CNN (28x28x1, built as benchmarks/run.py builds it, Keras
+`model.fit` on NumPy arrays as the seed recipe runs it) for a warm-up, times 400 steps, then
 records `--steps` steps with `tf.profiler` into --logdir (open it with TensorBoard's
 profile plugin, or xprof). When the `xprof` package is installed (`pip install
 xprof`; not a dependency of pretrainer) it also prints the op types by self time and
@@ -19,16 +19,13 @@ import collections
 import glob
 import json
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-# forward FLOPs of one 28x28x1 sample through the seed CNN (2 x multiply-adds):
-# conv 3x3 1->32 on 26x26, 32->64 on 11x11, 64->64 on 3x3, dense 576->64, 64->10
-FORWARD_FLOPS = 2 * (26 * 26 * 32 * 9 + 11 * 11 * 64 * 32 * 9 + 3 * 3 * 64 * 64 * 9
-                     + 576 * 64 + 64 * 10)
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # peer scripts
 
 def op_breakdown(logdir: str) -> list[tuple[str, float, int]]:
     """(op type, self seconds, occurrences) of the profiled steps, busiest first."""
@@ -61,26 +58,22 @@ def main() -> None:
     import keras
     import numpy as np
     import tensorflow as tf
-    from keras import layers
+    from run import _seed_cnn  # the seed's CNN as the other benchmarks build it
+    from throughput import forward_flops
 
     keras.mixed_precision.set_global_policy(args.precision)
     rng = np.random.default_rng(0)
     n = args.batch * 400
     x = rng.random((n, 28, 28, 1), dtype=np.float32)
     y = np.eye(10, dtype="float32")[rng.integers(0, 10, n)]
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)), layers.Conv2D(32, 3, activation="relu"),
-        layers.MaxPooling2D(), layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(),
-        layers.Conv2D(64, 3, activation="relu"), layers.Flatten(),
-        layers.Dense(64, activation="relu"), layers.Dense(10, activation="softmax",
-                                                          dtype="float32")])
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model = _seed_cnn(x.shape[1:], 10)
+    flops = forward_flops(lambda t: model(t, training=False),
+                          tf.TensorSpec([1, 28, 28, 1], tf.float32))
     model.fit(x[:args.batch * 50], y[:args.batch * 50], batch_size=args.batch, verbose=0)
     t0 = time.perf_counter()
     model.fit(x, y, batch_size=args.batch, verbose=0)
     step_s = (time.perf_counter() - t0) / 400
-    gflops = 3 * FORWARD_FLOPS * args.batch / step_s / 1e9  # training ~ 3x forward
+    gflops = 3 * flops * args.batch / step_s / 1e9  # training ~ 3x forward
     print(f"seed CNN, {args.precision}, batch {args.batch}: {1e3 * step_s:.1f} ms per step, "
           f"{args.batch / step_s:,.0f} samples/s, {gflops:.0f} GFLOP/s achieved")
     logdir = args.logdir or tempfile.mkdtemp(prefix="profile_step-")

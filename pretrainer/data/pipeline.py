@@ -93,7 +93,7 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
         ds = stored_order()
         if cached:
             ds = ds.cache()
-        return _repeat_batches(ds, batch_size, shuffle=False, repeat=repeat,
+        return _stored_batches(ds, batch_size, repeat=repeat,
                                start_batch=start_batch), manifest, workers
 
     first, offset = divmod(int(start_batch) * int(batch_size), n)
@@ -102,17 +102,13 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
     def pass_seed(p):
         return tf.stack([tf.constant(int(seed), tf.int64), p])
 
-    def drop_remainder() -> bool:
-        return repeat and _STATIC["on"]
+    drop = repeat and _STATIC["on"]  # static batches: the endless stream loses nothing
 
     if cached:
-        # The whole split is one batch of tensors (read once per iterator) and every
-        # batch is gathered from it by a permutation of indices drawn per pass: one
-        # copy of the split in memory and no per-record work after the first read.
-        # (Each pass used to batch the cached records into one tensor, permute that and
-        # unbatch it again: three copies of the split. The permutation is the same one,
-        # stateless_shuffle of range(n) seeded by fold_in((seed, p), int64 0), so the batches
-        # are too.) Keras' own NumPy input works this way (indices, then a gather).
+        # The whole split is one batch of tensors (read once per iterator) and each
+        # batch is gathered from it by the pass's permutation of indices, as Keras does
+        # for NumPy input: one copy in memory, no per-record work after the first read.
+        # The permutation is _block_shuffle's with one block of n (fold_in index 0, int64).
         def pass_order(p):
             return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(
                 tf.range(n), seed=tf.random.experimental.stateless_fold_in(
@@ -121,7 +117,7 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
         def gathered(*whole):
             order = passes.flat_map(pass_order)
             order = order.skip(offset) if offset else order
-            return order.batch(batch_size, drop_remainder=drop_remainder()).map(
+            return order.batch(batch_size, drop_remainder=drop).map(
                 lambda i: tuple(tf.gather(t, i) for t in whole))
 
         ds = stored_order().batch(n).flat_map(gathered)
@@ -141,7 +137,7 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
 
     ds = passes.flat_map(one_pass)
     ds = ds.skip(offset) if offset else ds
-    return ds.batch(batch_size, drop_remainder=drop_remainder()), manifest, workers
+    return ds.batch(batch_size, drop_remainder=drop), manifest, workers
 
 
 _STATIC = {"on": False}
@@ -171,11 +167,10 @@ def pin_batch(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     return ds.map(each)
 
 
-def _repeat_batches(ds, batch_size: int, *, shuffle: bool, repeat: bool, start_batch: int):
+def _stored_batches(ds, batch_size: int, *, repeat: bool, start_batch: int):
     """Batch an unshuffled read; repeated ones (validation) repeat whole passes, so every
     pass yields the same batches, and drop a partial last batch when static batches are
     on. (Shuffled reads are batched in _records: an endless record stream.)"""
-    assert not shuffle
     ds = ds.batch(batch_size, drop_remainder=repeat and _STATIC["on"])
     if repeat:
         ds = ds.repeat()
