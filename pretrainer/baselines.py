@@ -103,8 +103,9 @@ def fit_and_score(store: Path, manifest: dict) -> dict:
         pred = np.full(len(yt), y[0])
         return _result(modality, regression, yt, pred, "one class", t0)
     best, chosen = models[0], "" if modality == "tabular" else "C=1"
-    if len(models) > 1:
+    if xv is not None and not regression:
         yv = _labels(yv)
+    if len(models) > 1:
         scores = []
         for m in models:
             m.fit(x, y)
@@ -113,7 +114,44 @@ def fit_and_score(store: Path, manifest: dict) -> dict:
         chosen = f"C={C_GRID[int(np.argmax(scores))]:g} on val"
     else:
         best.fit(x, y)
-    return _result(modality, regression, yt, best.predict(xt), chosen, t0)
+    out = _result(modality, regression, yt, best.predict(xt), chosen, t0)
+    if xv is not None:  # the validation score, the one arms are chosen on
+        pv = best.predict(xv)
+        out["val_score"] = (float(np.mean((pv - np.asarray(yv, np.float64).reshape(-1)) ** 2))
+                            if regression else float((pv == yv).mean()))
+    out["estimator"] = best
+    return out
+
+
+def keras_model(result: dict, manifest: dict):
+    """The image baseline as a Keras model that takes the same [0, 1] images as the deep
+    models (so deploy, predict and serve treat it like any finetune run): block means
+    (AveragePooling2D, as _downsample) -> Flatten -> Dense softmax holding the logistic
+    regression's coefficients. None for text and tables (TF-IDF and gradient boosting
+    have no exact Keras twin here)."""
+    est = result.get("estimator")
+    if manifest["modality"] != "image" or "accuracy" not in result or est is None:
+        return None
+    import keras
+
+    h, w, c = manifest["shape"]
+    f = max(1, -(-max(h, w) // MAX_SIDE))
+    k = manifest["num_classes"]
+    inputs = keras.Input(shape=(h, w, c), name="image")
+    x = keras.layers.AveragePooling2D(f, name="block_mean")(inputs) if f > 1 else inputs
+    x = keras.layers.Flatten(name="pixels")(x)
+    dense = keras.layers.Dense(k, activation="softmax", dtype="float32", name="probabilities")
+    outputs = dense(x)
+    coef = np.zeros((k, est.coef_.shape[1]), np.float32)
+    bias = np.full(k, -30.0, np.float32)  # a class the labels never showed stays ~0
+    classes = np.asarray(est.classes_, np.int64)
+    if est.coef_.shape[0] == 1:  # two classes: scikit-learn keeps one row (class 1 vs 0)
+        coef[classes[1]], bias[classes[1]] = est.coef_[0], est.intercept_[0]
+        coef[classes[0]], bias[classes[0]] = 0.0, 0.0
+    else:
+        coef[classes], bias[classes] = est.coef_, est.intercept_
+    dense.set_weights([coef.T, bias])
+    return keras.Model(inputs, outputs, name="classical")
 
 
 def _result(modality: str, regression: bool, yt, pred, chosen: str, t0: float) -> dict:
@@ -140,5 +178,6 @@ def save(result: dict, out_dir: Path) -> Path:
     runs.atomic_write_with(out_dir / "predictions.npz",
                            lambda p: np.savez(p, y_true=y_true, y_pred=y_pred), suffix=".npz")
     runs.atomic_write_json(out_dir / "metrics.json",
-                           {k: v for k, v in result.items() if k not in ("y_true", "y_pred")})
+                           {k: v for k, v in result.items()
+                            if k not in ("y_true", "y_pred", "estimator")})
     return out_dir

@@ -170,6 +170,15 @@ class FinetuneConfig:
     confidence: float = 0.95  # fixmatch: pseudo-labels need this max probability
     unlabeled_weight: float = 1.0  # fixmatch: weight of the unlabeled loss
     distribution_alignment: bool = False  # fixmatch: push pseudo-labels towards balanced classes
+    # fixmatch from a pretrained backbone: prior pseudo-labels from the pretrained features.
+    # none | propagation (the labels spread over a kNN graph of the frozen embedding of the
+    # pool, as a frozen classifier whose distribution multiplies the model's on each weak
+    # view: AS3L-style). Scratch runs have no pretrained features and train without it.
+    prior: str = "none"
+    prior_weight: float = 1.0  # propagation: the prior's exponent in the product (0 = off)
+    # propagation: the share of the run over which the exponent decays linearly to 0
+    # (0: it stays prior_weight throughout)
+    prior_decay: float = 0.0
     # keep an exponential moving average of the weights and end with it (Keras' use_ema);
     # null: off. FixMatch evaluates such an average.
     ema_momentum: Optional[float] = None
@@ -194,6 +203,12 @@ class FinetuneConfig:
         _check_choice("finetune.mode", self.mode, ("full", "linear_probe", "gradual"))
         _check_choice("finetune.feature_norm", self.feature_norm, ("none", "batch", "layer"))
         _check_choice("finetune.semi_supervised", self.semi_supervised, ("none", "fixmatch"))
+        _check_choice("finetune.prior", self.prior, ("none", "propagation"))
+        _check_range("finetune.prior_weight", self.prior_weight, 0.0, 10.0)
+        _check_range("finetune.prior_decay", self.prior_decay, 0.0, 1.0)
+        if self.prior != "none" and self.semi_supervised == "none":
+            raise ConfigError("finetune.prior=propagation guides the pseudo-labels of "
+                              "finetune.semi_supervised=fixmatch; set that too, or prior=none")
         _check_range("finetune.confidence", self.confidence, 0.0, 1.0)
         _check_range("finetune.unlabeled_weight", self.unlabeled_weight, 0.0, 100.0)
         if self.ema_momentum is not None:
@@ -308,6 +323,9 @@ class StudyConfig:
     linear_probe: bool = False  # also finetune the pretrained backbone frozen
     # also fit the classical baseline (pretrainer.baselines) on each cell's labels
     classical: bool = True
+    # also score the frozen pretrained embedding (pretrainer.frozen: kNN, logistic
+    # regression, label spreading) on each cell's labels
+    frozen: bool = True
 
     def __post_init__(self) -> None:
         if not self.fractions:

@@ -299,12 +299,59 @@ def latest_run(runs_root: str | Path, experiment: str, stage: str,
                    f"Run `{hint} --config {experiment}` first, or pass --run DIR")
 
 
+MODEL_MARK = "MODEL.json"  # runs/<experiment>/MODEL.json: the experiment's model
+
+
+def mark_model(runs_root: str | Path, experiment: str, **fields: Any) -> Path:
+    """Record which finetune run (and its deploy run) is the experiment's model: `pipeline`
+    marks the arm that won on the validation split. predict, evaluate, deploy and serve
+    default to the marked runs until a newer run of their stage is made."""
+    path = experiment_dir(runs_root, experiment) / MODEL_MARK
+    newest = {}  # each stage's newest run now: a run made after the mark takes over
+    for stage in ("finetune", "deploy"):
+        try:
+            newest[stage] = latest_run(runs_root, experiment, stage).name
+        except RunError:
+            pass
+    atomic_write_json(path, {**{k: str(Path(v).resolve()) if isinstance(v, Path) else v
+                                for k, v in fields.items()}, "newest_at_mark": newest})
+    return path
+
+
+def marked_model(runs_root: str | Path, experiment: str) -> dict:
+    path = experiment_dir(runs_root, experiment) / MODEL_MARK
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _marked_run(runs_root: str | Path, experiment: str, stage: str) -> Optional[Path]:
+    """The marked run of `stage` while no newer finished run of that stage exists."""
+    mark = marked_model(runs_root, experiment)
+    path = mark.get(stage)
+    if not path or not is_done(Path(path)):
+        return None
+    try:
+        latest = latest_run(runs_root, experiment, stage)
+    except RunError:
+        return None
+    if latest.name > mark.get("newest_at_mark", {}).get(stage, Path(path).name):
+        return None  # made after the mark: the user's newer run wins
+    from pretrainer.console import esc, info
+
+    info(f"using the experiment's model: the {esc(mark.get('arm', '?'))} arm "
+         f"({esc(mark.get('why', 'marked'))}), {esc(path)}; --run DIR picks another")
+    return Path(path)
+
+
 def resolve(runs_root: str | Path, experiment: str, stage: str,
             run: Optional[str | Path] = None, accept: tuple[str, ...] = ()) -> Path:
     """`--run DIR` when given (a finished run of `stage`, or of any stage in `accept`),
-    else the latest finished `stage` run."""
+    else the experiment's marked model (mark_model) or the latest finished `stage` run."""
     if run is None:
-        return latest_run(runs_root, experiment, stage)
+        return (_marked_run(runs_root, experiment, stage)
+                or latest_run(runs_root, experiment, stage))
     if not accept:
         return require_done(run, stage)
     path = require_done(run)

@@ -70,9 +70,18 @@ class Consistency(keras.Model):
     evaluation and saving go to the wrapped classifier."""
 
     def __init__(self, classifier: keras.Model, *, threshold: float, weight: float,
-                 class_weight=None, align: bool = False, **kwargs):
+                 class_weight=None, align: bool = False, prior: keras.Model | None = None,
+                 prior_weight: float = 1.0, prior_steps: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.classifier = classifier
+        # prior pseudo-labels (finetune.prior): a frozen model's class distribution on the
+        # weak view multiplies the classifier's (a product of experts, the prior raised to
+        # prior_weight), so early pseudo-labels come from the pretrained features and
+        # later ones need the two to agree
+        self.prior, self.prior_weight = prior, float(prior_weight)
+        # prior_steps > 0: the exponent decays linearly to 0 over that many optimizer steps
+        # (the prior guides the early pseudo-labels, FixMatch alone finishes)
+        self.prior_steps = int(prior_steps)
         self.threshold, self.weight, self.align = float(threshold), float(weight), bool(align)
         k = classifier.output_shape[-1]
         # distribution alignment (ReMixMatch): a running mean of the predicted class
@@ -113,6 +122,14 @@ class Consistency(keras.Model):
                 self.p_model.assign(0.999 * self.p_model + 0.001 * tf.reduce_mean(p_w, 0))
                 p_w = p_w / tf.maximum(self.p_model, 1e-6)
                 p_w = p_w / tf.reduce_sum(p_w, -1, keepdims=True)
+            if self.prior is not None:
+                prior = tf.cast(self.prior(weak, training=False), tf.float32)
+                weight = tf.constant(self.prior_weight, tf.float32)
+                if self.prior_steps > 0:
+                    done = tf.cast(self.optimizer.iterations, tf.float32) / self.prior_steps
+                    weight = weight * tf.maximum(0.0, 1.0 - done)
+                p_w = p_w * tf.pow(tf.maximum(prior, 1e-6), weight)
+                p_w = p_w / tf.reduce_sum(p_w, -1, keepdims=True)
             confident = tf.cast(tf.reduce_max(p_w, -1) >= self.threshold, tf.float32)
             ce = keras.losses.sparse_categorical_crossentropy(tf.argmax(p_w, -1),
                                                               tf.cast(p_s, tf.float32))
@@ -127,3 +144,70 @@ class Consistency(keras.Model):
         self.unlabeled_loss.update_state(loss_u)
         self.mask_rate.update_state(tf.reduce_mean(confident))
         return self.compute_metrics(x, y, p_l, sample_weight=sample_weight)
+
+
+def propagation_prior(backbone: keras.Model, store, num_classes: int, *, seed: int,
+                      pool_max: int = 60_000):
+    """(prior model, facts): the labels spread over a kNN graph of the pretrained
+    embedding of the labeled split + the pool (pretrainer.frozen), made inductive by a
+    logistic regression on the pool's spread labels (weighted by their confidence) that
+    runs inside the model: frozen backbone -> standardise -> L2-normalise -> softmax.
+    The graph's k and the regression's C are chosen on the val split when it has
+    examples. The backbone is used frozen, in inference mode (its BatchNorm statistics)."""
+    import time
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from pretrainer import frozen
+
+    t0 = time.perf_counter()
+    featurize = frozen.image_featurizer(backbone)
+    x_tr, y_tr = frozen.split_features(featurize, store, "train")
+    x_va, y_va = frozen.split_features(featurize, store, "val")
+    x_po, _ = frozen.split_features(featurize, store, "unlabeled", limit=pool_max, seed=seed)
+    mean, std = frozen._stats(x_po, x_tr)
+    z_tr, z_po = frozen._unit(x_tr, mean, std), frozen._unit(x_po, mean, std)
+    has_val = x_va is not None and len(x_va) > 0
+    z_va = frozen._unit(x_va, mean, std) if has_val else None
+    others = (z_va,) if has_val else ()
+    nbrs = frozen.neighbours(np.concatenate([z_tr, z_po, *others]), max(frozen.GRAPH_K_GRID))
+    best = None
+    for k in frozen.GRAPH_K_GRID:
+        f_po, parts, _ = frozen.propagate((z_tr, y_tr), z_po, others, num_classes=num_classes,
+                                          k=k, nbrs=nbrs)
+        acc = float((parts[0].argmax(1) == y_va).mean()) if has_val else 0.0
+        if best is None or acc > best[0]:
+            best = (acc, k, f_po)
+    _, k, f_po = best
+    x = np.concatenate([z_tr, z_po])
+    y = np.concatenate([y_tr, f_po.argmax(1)])
+    w = np.concatenate([np.ones(len(z_tr)), f_po.max(1) * num_classes / 2])
+    fits = []
+    for c in (0.1, 1.0) if has_val else (1.0,):
+        lr = LogisticRegression(C=c, max_iter=300).fit(x, y, sample_weight=w)
+        acc = float((lr.predict(z_va) == y_va).mean()) if has_val else 0.0
+        fits.append((acc, c, lr))
+    acc, c, lr = max(fits, key=lambda t: t[0])
+    coef = np.zeros((num_classes, x.shape[1]), np.float32)
+    bias = np.full(num_classes, -30.0, np.float32)  # a class that never appears stays ~0
+    coef[lr.classes_] = lr.coef_
+    bias[lr.classes_] = lr.intercept_
+    frozen_backbone = keras.models.clone_model(backbone)
+    frozen_backbone.set_weights(backbone.get_weights())
+    frozen_backbone.trainable = False
+    inputs = keras.Input(shape=backbone.input_shape[1:], name="image")
+    h = keras.layers.Flatten(dtype="float32")(frozen_backbone(inputs, training=False))
+    h = keras.layers.Normalization(mean=mean, variance=std ** 2, dtype="float32",
+                                   name="prior_standardize")(h)
+    h = keras.layers.UnitNormalization(dtype="float32", name="prior_unit")(h)
+    head = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                              name="prior_head")
+    outputs = head(h)
+    head.set_weights([coef.T, bias])
+    model = keras.Model(inputs, outputs, name="prior")
+    model.trainable = False
+    facts = {"graph_k": k, "C": c, "pool": int(len(z_po)),
+             "val_accuracy": round(acc, 4) if has_val else None,
+             "seconds": round(time.perf_counter() - t0, 1)}
+    return model, facts

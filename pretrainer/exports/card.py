@@ -90,7 +90,8 @@ def _evaluation_of(finetune_run: Path) -> Optional[tuple[Path, dict]]:
 def _scratch_comparison(finetune_run: Path, evaluation: Optional[tuple]) -> Optional[dict]:
     """Paired bootstrap of this model vs the newest scratch model scored on the same
     test examples of the same store (what `pipeline` prints)."""
-    if evaluation is None or runs.read_manifest(finetune_run).get("init") == "scratch":
+    if evaluation is None or runs.read_manifest(finetune_run).get("init") in ("scratch",
+                                                                              "classical"):
         return None
     from pretrainer.stages.evaluate import example_scores
     from pretrainer.stats import paired_bootstrap
@@ -351,7 +352,9 @@ def _hyperparameters(pre_cfg: dict, ft_cfg: dict, pre: dict, ft: dict) -> list[s
                 f"{_fmt(f.get('learning_rate'))}, augmentation `{_fmt(f.get('augment'))}`, "
                 f"label smoothing {_fmt(f.get('label_smoothing'))}"]
     kept = ft.get("kept") or {}
-    if kept:
+    if kept and kept.get("epoch") is None:  # not trained by epochs (the classical model)
+        out += [f"- weights: {kept.get('rule')}"]
+    elif kept:
         out += [f"- weights kept: epoch {kept.get('epoch')} of {ft.get('epochs')} "
                 f"({kept.get('rule')})"]
     out += [f"- seed {_fmt(ft_cfg.get('seed'))}; the resolved configs are each run's config.yaml"]

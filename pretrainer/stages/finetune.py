@@ -34,8 +34,10 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
 
     ft = cfg.finetune
     # the pretrain run first: without one, say so before collecting anything
+    # (a prior from pretrained features needs the pretrain run whatever the init)
+    prior_features = ft.prior != "none" and ft.semi_supervised != "none" and ft.init != "public"
     parent = (runs.resolve(cfg.paths.runs, cfg.experiment, "pretrain", run)
-              if ft.init == "pretrained" else None)
+              if ft.init == "pretrained" or prior_features else None)
     store = ensure_store(cfg)
     manifest = read_manifest(store)
     text = manifest["modality"] == "text"
@@ -45,6 +47,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     shape = tuple(manifest["shape"])
     tabular = manifest["modality"] == "tabular"
     regression = manifest.get("task") == "regression"
+    if not regression:
+        _warn_few_labels(manifest, cfg)
     if ft.init == "public" and (text or tabular):
         raise ConfigError(f"finetune.init=public provides ImageNet image backbones; this store "
                           f"holds {manifest['modality']} data. Use init=pretrained or scratch")
@@ -70,8 +74,9 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         dataset_manifest=join(store, MANIFEST),
         extra={"init": ft.init, "mode": ft.mode, "labels": n_labels, "strategy": why,
                "seed": cfg.seed, "semi_supervised": ft.semi_supervised})
-    source = (f"backbone from {parent}" if parent else "ImageNet backbone"
-              if ft.init == "public" else "backbone from scratch")
+    source = (f"backbone from {parent}" if ft.init == "pretrained" else "ImageNet backbone"
+              if ft.init == "public" else "backbone from scratch"
+              + (f", prior from {parent}" if parent else ""))
     info(f"[bold]finetune[/bold] ({ft.init}, {ft.mode}): {esc(source)} -> {esc(run_dir)} "
          f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
     bs = ft.batch_size or cfg.trainer.batch_size
@@ -88,9 +93,11 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         elif ft.init == "public":
             backbone = _public_backbone(cfg, shape)
         else:
-            backbone = (load_keras_artifact(parent, "backbone.keras", shape, "pretrain on this "
-                                            "dataset, or use finetune.init=scratch")
-                        if parent else build_backbone(shape, cfg.backbone))
+            pretrained = (load_keras_artifact(parent, "backbone.keras", shape, "pretrain on "
+                                              "this dataset, or use finetune.init=scratch")
+                          if parent else None)
+            backbone = (pretrained if ft.init == "pretrained"
+                        else build_backbone(shape, cfg.backbone))
         if ft.mode == "linear_probe":
             backbone.trainable = False
         norm = normalizer(manifest["feature_stats"]) if tabular else None
@@ -114,10 +121,26 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         class_weight = _class_weight(ft, manifest) if not regression else None
         trained = model
         if semi:
-            from pretrainer.semi import Consistency
+            from pretrainer.semi import Consistency, propagation_prior
 
+            prior = None
+            if ft.prior == "propagation" and parent is None:
+                info("  finetune: finetune.prior=propagation needs pretrained features; this "
+                     f"{ft.init} run trains without the prior")
+            elif ft.prior == "propagation":
+                prior, facts = propagation_prior(pretrained, store, manifest["num_classes"],
+                                                 seed=cfg.seed)
+                shown = (f", val accuracy {facts['val_accuracy']:.2%}"
+                         if facts["val_accuracy"] is not None else "")
+                info(f"  prior pseudo-labels: labels spread over a {facts['graph_k']}-NN graph "
+                     f"of {facts['pool']:,} pool embeddings, C={facts['C']:g}{shown} "
+                     f"({facts['seconds']:.0f} s)")
+                runs.update_manifest(run_dir, prior=facts)
             trained = Consistency(model, threshold=ft.confidence, weight=ft.unlabeled_weight,
-                                  class_weight=class_weight, align=ft.distribution_alignment)
+                                  class_weight=class_weight, align=ft.distribution_alignment,
+                                  prior=prior, prior_weight=ft.prior_weight,
+                                  prior_steps=int(ft.prior_decay * steps_per_epoch
+                                                  * (ft.epochs or cfg.trainer.epochs)))
             class_weight = None  # applied inside Consistency's train_step
         lr = _learning_rate(ft, steps_per_epoch, cfg)
         ema = ({"use_ema": True, "ema_momentum": ft.ema_momentum}
@@ -191,6 +214,30 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         _print_linear(model, manifest, run_dir)
     keras.backend.clear_session()
     return run_dir
+
+
+FEW_LABELS = 5  # per class: below this a labeled split is more a draw than a budget
+
+
+def _warn_few_labels(manifest: dict, cfg: Config) -> None:
+    """Say so when the labeled split has fewer than FEW_LABELS examples of some class:
+    a data group swapped on the command line (data=text_files) brings its own
+    labeled_fraction, which can shrink the experiment's label budget unnoticed."""
+    from pretrainer.console import warn
+
+    counts = manifest["splits"]["train"].get("per_class") or {}
+    few = {name: n for name, n in counts.items() if n < FEW_LABELS}
+    if not counts or not few:
+        return
+    shown = ", ".join(f"{name} {n}" for name, n in sorted(few.items(), key=lambda t: t[1])[:5])
+    more = f" and {len(few) - 5} more" if len(few) > 5 else ""
+    budget = (f"data.labels_per_class={cfg.data.labels_per_class}"
+              if cfg.data.labels_per_class is not None
+              else f"data.labeled_fraction={cfg.data.labeled_fraction:g}")
+    warn(f"the labeled split has fewer than {FEW_LABELS} examples of {len(few)} of "
+         f"{len(counts)} classes ({shown}{more}), from {budget} of the data group "
+         f"'{cfg.data.name}'; set data.labeled_fraction or data.labels_per_class to the "
+         f"budget you mean")
 
 
 def _print_linear(model, manifest: dict, run_dir: Path) -> None:

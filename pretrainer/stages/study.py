@@ -76,6 +76,9 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
     if finished:
         info(f"  resuming: {len(finished)} finished cell(s) are kept")
     base_store = collect.store_path(cfg)
+    from pretrainer.frozen import ARMS as frozen_arms
+
+    shared: dict = {}  # pool, val and test features: the same in every cell
     for fraction in levels:
         for seed in range(cfg.study.seeds):
             for arm, init, mode, semi in _arms(cfg):
@@ -84,6 +87,8 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
                 c = _cell(cfg, fraction, seed, out)
                 c.finetune.init, c.finetune.mode = init, mode
                 c.finetune.semi_supervised = semi
+                if init != "pretrained" or semi == "none":  # the prior is pretrained features
+                    c.finetune.prior = "none"
                 collect.run(c, share_from=base_store)  # pool, val, test: links, not copies
                 ft = finetune.run(c, run=pre if init == "pretrained" else None)
                 ev = evaluate.run(c, run=ft)
@@ -94,6 +99,12 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
                     "mse": metrics.get("mse"), "finetune_run": str(ft),
                     "evaluate_run": str(ev)})
                 runs.atomic_write_json(out / "study.json", state)  # a kill keeps every cell so far
+            if cfg.study.frozen and not all((fraction, seed, f"frozen_{a}") in finished
+                                            for a in frozen_arms):
+                c = _cell(cfg, fraction, seed, out)
+                collect.run(c, share_from=base_store)
+                state["cells"] += _frozen_cells(c, pre, fraction, seed, out, shared)
+                runs.atomic_write_json(out / "study.json", state)
             if cfg.study.classical and (fraction, seed, "classical") not in finished:
                 c = _cell(cfg, fraction, seed, out)
                 collect.run(c, share_from=base_store)
@@ -153,6 +164,35 @@ def _classical_cell(c: Config, fraction, seed: int, out: Path) -> dict:
     return {"fraction": fraction, "seed": seed, "arm": "classical", "labels": labels,
             "accuracy": result.get("accuracy"), "f1_macro": None, "mse": result.get("mse"),
             "model": result["name"], "evaluate_run": str(where)}
+
+
+def _frozen_cells(c: Config, pre: Path, fraction, seed: int, out: Path,
+                  shared: dict) -> list[dict]:
+    """The frozen-feature arms (pretrainer.frozen) on the cell's labels: seconds each."""
+    from pretrainer import baselines, frozen
+    from pretrainer.data.store import read_manifest
+    from pretrainer.stages.embed import _featurizer
+
+    store = collect.store_path(c)
+    manifest = read_manifest(store)
+    if manifest.get("task") == "regression":
+        return []
+    featurize = _featurizer(pre, manifest)
+    if not shared:
+        shared.update({split: frozen.split_features(featurize, store, split,
+                                                    limit=frozen.POOL_MAX if split ==
+                                                    "unlabeled" else None, seed=c.seed)
+                       for split in ("val", "test", "unlabeled")})
+    feats = {**shared, "train": frozen.split_features(featurize, store, "train")}
+    cells = []
+    for r in frozen.score(feats, manifest["num_classes"]):
+        where = baselines.save(r, out / f"frozen_{r['arm']}" / f"f{fraction:g}-s{seed}")
+        info(f"  frozen {r['arm']} ({esc(r['chosen'])}): {_score(r)} in {r['seconds']:.1f} s")
+        cells.append({"fraction": fraction, "seed": seed, "arm": f"frozen_{r['arm']}",
+                      "labels": manifest["splits"]["train"]["count"],
+                      "accuracy": r["accuracy"], "f1_macro": None, "mse": None,
+                      "model": r["name"], "evaluate_run": str(where)})
+    return cells
 
 
 def _score(result: dict) -> str:
@@ -260,6 +300,10 @@ def _markdown(cfg: Config, pre: Path, summary: list[dict],
              + (f" (semi_supervised={cfg.finetune.semi_supervised}: both also learn from the "
                 f"unlabeled split); `scratch_labels_only` never sees unlabeled data"
                 if cfg.finetune.semi_supervised != "none" else "") + "."
+             + (" `frozen_knn`, `frozen_logreg` and `frozen_spreading` classify the frozen "
+                "pretrained embedding (kNN, logistic regression, label spreading over a kNN "
+                "graph of the pool; pretrainer.frozen), seconds each."
+                if cfg.study.frozen else "")
              + (" `classical` is the strongest simple baseline (pretrainer.baselines: TF-IDF + "
                 "logistic regression for text, gradient boosting for tables, logistic "
                 "regression on pixels for images) on the same labeled and test examples."

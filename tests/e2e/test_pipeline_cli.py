@@ -37,9 +37,13 @@ def test_pipeline_writes_every_artifact(pipeline_run):
         assert (pre / name).exists(), name
     assert any((pre / "tb").rglob("events.out.tfevents.*"))
     finetunes = sorted(exp.glob("finetune-*"))
-    assert len(finetunes) == 2
-    inits = {json.loads((f / "manifest.json").read_text())["init"] for f in finetunes}
-    assert inits == {"pretrained", "scratch"}
+    inits = [json.loads((f / "manifest.json").read_text())["init"] for f in finetunes]
+    # the classical model becomes a finetune run (a Keras model) only when it wins on val
+    mark = json.loads((exp / "MODEL.json").read_text())
+    assert inits[:2] == ["pretrained", "scratch"]
+    assert inits[2:] == (["classical"] if mark["arm"] == "classical" else [])
+    assert mark["arm"] in ("pretrained", "scratch", "classical") and "val" in mark["why"]
+    assert max(mark["val"], key=mark["val"].get) == mark["arm"]
     for ft in finetunes:
         assert (ft / "model.keras").is_file() and (ft / "DONE").is_file()
     lineage = json.loads((finetunes[0] / "manifest.json").read_text())
@@ -47,13 +51,17 @@ def test_pipeline_writes_every_artifact(pipeline_run):
     assert lineage["dataset_manifest_sha256"]
 
     evaluations = sorted(exp.glob("evaluate-*"))
-    assert len(evaluations) == 2
+    assert len(evaluations) == len(finetunes)
+    frozen = json.loads((evaluations[0] / "frozen_logreg" / "metrics.json").read_text())
+    assert frozen["samples"] == 120 and 0.0 <= frozen["accuracy"] <= 1.0
     metrics = json.loads((evaluations[0] / "metrics.json").read_text())
     assert metrics["samples"] == 120 and 0.0 <= metrics["accuracy"] <= 1.0
     assert (evaluations[0] / "plots" / "confusion_matrix.png").stat().st_size > 1000
     assert (evaluations[0] / "report.md").is_file()
 
     (dep,) = exp.glob("deploy-*")
+    assert json.loads((dep / "manifest.json").read_text())["parent_run"] == mark["finetune"]
+    assert mark["deploy"] == str(dep)
     assert (dep / "export" / "fashion_ae" / "1" / "saved_model.pb").is_file()
     parity = json.loads((dep / "export" / "parity.json").read_text())["saved_model"]
     assert parity["passed"] and parity["max_abs_diff"] <= 1e-4
@@ -63,14 +71,28 @@ def test_pipeline_writes_every_artifact(pipeline_run):
     assert all(p["passed"] for p in everything.values())
     assert (dep / "export" / "model.tflite").is_file() and (dep / "export" / "model.onnx").is_file()
     card = (dep / "export" / "MODEL_CARD.md").read_text()
-    assert "## Lineage" in card and pre.name in card and "accuracy" in card
+    assert "## Lineage" in card and "accuracy" in card
+    assert (pre.name in card) == (mark["arm"] == "pretrained")  # the deployed arm's lineage
     assert card.startswith("---\nlicense: mit\n") and "pipeline_tag: image-classification" in card
     assert str(cwd) not in card and "None" not in card and "{'" not in card
-    assert "Pretrained minus scratch" in card  # the comparison with its interval
+    if mark["arm"] == "pretrained":
+        assert "Pretrained minus scratch" in card  # the comparison with its interval
     assert (exp / "serving" / "fashion_ae" / "1").is_dir()  # published: allow_chance
     # the closing table
     assert "pretrained" in proc.stdout and "scratch" in proc.stdout
+    assert "frozen spreading" in proc.stdout and "what this means" in proc.stdout
     assert "exported model" in proc.stdout
+
+
+def test_the_winning_arm_is_what_the_verbs_use_by_default(pipeline_run):
+    cwd, _ = pipeline_run
+    exp = cwd / "runs" / "fashion_ae"
+    mark = json.loads((exp / "MODEL.json").read_text())
+    proc = run_cli(["evaluate", *TINY], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "using the experiment's model" in proc.stderr + proc.stdout
+    newest = sorted(exp.glob("evaluate-*"))[-1]
+    assert json.loads((newest / "metrics.json").read_text())["finetune_run"] == mark["finetune"]
 
 
 def test_compare_prints_runs_side_by_side(pipeline_run):

@@ -1,0 +1,245 @@
+"""Frozen-feature arms: what a pretrained embedding is worth before any finetuning.
+
+Three classifiers over the backbone's features, each a few seconds on a CPU, each with
+its one setting chosen on the validation split (when there is one):
+
+- `knn`: k nearest labeled examples by cosine similarity, distance-weighted;
+- `logreg`: logistic regression on the standardised features;
+- `spreading`: label spreading (Zhou et al. 2004) over a symmetric kNN graph of the
+  unlabeled pool + labeled + val + test examples (cosine neighbours). The test
+  examples are nodes of the graph without their labels: transductive, as a user with
+  the unlabeled test inputs in hand could do.
+
+`propagate` also gives the pool's propagated class distributions, which finetuning
+uses as prior pseudo-labels (finetune.prior=propagation, AS3L-style: Zhao et al.
+2023, arXiv 2203.04560).
+
+scikit-learn's LabelSpreading builds its kNN graph anew on every fit (one per k tried)
+from Euclidean distances; this module computes the neighbours once and iterates the
+normalised graph itself (a few sparse products), so the k grid costs one search.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+ARMS = ("knn", "logreg", "spreading")
+KNN_GRID = (1, 5, 10)
+C_GRID = (0.01, 0.1, 1.0)
+GRAPH_K_GRID = (10, 20)
+ALPHA = 0.9  # label spreading's clamping: the share of a node's label taken from neighbours
+ITERATIONS = 400  # at most: label mass moves one hop per iteration; stops on convergence
+POOL_MAX = 60_000  # pool nodes in the graph (a seeded subset above this): memory and seconds
+
+
+def describe(arm: str) -> str:
+    return {"knn": "kNN on the frozen embedding (cosine)",
+            "logreg": "logistic regression on the frozen embedding",
+            "spreading": "label spreading over a kNN graph of the frozen embedding"}[arm]
+
+
+def split_features(featurize: Callable, store: Path, split: str, *, batch_size: int = 512,
+                   limit: Optional[int] = None, seed: int = 0):
+    """(features [n, d] float32, labels [n] int or None) of one split of a store, in the
+    store's order (a seeded random subset of `limit` examples when the split is larger)."""
+    from pretrainer.data import pipeline
+
+    info = pipeline.split_info(store, split)
+    if info["count"] == 0:
+        return None, None
+    labeled = split != "unlabeled"
+    ds = pipeline.examples(store, split, batch_size=batch_size, cache=False, labels=labeled,
+                           standardize=False)
+    xs, ys = [], []
+    for item in ds.as_numpy_iterator():
+        x, y = item if labeled else (item, None)
+        xs.append(featurize(x))
+        if y is not None:
+            ys.append(np.asarray(y).reshape(len(x), *np.shape(y)[1:]))
+    x = np.concatenate(xs).astype(np.float32)
+    y = _labels(np.concatenate(ys)) if ys else None
+    if limit is not None and len(x) > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(len(x), limit, replace=False))
+        x, y = x[keep], (None if y is None else y[keep])
+    return x, y
+
+
+def _labels(y):
+    y = np.asarray(y)
+    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
+
+
+def _unit(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Standardised with the pool's statistics, then L2-normalised (cosine geometry)."""
+    z = (x - mean) / std
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def _stats(*parts) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([p for p in parts if p is not None])
+    return x.mean(0), np.maximum(x.std(0), 1e-6)
+
+
+def neighbours(z: np.ndarray, k: int) -> np.ndarray:
+    """Indices [n, k] of each row's k most cosine-similar other rows (z L2-normalised);
+    blocked matrix products, so memory is ~block x n."""
+    n = len(z)
+    k = min(k, n - 1)
+    out = np.empty((n, k), np.int64)
+    block = max(1, min(n, 2 ** 24 // max(n, 1)))
+    for i in range(0, n, block):
+        s = z[i:i + block] @ z.T
+        s[np.arange(len(s)), np.arange(i, i + len(s))] = -np.inf  # not its own neighbour
+        part = np.argpartition(-s, k, axis=1)[:, :k]
+        order = np.take_along_axis(-s, part, 1).argsort(1)
+        out[i:i + block] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def spread(nbrs: np.ndarray, k: int, labeled: np.ndarray, y: np.ndarray, num_classes: int,
+           alpha: float = ALPHA, iterations: int = ITERATIONS) -> np.ndarray:
+    """Class distributions [n, K] by label spreading over the symmetric kNN graph of the
+    first k neighbours: F <- alpha S F + (1 - alpha) Y, S = D^-1/2 W D^-1/2."""
+    from scipy import sparse
+
+    n = len(nbrs)
+    rows = np.repeat(np.arange(n), k)
+    w = sparse.csr_matrix((np.ones(n * k, np.float64), (rows, nbrs[:, :k].reshape(-1))),
+                          shape=(n, n))
+    w = w.maximum(w.T)  # symmetric: an edge when either end lists the other
+    d = np.asarray(w.sum(1)).reshape(-1)
+    inv = sparse.diags(1.0 / np.sqrt(np.maximum(d, 1e-12)))
+    s = (inv @ w @ inv).tocsr()
+    y0 = np.zeros((n, num_classes), np.float64)  # far nodes get tiny mass: no underflow
+    y0[labeled, y] = 1.0
+    f = y0.copy()
+    for _ in range(iterations):
+        new = alpha * (s @ f) + (1 - alpha) * y0
+        reached = (new.sum(1) > 0).all()
+        # rows are compared as distributions: a far node's mass is tiny but its argmax counts
+        norm = np.maximum(new.sum(1, keepdims=True), 1e-30)
+        settled = reached and np.abs(new / norm - f / np.maximum(
+            f.sum(1, keepdims=True), 1e-30)).max() < 1e-4
+        f = new
+        if settled:
+            break
+    total = f.sum(1, keepdims=True)
+    # a node no label reached (a component without labels): all zeros, fixed by the caller
+    return np.where(total > 0, f / np.maximum(total, 1e-30), 0.0).astype(np.float32)
+
+
+def propagate(train, pool, others: tuple = (), *, num_classes: int, k: int,
+              nbrs: Optional[np.ndarray] = None):
+    """Label spreading over [train, pool, *others] (features, already _unit-scaled):
+    (distributions of pool rows, distributions of each of `others`, the neighbours)."""
+    x_tr, y_tr = train
+    z = np.concatenate([x_tr, pool, *others])
+    if nbrs is None:
+        nbrs = neighbours(z, k)
+    f = spread(nbrs, k, np.arange(len(x_tr)), y_tr, num_classes)
+    lost = np.flatnonzero(f.sum(1) == 0)
+    if len(lost):  # no label reached them: the most similar labeled example's class
+        f[lost, y_tr[(z[lost] @ x_tr.T).argmax(1)]] = 1.0
+    start = len(x_tr) + len(pool)
+    parts = []
+    for o in others:
+        parts.append(f[start:start + len(o)])
+        start += len(o)
+    return f[len(x_tr):len(x_tr) + len(pool)], parts, nbrs
+
+
+def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS) -> list[dict]:
+    """Each frozen arm's test predictions: feats maps split -> (x, y) (x None when the
+    split is empty); settings chosen on val when it has examples. Results are laid out
+    as baselines' ({"name", "arm", "y_true", "y_pred", "accuracy", "chosen", "seconds"})."""
+    from sklearn.linear_model import LogisticRegression
+
+    x_tr, y_tr = feats["train"]
+    x_va, y_va = feats.get("val", (None, None))
+    x_te, y_te = feats["test"]
+    x_po = feats.get("unlabeled", (None, None))[0]
+    mean, std = _stats(x_po, x_tr)
+    z_tr, z_te = _unit(x_tr, mean, std), _unit(x_te, mean, std)
+    z_va = _unit(x_va, mean, std) if x_va is not None else None
+    has_val = z_va is not None and len(z_va) > 0
+    out = []
+
+    def pick(candidates, predict_val):
+        if not has_val or len(candidates) == 1:
+            return candidates[len(candidates) // 2]
+        accs = [float((predict_val(c) == y_va).mean()) for c in candidates]
+        return candidates[int(np.argmax(accs))]
+
+    if "knn" in arms:
+        t0 = time.perf_counter()
+        grid = [k for k in KNN_GRID if k <= len(z_tr)] or [1]
+
+        def knn(k, z):
+            s = z @ z_tr.T
+            idx = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            votes = np.zeros((len(z), num_classes))
+            np.add.at(votes, (np.arange(len(z))[:, None], y_tr[idx]),
+                      np.maximum(np.take_along_axis(s, idx, 1), 0) + 1e-6)
+            return votes.argmax(1)
+        k = pick(grid, lambda k: knn(k, z_va))
+        out.append(_result("knn", y_te, knn(k, z_te), f"k={k}" + (" on val" if has_val
+                                                                    else ""), t0))
+    if "logreg" in arms:
+        t0 = time.perf_counter()
+        s_tr, s_te = (x_tr - mean) / std, (x_te - mean) / std
+        s_va = (x_va - mean) / std if has_val else None
+        fitted = {}
+
+        def fit(c):
+            if c not in fitted:
+                fitted[c] = LogisticRegression(C=c, max_iter=1000).fit(s_tr, y_tr)
+            return fitted[c]
+        if len(np.unique(y_tr)) < 2:
+            pred, chosen = np.full(len(y_te), y_tr[0]), "one class"
+        else:
+            c = pick(list(C_GRID), lambda c: fit(c).predict(s_va))
+            pred, chosen = fit(c).predict(s_te), f"C={c:g}" + (" on val" if has_val else "")
+        out.append(_result("logreg", y_te, pred, chosen, t0))
+    if "spreading" in arms and x_po is not None:
+        t0 = time.perf_counter()
+        z_po = _unit(x_po, mean, std)
+        others = (z_te, z_va) if has_val else (z_te,)
+        z = np.concatenate([z_tr, z_po, *others])
+        nbrs = neighbours(z, max(GRAPH_K_GRID))  # once: each k takes its first k columns
+        results = {}
+        for k in GRAPH_K_GRID:
+            _, parts, _ = propagate((z_tr, y_tr), z_po, others, num_classes=num_classes, k=k,
+                                    nbrs=nbrs)
+            results[k] = [p.argmax(1) for p in parts]
+        k = pick(list(GRAPH_K_GRID), lambda k: results[k][1])
+        out.append(_result("spreading", y_te, results[k][0],
+                           f"k={k}" + (" on val" if has_val else ""), t0))
+    return out
+
+
+def _result(arm: str, y_true, y_pred, chosen: str, t0: float) -> dict:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return {"name": describe(arm), "arm": arm, "y_true": y_true, "y_pred": y_pred,
+            "accuracy": float((y_pred == y_true).mean()), "chosen": chosen,
+            "seconds": round(time.perf_counter() - t0, 2), "samples": int(len(y_true))}
+
+
+def image_featurizer(backbone, batch: int = 512) -> Callable:
+    """callable(images [n, h, w, c] in [0, 1]) -> float32 features [n, d], inference mode."""
+    def call(x):
+        out = [np.asarray(backbone(x[i:i + batch], training=False), np.float32)
+               for i in range(0, len(x), batch)]
+        return np.concatenate(out).reshape(len(x), -1)
+    return call
+
+
+def store_features(featurize: Callable, store: Path, *, pool_max: int = POOL_MAX,
+                   seed: int = 0) -> dict:
+    """split -> (features, labels) for train, val, test and (up to pool_max of) the pool."""
+    return {split: split_features(featurize, store, split,
+                                  limit=pool_max if split == "unlabeled" else None, seed=seed)
+            for split in ("train", "val", "test", "unlabeled")}

@@ -1,0 +1,95 @@
+"""Frozen-feature arms (pretrainer.frozen) and the classical model as a Keras model."""
+
+import numpy as np
+import pytest
+
+from pretrainer import frozen
+
+
+def _blobs(n, rng, centres, spread=0.3):
+    y = np.arange(n) % len(centres)
+    return (centres[y] + spread * rng.normal(size=(n, centres.shape[1]))).astype(np.float32), y
+
+
+def test_label_spreading_follows_the_pool_where_labels_alone_cannot():
+    """Two arcs of a circle with a small gap between them, each labeled at its far tip:
+    the labels' nearest neighbour gets the end of the long arc wrong; spreading over the
+    pool's kNN graph follows each arc to its end."""
+    rng = np.random.default_rng(0)
+    theta = np.r_[rng.uniform(0.0, 4.0, 1500), rng.uniform(4.4, 5.9, 700)]
+    y = (theta > 4.2).astype(np.int64)
+    x = np.c_[np.cos(theta), np.sin(theta)].astype(np.float32)
+    train = np.array([np.argmin(theta), np.argmax(theta)])
+    rest = np.setdiff1d(np.arange(len(x)), train)
+    rng.shuffle(rest)
+    pool, test = rest[:1600], rest[1600:]
+    feats = {"train": (x[train], y[train]), "test": (x[test], y[test]),
+             "val": (None, None), "unlabeled": (x[pool], None)}
+    scores = {r["arm"]: r for r in frozen.score(feats, 2)}
+    assert scores["spreading"]["accuracy"] > 0.97, scores["spreading"]["accuracy"]
+    assert scores["knn"]["accuracy"] < 0.9
+    assert scores["spreading"]["y_pred"].shape == (len(test),)
+
+
+def test_settings_are_chosen_on_val_and_every_arm_scores_the_test_split():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)) * 3
+    feats = {"train": _blobs(20, rng, centres), "val": _blobs(100, rng, centres),
+             "test": _blobs(200, rng, centres), "unlabeled": (_blobs(500, rng, centres)[0], None)}
+    out = frozen.score(feats, 4)
+    assert [r["arm"] for r in out] == list(frozen.ARMS)
+    for r in out:
+        assert r["accuracy"] > 0.95 and "on val" in r["chosen"], r
+        assert r["samples"] == 200 and r["seconds"] >= 0
+
+
+def test_neighbours_are_the_most_similar_other_rows():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(300, 8)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    got = frozen.neighbours(z, 5)
+    s = z @ z.T
+    np.fill_diagonal(s, -np.inf)
+    want = np.argsort(-s, axis=1)[:, :5]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (64, 64, 3)])
+def test_the_pixel_baseline_as_keras_predicts_like_scikit_learn(shape):
+    from sklearn.linear_model import LogisticRegression
+
+    from pretrainer import baselines
+
+    rng = np.random.default_rng(0)
+    x = rng.random((120, *shape)).astype(np.float32)
+    y = np.arange(120) % 3
+    x[y == 1, : shape[0] // 2] += 0.5
+    feats = baselines._downsample(x).reshape(len(x), -1)
+    est = LogisticRegression(C=1.0, max_iter=500).fit(feats, y)
+    manifest = {"modality": "image", "shape": list(shape), "num_classes": 4}
+    model = baselines.keras_model({"accuracy": 1.0, "estimator": est}, manifest)
+    probs = model.predict(x, verbose=0)
+    assert probs.shape == (120, 4) and probs[:, 3].max() < 1e-6  # a class never labeled
+    np.testing.assert_allclose(probs[:, :3], est.predict_proba(feats), atol=1e-4)
+    assert baselines.keras_model({"accuracy": 1.0, "estimator": est},
+                                 {**manifest, "modality": "text"}) is None
+
+
+def test_the_marked_model_is_the_default_until_a_newer_run(tmp_path):
+    from pretrainer import runs
+
+    def done(name):
+        p = tmp_path / "exp" / name
+        p.mkdir(parents=True)
+        runs.atomic_write_json(p / "manifest.json", {"stage": name.split("-")[0]})
+        runs.atomic_write_text(p / runs.DONE, "x\n")
+        return p
+
+    a = done("finetune-20260101-000001")
+    b = done("finetune-20260101-000002")
+    assert runs.resolve(tmp_path, "exp", "finetune") == b  # no mark: the latest
+    runs.mark_model(tmp_path, "exp", arm="pretrained", why="best val", finetune=a)
+    assert runs.resolve(tmp_path, "exp", "finetune") == a
+    assert runs.resolve(tmp_path, "exp", "finetune", run=b) == b  # --run still wins
+    c = done("finetune-20260101-000003")  # the user finetunes again: the newer run wins
+    assert runs.resolve(tmp_path, "exp", "finetune") == c
