@@ -39,7 +39,7 @@ install-tpu: | $(BIN)/python
 	touch $(VENV)/.installed
 
 demo: install
-	$(BIN)/pretrainer pipeline --config fashion_ae
+	$(BIN)/pretrainer pipeline --config fashion_demo
 
 test: install-dev
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not bench"

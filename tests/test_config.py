@@ -48,6 +48,9 @@ def test_unknown_group_option_lists_choices():
     ("finetune.head_l2=-1", "head_l2"),
     ("trainer.strategy=tpu9", "auto, cpu"),
     ("trainer.batch_size=0", "batch_size"),
+    ("finetune.prior=propagation", "semi_supervised=fixmatch"),
+    ("finetune.prior=knn", "none, propagation"),
+    ("finetune.prior_decay=2", "prior_decay"),
 ])
 def test_ranges_and_choices_are_validated(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -93,3 +93,35 @@ def test_the_marked_model_is_the_default_until_a_newer_run(tmp_path):
     assert runs.resolve(tmp_path, "exp", "finetune", run=b) == b  # --run still wins
     c = done("finetune-20260101-000003")  # the user finetunes again: the newer run wins
     assert runs.resolve(tmp_path, "exp", "finetune") == c
+
+
+def test_a_winning_pixel_baseline_becomes_a_finetune_run_the_verbs_can_use(in_tmp):
+    """pipeline._classical_run: the scikit-learn model as model.keras in a finetune run;
+    evaluate scores it exactly as scikit-learn did."""
+    import json
+
+    from pretrainer import baselines
+    from pretrainer.config import compose
+    from pretrainer.data.sources import SourceData
+    from pretrainer.data.store import build_store, read_manifest
+    from pretrainer.stages import evaluate
+    from pretrainer.stages.collect import store_path
+    from pretrainer.stages.pipeline import _classical_run
+
+    rng = np.random.default_rng(0)
+    y = np.arange(600) % 3
+    x = rng.integers(0, 120, (600, 28, 28, 1), dtype=np.uint8)
+    x[y == 1, :14] += 120
+    x[y == 2, :, :14] += 120
+    cfg = compose("fashion_ae", ["data.labeled_fraction=0.05"])
+    store = store_path(cfg)
+    build_store(store, cfg.data, 0, SourceData(x_pool=x, y_pool=y,
+                                               class_names=["a", "b", "c"]))
+    manifest = read_manifest(store)
+    result = baselines.fit_and_score(store, manifest)
+    result["val"] = result["val_score"]
+    ft = _classical_run(cfg, result, store, manifest)
+    assert json.loads((ft / "manifest.json").read_text())["init"] == "classical"
+    ev = evaluate.run(cfg, run=ft)
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(result["accuracy"], abs=1e-9)

@@ -130,3 +130,23 @@ def test_ema_momentum_ends_on_the_moving_average(in_tmp):
                                  for a, b in zip(start, inner.trainable_weights, strict=True))
     # Keras starts the average at the weights after the first step, then it barely moves
     assert 0 < moved[True] < 0.25 * moved[False]
+
+
+def test_fixmatch_takes_prior_pseudo_labels_from_the_pretrained_features(in_tmp):
+    import json
+
+    from pretrainer import frozen
+
+    pre = pretrain.run(compose("fashion_ae", TINY))
+    semi = [*TINY, "finetune.semi_supervised=fixmatch", "finetune.prior=propagation",
+            "finetune.prior_decay=0.5", "finetune.steps_per_epoch=3", "finetune.epochs=1"]
+    for init in ("pretrained", "scratch"):  # scratch: a random network guided by the prior
+        ft = finetune.run(compose("fashion_ae", [*semi, f"finetune.init={init}"]), run=pre)
+        manifest = json.loads((ft / "manifest.json").read_text())
+        assert manifest["parent_run"] == str(pre.resolve())
+        facts = manifest["prior"]
+        assert facts["graph_k"] in frozen.GRAPH_K_GRID and facts["pool"] > 100
+        assert 0.0 <= facts["val_accuracy"] <= 1.0
+        model = keras.saving.load_model(ft / "model.keras")
+        assert model.name == "classifier"  # the prior is not part of the saved model
+        assert not any("prior" in layer.name for layer in model.layers)
