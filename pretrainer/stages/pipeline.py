@@ -179,15 +179,16 @@ def _print_table(cfg: Config, results: dict, frozen: list[dict], classical: Opti
                      str(Path(r["finetune"]).name)])
     for f in frozen:
         rows.append([f"frozen {f['arm']}", str(m["labels"]), "", f"{f['accuracy']:.2%}", "",
-                     f.get("chosen", "")])
+                     f"pretrained embedding, {f['chosen']}"])
     if classical is not None:
         val = "" if classical.get("val") is None else (
             f"{-classical['val']:.4g}" if regression else f"{classical['val']:.2%}")
         score = f"{classical['mse']:.4g}" if regression else f"{classical['accuracy']:.2%}"
         run = (str(Path(results["classical"]["finetune"]).name) if "classical" in results
                else "")
-        rows.append([f"classical{' ✓' if winner == 'classical' else ''}: {classical['name']}",
-                     str(m["labels"]), val, score, "", run])
+        setting = run or f"{classical['name']}, {classical['chosen']}".rstrip(", ")
+        rows.append([f"classical{' ✓' if winner == 'classical' else ''}", str(m["labels"]),
+                     val, score, "", setting])
     columns = ["val MSE", "test MSE", "R²"] if regression else [
         "val accuracy", "test accuracy", "macro F1"]
     console.print(table(f"{cfg.experiment}: pretrained backbone vs baselines, same labels "
