@@ -2,8 +2,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Quiet TensorFlow's C++ start-up chatter in demos and tests.
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install install-dev install-gpu install-tpu demo test lint bench clean samples
 

@@ -27,16 +27,19 @@ def test_study_cells_plot_and_resume(in_tmp, monkeypatch):
         study.run(cfg)
     (out,) = (in_tmp / "runs" / "fashion_ae").glob("study-*")
     first = json.loads((out / "study.json").read_text())["cells"]
-    # (pretrained, scratch, classical) at 0.05; killed in the next fraction
-    assert [c["arm"] for c in first] == ["pretrained", "scratch", "classical"]
+    # (pretrained, scratch, the frozen-embedding arms, classical) at 0.05; killed in the
+    # next fraction
+    arms = ["pretrained", "scratch", "frozen_knn", "frozen_logreg", "frozen_spreading",
+            "classical"]
+    assert [c["arm"] for c in first] == arms
 
     monkeypatch.setattr(evaluate, "run", real)
     again = study.run(compose("fashion_ae", TINY))
     assert again.resolve() == out.resolve()  # the same study, continued
     state = json.loads((out / "study.json").read_text())
-    assert state["cells"][:3] == first
-    assert len(state["cells"]) == 2 * 3  # fractions x (pretrained, scratch, classical)
-    assert {s["arm"] for s in state["summary"]} == {"pretrained", "scratch", "classical"}
+    assert state["cells"][:6] == first
+    assert len(state["cells"]) == 2 * 6  # fractions x arms
+    assert {s["arm"] for s in state["summary"]} == set(arms)
     classical = [c for c in state["cells"] if c["arm"] == "classical"]
     assert all(c["model"] == "logistic regression on pixels" and 0 <= c["accuracy"] <= 1
                for c in classical)
@@ -51,7 +54,9 @@ def test_study_cells_plot_and_resume(in_tmp, monkeypatch):
     ys = [np.load(Path(c["evaluate_run"]) / "predictions.npz")["y_true"] for c in state["cells"]]
     assert all(np.array_equal(ys[0], y) for y in ys)
     # each arm minus scratch, with a paired-bootstrap interval (one seed)
-    assert {c["arm"] for c in state["comparisons"]} == {"pretrained", "pretrained - classical"}
+    assert {c["arm"] for c in state["comparisons"]} == {
+        "pretrained", "pretrained - classical", "frozen_knn", "frozen_logreg",
+        "frozen_spreading"}
     assert all("CI" in c["verdict"] for c in state["comparisons"])
     # study cells are never "the latest finetune run" of the experiment
     with pytest.raises(RunError, match="No finished finetune run"):
