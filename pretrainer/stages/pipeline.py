@@ -137,9 +137,7 @@ def _choose(results: dict, classical: Optional[dict], has_val: bool, regression:
         return "pretrained", "no validation scores"
     # ties go to the arm listed first (pretrained, then scratch, ...)
     best = max(scores, key=lambda a: (scores[a], -list(scores).index(a)))
-    shown = (f"val MSE {-scores[best]:.4g}" if regression
-             else f"val accuracy {scores[best]:.2%}")
-    return best, f"best {shown} of {len(scores)} arms"
+    return best, f"best {_shown(scores[best], regression)} of {len(scores)} arms"
 
 
 def _classical_run(cfg: Config, classical: dict, store, manifest: dict) -> Path:
@@ -228,9 +226,22 @@ def _print_meaning(results: dict, classical: Optional[dict], winner: str, why: s
     elif lost:
         verdict_text = (f"pretraining did not pay here: {', '.join(lost)} "
                         f"{'is' if len(lost) == 1 else 'are'} better on the test split")
+    elif beaten:
+        verdict_text = (f"pretraining beats {', '.join(beaten)} beyond noise; the other "
+                        f"differences are within noise")
     else:
-        ahead = ", ".join(beaten) or "none"
-        verdict_text = (f"pretraining beats {ahead} beyond noise; the other differences are "
-                        f"within noise")
+        verdict_text = "no difference to the baselines beyond noise"
+    note = ""
+    best_val = results[winner]["val"]
+    if (classical is not None and winner != "classical" and classical.get("val") is not None
+            and best_val is not None and classical["val"] > best_val):
+        note = (f" The classical model ({classical['name']}) scored higher on val "
+                f"({_shown(classical['val'], regression)}) but has no Keras form for this data, "
+                f"so it is not deployed.")
     console.print(f"what this means: {verdict_text}. The {winner} arm ({why}) is deployed and is "
-                  f"the experiment's model: predict, evaluate and serve use it.", soft_wrap=True)
+                  f"the experiment's model: predict, evaluate and serve use it.{note}",
+                  soft_wrap=True)
+
+
+def _shown(val: float, regression: bool) -> str:
+    return f"val MSE {-val:.4g}" if regression else f"val accuracy {val:.2%}"
