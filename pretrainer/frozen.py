@@ -43,9 +43,10 @@ def describe(arm: str) -> str:
 
 
 def split_features(featurize: Callable, store: Path, split: str, *, batch_size: int = 512,
-                   limit: Optional[int] = None, seed: int = 0):
+                   limit: Optional[int] = None):
     """(features [n, d] float32, labels [n] int or None) of one split of a store, in the
-    store's order (a seeded random subset of `limit` examples when the split is larger)."""
+    store's order: its first `limit` examples when the split is larger, a random subset,
+    since every split is stored in a seeded random permutation (only those are read)."""
     from pretrainer.data import pipeline
 
     info = pipeline.split_info(store, split)
@@ -54,17 +55,16 @@ def split_features(featurize: Callable, store: Path, split: str, *, batch_size: 
     labeled = split != "unlabeled"
     ds = pipeline.examples(store, split, batch_size=batch_size, cache=False, labels=labeled,
                            standardize=False)
+    if limit is not None:
+        ds = ds.take(-(-limit // batch_size))
     xs, ys = [], []
     for item in ds.as_numpy_iterator():
         x, y = item if labeled else (item, None)
         xs.append(featurize(x))
         if y is not None:
             ys.append(np.asarray(y).reshape(len(x), *np.shape(y)[1:]))
-    x = np.concatenate(xs).astype(np.float32)
-    y = _labels(np.concatenate(ys)) if ys else None
-    if limit is not None and len(x) > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(len(x), limit, replace=False))
-        x, y = x[keep], (None if y is None else y[keep])
+    x = np.concatenate(xs).astype(np.float32)[:limit]
+    y = _labels(np.concatenate(ys))[:limit] if ys else None
     return x, y
 
 
@@ -237,9 +237,8 @@ def image_featurizer(backbone, batch: int = 512) -> Callable:
     return call
 
 
-def store_features(featurize: Callable, store: Path, *, pool_max: int = POOL_MAX,
-                   seed: int = 0) -> dict:
+def store_features(featurize: Callable, store: Path, *, pool_max: int = POOL_MAX) -> dict:
     """split -> (features, labels) for train, val, test and (up to pool_max of) the pool."""
     return {split: split_features(featurize, store, split,
-                                  limit=pool_max if split == "unlabeled" else None, seed=seed)
+                                  limit=pool_max if split == "unlabeled" else None)
             for split in ("train", "val", "test", "unlabeled")}

@@ -146,8 +146,8 @@ class Consistency(keras.Model):
         return self.compute_metrics(x, y, p_l, sample_weight=sample_weight)
 
 
-def propagation_prior(backbone: keras.Model, store, num_classes: int, *, seed: int,
-                      pool_max: int = 60_000):
+def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
+                      pool_max: int | None = None):
     """(prior model, facts): the labels spread over a kNN graph of the pretrained
     embedding of the labeled split + the pool (pretrainer.frozen), made inductive by a
     logistic regression on the pool's spread labels (weighted by their confidence) that
@@ -165,7 +165,8 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *, seed: i
     featurize = frozen.image_featurizer(backbone)
     x_tr, y_tr = frozen.split_features(featurize, store, "train")
     x_va, y_va = frozen.split_features(featurize, store, "val")
-    x_po, _ = frozen.split_features(featurize, store, "unlabeled", limit=pool_max, seed=seed)
+    x_po, _ = frozen.split_features(featurize, store, "unlabeled",
+                                    limit=pool_max or frozen.POOL_MAX)
     mean, std = frozen._stats(x_po, x_tr)
     z_tr, z_po = frozen._unit(x_tr, mean, std), frozen._unit(x_po, mean, std)
     has_val = x_va is not None and len(x_va) > 0

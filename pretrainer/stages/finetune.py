@@ -128,8 +128,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                 info("  finetune: finetune.prior=propagation needs pretrained features; this "
                      f"{ft.init} run trains without the prior")
             elif ft.prior == "propagation":
-                prior, facts = propagation_prior(pretrained, store, manifest["num_classes"],
-                                                 seed=cfg.seed)
+                prior, facts = propagation_prior(pretrained, store, manifest["num_classes"])
                 shown = (f", val accuracy {facts['val_accuracy']:.2%}"
                          if facts["val_accuracy"] is not None else "")
                 info(f"  prior pseudo-labels: labels spread over a {facts['graph_k']}-NN graph "

@@ -181,7 +181,7 @@ def _frozen_cells(c: Config, pre: Path, fraction, seed: int, out: Path,
     if not shared:
         shared.update({split: frozen.split_features(featurize, store, split,
                                                     limit=frozen.POOL_MAX if split ==
-                                                    "unlabeled" else None, seed=c.seed)
+                                                    "unlabeled" else None)
                        for split in ("val", "test", "unlabeled")})
     feats = {**shared, "train": frozen.split_features(featurize, store, "train")}
     cells = []
