@@ -132,11 +132,13 @@ class PretextConfig:
     mask_fraction: float = 0.0  # share of pixels zeroed for masked reconstruction
     temperature: float = 0.2  # simclr: NT-Xent temperature
     projection_dim: int = 64  # simclr: projection head output size
+    zoom: float = 0.5  # simclr: views zoom in by up to this fraction of the image side
 
     def __post_init__(self) -> None:
         _check_range("pretext.learning_rate", self.learning_rate, 0.0, 10.0, lo_open=True)
         _check_range("pretext.mask_fraction", self.mask_fraction, 0.0, 0.95)
         _check_range("pretext.temperature", self.temperature, 0.0, 10.0, lo_open=True)
+        _check_range("pretext.zoom", self.zoom, 0.0, 0.9)
         if self.projection_dim < 1:
             raise ConfigError(f"Expected pretext.projection_dim >= 1. Received: {self.projection_dim}")
         if self.noise_stddev < 0:

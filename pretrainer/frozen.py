@@ -73,13 +73,13 @@ def _labels(y):
     return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
 
 
-def _unit(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def to_unit(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Standardised with the pool's statistics, then L2-normalised (cosine geometry)."""
     z = (x - mean) / std
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
-def _stats(*parts) -> tuple[np.ndarray, np.ndarray]:
+def pool_stats(*parts) -> tuple[np.ndarray, np.ndarray]:
     x = np.concatenate([p for p in parts if p is not None])
     return x.mean(0), np.maximum(x.std(0), 1e-6)
 
@@ -162,9 +162,9 @@ def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS) -> list[d
     x_va, y_va = feats.get("val", (None, None))
     x_te, y_te = feats["test"]
     x_po = feats.get("unlabeled", (None, None))[0]
-    mean, std = _stats(x_po, x_tr)
-    z_tr, z_te = _unit(x_tr, mean, std), _unit(x_te, mean, std)
-    z_va = _unit(x_va, mean, std) if x_va is not None else None
+    mean, std = pool_stats(x_po, x_tr)
+    z_tr, z_te = to_unit(x_tr, mean, std), to_unit(x_te, mean, std)
+    z_va = to_unit(x_va, mean, std) if x_va is not None else None
     has_val = z_va is not None and len(z_va) > 0
     out = []
 
@@ -206,7 +206,7 @@ def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS) -> list[d
         out.append(_result("logreg", y_te, pred, chosen, t0))
     if "spreading" in arms and x_po is not None:
         t0 = time.perf_counter()
-        z_po = _unit(x_po, mean, std)
+        z_po = to_unit(x_po, mean, std)
         others = (z_te, z_va) if has_val else (z_te,)
         z = np.concatenate([z_tr, z_po, *others])
         nbrs = neighbours(z, max(GRAPH_K_GRID))  # once: each k takes its first k columns

@@ -167,10 +167,10 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
     x_va, y_va = frozen.split_features(featurize, store, "val")
     x_po, _ = frozen.split_features(featurize, store, "unlabeled",
                                     limit=pool_max or frozen.POOL_MAX)
-    mean, std = frozen._stats(x_po, x_tr)
-    z_tr, z_po = frozen._unit(x_tr, mean, std), frozen._unit(x_po, mean, std)
+    mean, std = frozen.pool_stats(x_po, x_tr)
+    z_tr, z_po = frozen.to_unit(x_tr, mean, std), frozen.to_unit(x_po, mean, std)
     has_val = x_va is not None and len(x_va) > 0
-    z_va = frozen._unit(x_va, mean, std) if has_val else None
+    z_va = frozen.to_unit(x_va, mean, std) if has_val else None
     others = (z_va,) if has_val else ()
     nbrs = frozen.neighbours(np.concatenate([z_tr, z_po, *others]), max(frozen.GRAPH_K_GRID))
     best = None

@@ -26,10 +26,11 @@ def nt_xent(z1, z2, temperature: float = 0.2):
     return (per_view[:b] + per_view[b:]) / 2.0
 
 
-def augmenter(channels: int, seed: int, name: str) -> keras.Sequential:
-    """Random crop-and-resize (zoom in), flip, shift and brightness/contrast jitter."""
+def augmenter(channels: int, seed: int, name: str, zoom: float = 0.5) -> keras.Sequential:
+    """Random crop-and-resize (zoom in by up to `zoom`), flip, shift and brightness/contrast
+    jitter."""
     layers = [
-        keras.layers.RandomZoom((-0.5, 0.0), fill_mode="reflect", seed=seed),
+        keras.layers.RandomZoom((-zoom, 0.0), fill_mode="reflect", seed=seed),
         keras.layers.RandomFlip("horizontal", seed=seed + 1),
         keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 2),
         keras.layers.RandomBrightness(0.3, value_range=(0.0, 1.0), seed=seed + 3),
@@ -49,7 +50,8 @@ def build_simclr(backbone: keras.Model, cfg: PretextConfig, backbone_cfg: Backbo
         keras.layers.Dense(backbone_cfg.latent_dim, activation="relu"),
         keras.layers.Dense(cfg.projection_dim, dtype="float32"),
     ], name="projector")
-    views = [augmenter(shape[-1], seed + 10 * i, f"view{i + 1}")(inputs) for i in range(2)]
+    views = [augmenter(shape[-1], seed + 10 * i, f"view{i + 1}", cfg.zoom)(inputs)
+             for i in range(2)]
     zs = [keras.layers.Reshape((1, cfg.projection_dim))(projector(backbone(v))) for v in views]
     outputs = keras.layers.Concatenate(axis=1, name="views", dtype="float32")(zs)
     model = keras.Model(inputs, outputs, name="simclr")
