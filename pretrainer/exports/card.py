@@ -99,6 +99,10 @@ def _scratch_comparison(finetune_run: Path, evaluation: Optional[tuple]) -> Opti
     ev, metrics = evaluation
     mine = example_scores(ev)
     key = runs.read_manifest(ev).get("dataset_manifest_sha256")
+    # the scratch run of the same recipe first (pipeline also trains one on the labels
+    # alone for a FixMatch recipe), else the newest scratch run
+    semi = runs.read_manifest(finetune_run).get("semi_supervised")
+    found = []
     for other in sorted(Path(ev).parent.glob("evaluate-*"), reverse=True):
         if other == ev or not runs.is_done(other) or not (other / "predictions.npz").is_file():
             continue
@@ -108,12 +112,15 @@ def _scratch_comparison(finetune_run: Path, evaluation: Optional[tuple]) -> Opti
                 or runs.read_manifest(parent).get("init") != "scratch"):
             continue
         theirs = example_scores(other)
-        if len(theirs) != len(mine):
-            continue
-        scratch = json.loads((other / "metrics.json").read_text())
-        return {"scratch_run": parent.name, "scratch": scratch,
-                "interval": paired_bootstrap(mine, theirs)}
-    return None
+        if len(theirs) == len(mine):
+            same = runs.read_manifest(parent).get("semi_supervised") == semi
+            found.append((not same, len(found), other, parent, theirs))
+    if not found:
+        return None
+    _, _, other, parent, theirs = min(found, key=lambda t: t[:2])
+    scratch = json.loads((other / "metrics.json").read_text())
+    return {"scratch_run": parent.name, "scratch": scratch,
+            "interval": paired_bootstrap(mine, theirs)}
 
 
 def _config(run: Optional[Path]) -> dict:
