@@ -23,3 +23,15 @@ def test_regression_metrics():
     m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.5, 2.5]))
     assert m["mse"] == 0.5 / 3 * 1.0 and m["mae"] == 1.0 / 3
     assert m["r2"] == skm.r2_score([1, 2, 3], [1, 2.5, 2.5])
+
+
+def test_majority_rate_is_the_labeled_splits_most_frequent_class_on_these_examples():
+    import numpy as np
+
+    from pretrainer.stages.evaluate import majority_rate
+
+    manifest = {"class_names": ["a", "b", "c"],
+                "splits": {"train": {"per_class": {"a": 2, "b": 5, "c": 1}}}}
+    assert majority_rate(np.array([1, 1, 0, 2]), manifest) == 0.5
+    manifest["splits"]["train"]["per_class"] = {}
+    assert majority_rate(np.array([2, 2, 2, 0]), manifest) == 0.75

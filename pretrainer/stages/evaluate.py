@@ -46,6 +46,18 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     return out
 
 
+def majority_rate(y_true: np.ndarray, manifest: dict) -> float:
+    """The accuracy of always predicting the labeled split's most frequent class (the
+    floor any classifier must clear), on these examples."""
+    counts = manifest["splits"]["train"].get("per_class") or {}
+    names = manifest["class_names"]
+    if counts:
+        top = names.index(max(counts, key=counts.get))
+    else:  # no per-class counts recorded: the most frequent class here
+        top = int(np.bincount(np.asarray(y_true, np.int64)).argmax())
+    return float((np.asarray(y_true) == top).mean())
+
+
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """MSE, MAE and R² (scikit-learn); R² is undefined for fewer than two examples."""
     from sklearn import metrics as skm
@@ -132,6 +144,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
             raise RunError(f"The model predicts {probs.shape[1]} classes; the dataset has "
                            f"{len(names)}")
         result = classification_metrics(y, probs, names)
+        result["majority_rate"] = majority_rate(y, manifest)
     ft_manifest = runs.read_manifest(ft_run)
     result.update(split=split, finetune_run=str(ft_run), init=ft_manifest.get("init"),
                   mode=ft_manifest.get("mode"), labels=ft_manifest.get("labels"))
@@ -144,7 +157,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         shown = ("mse", "mae", "r2")
         runs.atomic_write_text(out / "report.md", _regression_report(result))
     else:
-        shown = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")
+        shown = ("accuracy", "majority_rate", "precision_macro", "recall_macro", "f1_macro",
+                 "f1_weighted")
         _confusion_png(np.array(result["confusion_matrix"]), names,
                        out / "plots" / "confusion_matrix.png")
         explained = _explain(cfg, model, x, y, probs, names, out, manifest["modality"])
