@@ -61,9 +61,10 @@ def _downsample(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), h // f, f, w // f, f, x.shape[-1]).mean(axis=(2, 4))
 
 
-def _labels(y):
+def class_indices(y) -> np.ndarray:
+    """Class indices [n] from sparse labels or one-hot rows."""
     y = np.asarray(y)
-    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
+    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
 
 
 def _candidates(modality: str, regression: bool):
@@ -94,8 +95,8 @@ def fit_and_score(store: Path, manifest: dict) -> dict:
     x, y = _arrays(store, "train", modality)
     xv, yv = _arrays(store, "val", modality)
     xt, yt = _arrays(store, "test", modality)
-    y = y.reshape(-1).astype(np.float64) if regression else _labels(y)
-    yt = yt.reshape(-1).astype(np.float64) if regression else _labels(yt)
+    y = y.reshape(-1).astype(np.float64) if regression else class_indices(y)
+    yt = yt.reshape(-1).astype(np.float64) if regression else class_indices(yt)
     models = _candidates(modality, regression)
     if len(models) > 1 and (xv is None or len(y) > GRID_MAX_TRAIN):
         models = [models[C_GRID.index(1.0)]]  # no val to choose on, or too big to fit 3
@@ -104,7 +105,7 @@ def fit_and_score(store: Path, manifest: dict) -> dict:
         return _result(modality, regression, yt, pred, "one class", t0)
     best, chosen = models[0], "" if modality == "tabular" else "C=1"
     if xv is not None and not regression:
-        yv = _labels(yv)
+        yv = class_indices(yv)
     if len(models) > 1:
         scores = []
         for m in models:
@@ -142,16 +143,22 @@ def keras_model(result: dict, manifest: dict):
     x = keras.layers.Flatten(name="pixels")(x)
     dense = keras.layers.Dense(k, activation="softmax", dtype="float32", name="probabilities")
     outputs = dense(x)
-    coef = np.zeros((k, est.coef_.shape[1]), np.float32)
-    bias = np.full(k, -30.0, np.float32)  # a class the labels never showed stays ~0
+    dense.set_weights(dense_weights(est, k))
+    return keras.Model(inputs, outputs, name="classical")
+
+
+def dense_weights(est, num_classes: int) -> list[np.ndarray]:
+    """[kernel [d, K], bias [K]] of a softmax Dense layer that gives a fitted scikit-learn
+    LogisticRegression's predict_proba over all `num_classes` classes."""
+    coef = np.zeros((num_classes, est.coef_.shape[1]), np.float32)
+    bias = np.full(num_classes, -30.0, np.float32)  # a class the labels never showed: ~0
     classes = np.asarray(est.classes_, np.int64)
     if est.coef_.shape[0] == 1:  # two classes: scikit-learn keeps one row (class 1 vs 0)
         coef[classes[1]], bias[classes[1]] = est.coef_[0], est.intercept_[0]
         coef[classes[0]], bias[classes[0]] = 0.0, 0.0
     else:
         coef[classes], bias[classes] = est.coef_, est.intercept_
-    dense.set_weights([coef.T, bias])
-    return keras.Model(inputs, outputs, name="classical")
+    return [coef.T, bias]
 
 
 def _result(modality: str, regression: bool, yt, pred, chosen: str, t0: float) -> dict:

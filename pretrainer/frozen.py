@@ -47,6 +47,7 @@ def split_features(featurize: Callable, store: Path, split: str, *, batch_size: 
     """(features [n, d] float32, labels [n] int or None) of one split of a store, in the
     store's order: its first `limit` examples when the split is larger, a random subset,
     since every split is stored in a seeded random permutation (only those are read)."""
+    from pretrainer.baselines import class_indices
     from pretrainer.data import pipeline
 
     info = pipeline.split_info(store, split)
@@ -64,13 +65,8 @@ def split_features(featurize: Callable, store: Path, split: str, *, batch_size: 
         if y is not None:
             ys.append(np.asarray(y).reshape(len(x), *np.shape(y)[1:]))
     x = np.concatenate(xs).astype(np.float32)[:limit]
-    y = _labels(np.concatenate(ys))[:limit] if ys else None
+    y = class_indices(np.concatenate(ys))[:limit] if ys else None
     return x, y
-
-
-def _labels(y):
-    y = np.asarray(y)
-    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
 
 
 def to_unit(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -152,6 +148,15 @@ def propagate(train, pool, others: tuple = (), *, num_classes: int, k: int,
     return f[len(x_tr):len(x_tr) + len(pool)], parts, nbrs
 
 
+def spread_grid(train, pool, others: tuple, num_classes: int) -> dict:
+    """{k: (pool distributions, distributions of each of `others`)} for every k of
+    GRAPH_K_GRID, from one neighbour search (each k takes its first k columns)."""
+    z_tr, _ = train
+    nbrs = neighbours(np.concatenate([z_tr, pool, *others]), max(GRAPH_K_GRID))
+    return {k: propagate(train, pool, others, num_classes=num_classes, k=k, nbrs=nbrs)[:2]
+            for k in GRAPH_K_GRID}
+
+
 def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS) -> list[dict]:
     """Each frozen arm's test predictions: feats maps split -> (x, y) (x None when the
     split is empty); settings chosen on val when it has examples. Results are laid out
@@ -208,13 +213,8 @@ def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS) -> list[d
         t0 = time.perf_counter()
         z_po = to_unit(x_po, mean, std)
         others = (z_te, z_va) if has_val else (z_te,)
-        z = np.concatenate([z_tr, z_po, *others])
-        nbrs = neighbours(z, max(GRAPH_K_GRID))  # once: each k takes its first k columns
-        results = {}
-        for k in GRAPH_K_GRID:
-            _, parts, _ = propagate((z_tr, y_tr), z_po, others, num_classes=num_classes, k=k,
-                                    nbrs=nbrs)
-            results[k] = [p.argmax(1) for p in parts]
+        results = {k: [p.argmax(1) for p in parts] for k, (_, parts) in
+                   spread_grid((z_tr, y_tr), z_po, others, num_classes).items()}
         k = pick(list(GRAPH_K_GRID), lambda k: results[k][1])
         out.append(_result("spreading", y_te, results[k][0],
                            f"k={k}" + (" on val" if has_val else ""), t0))

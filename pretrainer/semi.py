@@ -160,6 +160,7 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
     from sklearn.linear_model import LogisticRegression
 
     from pretrainer import frozen
+    from pretrainer.baselines import dense_weights
 
     t0 = time.perf_counter()
     featurize = frozen.image_featurizer(backbone)
@@ -172,11 +173,9 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
     has_val = x_va is not None and len(x_va) > 0
     z_va = frozen.to_unit(x_va, mean, std) if has_val else None
     others = (z_va,) if has_val else ()
-    nbrs = frozen.neighbours(np.concatenate([z_tr, z_po, *others]), max(frozen.GRAPH_K_GRID))
     best = None
-    for k in frozen.GRAPH_K_GRID:
-        f_po, parts, _ = frozen.propagate((z_tr, y_tr), z_po, others, num_classes=num_classes,
-                                          k=k, nbrs=nbrs)
+    for k, (f_po, parts) in frozen.spread_grid((z_tr, y_tr), z_po, others,
+                                               num_classes).items():
         acc = float((parts[0].argmax(1) == y_va).mean()) if has_val else 0.0
         if best is None or acc > best[0]:
             best = (acc, k, f_po)
@@ -190,10 +189,6 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
         acc = float((lr.predict(z_va) == y_va).mean()) if has_val else 0.0
         fits.append((acc, c, lr))
     acc, c, lr = max(fits, key=lambda t: t[0])
-    coef = np.zeros((num_classes, x.shape[1]), np.float32)
-    bias = np.full(num_classes, -30.0, np.float32)  # a class that never appears stays ~0
-    coef[lr.classes_] = lr.coef_
-    bias[lr.classes_] = lr.intercept_
     frozen_backbone = keras.models.clone_model(backbone)
     frozen_backbone.set_weights(backbone.get_weights())
     frozen_backbone.trainable = False
@@ -205,7 +200,7 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
     head = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                               name="prior_head")
     outputs = head(h)
-    head.set_weights([coef.T, bias])
+    head.set_weights(dense_weights(lr, num_classes))
     model = keras.Model(inputs, outputs, name="prior")
     model.trainable = False
     facts = {"graph_k": k, "C": c, "pool": int(len(z_po)),

@@ -29,7 +29,7 @@ from pretrainer.data.store import SPLITS, read_manifest
 from pretrainer.errors import RunError
 
 
-def _featurizer(run_dir: Path, manifest: dict):
+def featurizer(run_dir: Path, manifest: dict):
     """callable(batch of model inputs) -> float32 [batch, dim]."""
     import keras
     import tensorflow as tf
@@ -96,7 +96,7 @@ def run(cfg: Config, source: Optional[str] = None, run: Optional[str] = None,
                            accept=("pretrain", "finetune"))
     store = trained_store(run_dir, store_path(cfg))
     manifest = read_manifest(store)
-    featurize = _featurizer(run_dir, manifest)
+    featurize = featurizer(run_dir, manifest)
     source = source or "test"
     if source in SPLITS and not Path(source).exists():
         if manifest["splits"].get(source, {}).get("count", 0) == 0:

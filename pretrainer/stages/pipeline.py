@@ -110,10 +110,10 @@ def _frozen_arms(pre: Path, store, manifest: dict, where: Path) -> list[dict]:
     """kNN, logistic regression and label spreading on the pretrained embedding, each
     saved beside the pretrained arm's evaluation (predictions.npz, metrics.json)."""
     from pretrainer import baselines, frozen
-    from pretrainer.stages.embed import _featurizer
+    from pretrainer.stages.embed import featurizer
 
     t0 = time.perf_counter()
-    feats = frozen.store_features(_featurizer(pre, manifest), store)
+    feats = frozen.store_features(featurizer(pre, manifest), store)
     out = frozen.score(feats, manifest["num_classes"])
     for r in out:
         r["dir"] = baselines.save(r, where / f"frozen_{r['arm']}")

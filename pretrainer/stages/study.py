@@ -78,7 +78,7 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
     base_store = collect.store_path(cfg)
     from pretrainer.frozen import ARMS as frozen_arms
 
-    shared: dict = {}  # pool, val and test features: the same in every cell
+    shared: dict = {}  # the pretrained featurizer; pool, val and test features (every cell)
     for fraction in levels:
         for seed in range(cfg.study.seeds):
             for arm, init, mode, semi in _arms(cfg):
@@ -171,19 +171,20 @@ def _frozen_cells(c: Config, pre: Path, fraction, seed: int, out: Path,
     """The frozen-feature arms (pretrainer.frozen) on the cell's labels: seconds each."""
     from pretrainer import baselines, frozen
     from pretrainer.data.store import read_manifest
-    from pretrainer.stages.embed import _featurizer
+    from pretrainer.stages.embed import featurizer
 
     store = collect.store_path(c)
     manifest = read_manifest(store)
     if manifest.get("task") == "regression":
         return []
-    featurize = _featurizer(pre, manifest)
-    if not shared:
-        shared.update({split: frozen.split_features(featurize, store, split,
-                                                    limit=frozen.POOL_MAX if split ==
-                                                    "unlabeled" else None)
-                       for split in ("val", "test", "unlabeled")})
-    feats = {**shared, "train": frozen.split_features(featurize, store, "train")}
+    if not shared:  # the backbone and the val, test and pool features: once per study
+        featurize = featurizer(pre, manifest)
+        shared.update(featurize=featurize, feats={
+            split: frozen.split_features(featurize, store, split, limit=frozen.POOL_MAX
+                                         if split == "unlabeled" else None)
+            for split in ("val", "test", "unlabeled")})
+    feats = {**shared["feats"],
+             "train": frozen.split_features(shared["featurize"], store, "train")}
     cells = []
     for r in frozen.score(feats, manifest["num_classes"]):
         where = baselines.save(r, out / f"frozen_{r['arm']}" / f"f{fraction:g}-s{seed}")
