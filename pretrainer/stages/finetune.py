@@ -216,6 +216,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
 
 
 FEW_LABELS = 5  # per class: below this a labeled split is more a draw than a budget
+_WARNED: set = set()  # stores already warned about in this process (pipeline: 3 finetunes)
 
 
 def _warn_few_labels(manifest: dict, cfg: Config) -> None:
@@ -226,8 +227,9 @@ def _warn_few_labels(manifest: dict, cfg: Config) -> None:
 
     counts = manifest["splits"]["train"].get("per_class") or {}
     few = {name: n for name, n in counts.items() if n < FEW_LABELS}
-    if not counts or not few:
+    if not counts or not few or cfg.data.name in _WARNED:
         return
+    _WARNED.add(cfg.data.name)
     shown = ", ".join(f"{name} {n}" for name, n in sorted(few.items(), key=lambda t: t[1])[:5])
     more = f" and {len(few) - 5} more" if len(few) > 5 else ""
     budget = (f"data.labels_per_class={cfg.data.labels_per_class}"
