@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -94,9 +93,6 @@ def run(cfg: Config) -> Path:
     health_key = (pretext.health if pretext.health == "effective_rank" or val_ds is None
                   else f"val_{pretext.health}")
     health = float(history[health_key][-1]) if health_key in history else None
-    if health is not None and pretext.health == "perplexity":
-        health = float(math.exp(min(float(history[health_key.replace("perplexity", "loss")][-1]),
-                                    50.0)))  # exp of the mean token loss, not a mean of exps
     if health_key not in history:  # e.g. no PSNR for table rows: the reconstruction loss
         health_key = "val_loss" if "val_loss" in history else "loss"
         health = float(history[health_key][-1])
