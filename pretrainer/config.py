@@ -247,8 +247,8 @@ class TrainerConfig:
     connect_timeout: float = 30.0  # seconds to reach a TPU before giving up
     devices: List[str] = field(default_factory=list)  # mirrored: e.g. ["/gpu:0", "/gpu:1"]
     # float32 | mixed_float16 | mixed_bfloat16 | auto (the policy measured fastest for the
-    # model here: mixed_bfloat16 for conv image models on an AMX CPU, else float32; see
-    # pretrainer.train.resolve_precision)
+    # model here: mixed_bfloat16 for conv image models on a CPU with AMX-BF16 or
+    # AVX512-BF16 and no GPU, else float32; see pretrainer/precision.py)
     precision: str = "auto"
     # training steps per tf.function call (fewer Python round trips); lowered to divide
     # the epoch's steps, the checkpoint interval rounded to a multiple (exact resume)

@@ -17,6 +17,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pretrainer.config import TrainerConfig
+from pretrainer import precision
 from pretrainer.console import console, esc
 from pretrainer.errors import UserError
 from pretrainer.runs import atomic_write_text
@@ -26,47 +27,6 @@ class TrainingError(UserError):
     """Training diverged (NaN/Inf loss)."""
 
 
-# Measured on a 2-core AMX-BF16 CPU (Sapphire Rapids class), steady-state training
-# samples/s mixed_bfloat16 / float32 (benchmarks/precision.py --batches 64,256):
-# seed CNN 1.11x (batch 64) and 1.74x (256), conv_ae classifier 1.37x and 1.03x,
-# conv autoencoder 1.37x-1.46x (64); end to end at 60k images (`make bench`,
-# seed_at_size) the seed CNN recipe is faster in bf16 too. Not faster there: DCGAN
-# (0.54x), the transformer LM (1.00x). On an H200 (Keras/JAX) neither bf16 nor fp16
-# gained consistently for these small models, so GPUs stay float32.
-BF16_CPU_BACKBONES = ("seed_cnn", "conv_ae", "resnet", "mobilenet")
-BF16_CPU_SLOWER_PRETEXTS = ("dcgan",)
-
-
-def cpu_has_amx_bf16() -> bool:
-    """True on CPUs with AMX-BF16 tile units (Linux: the amx_bf16 flag in /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
-
-
-def resolve_precision(precision: str, workload: Optional[dict] = None) -> tuple[str, str]:
-    """(Keras dtype policy, why) for trainer.precision.
-
-    `auto` picks from measurements (above): mixed_bfloat16 for convolutional image
-    models on a CPU with AMX-BF16 and no GPU, float32 everywhere else (GPUs, other
-    CPUs, MLPs on tables, transformers on text, DCGAN). `workload`: {"modality",
-    "backbone", "pretext"} of the run; without it, float32.
-    """
-    if precision != "auto":
-        return precision, precision
-    w = workload or {}
-    if (w.get("modality") == "image" and w.get("backbone") in BF16_CPU_BACKBONES
-            and w.get("pretext") not in BF16_CPU_SLOWER_PRETEXTS and cpu_has_amx_bf16()):
-        import tensorflow as tf
-
-        if not tf.config.list_physical_devices("GPU"):
-            return "mixed_bfloat16", ("mixed_bfloat16 (auto: conv image models measured "
-                                      "faster in bf16 on this AMX CPU)")
-    return "float32", "float32 (auto: mixed precision measured no faster for this model here)"
-
-
 def setup(trainer: TrainerConfig, seed: int, workload: Optional[dict] = None):
     """Seed every RNG, set the precision policy and pick the strategy (built before any op).
     Returns (strategy, a line saying which strategy and precision were chosen and why).
@@ -74,7 +34,7 @@ def setup(trainer: TrainerConfig, seed: int, workload: Optional[dict] = None):
     from pretrainer.strategy import get_strategy
 
     keras.utils.set_random_seed(seed)
-    policy, precision_why = resolve_precision(trainer.precision, workload)
+    policy, precision_why = precision.resolve(trainer.precision, workload)
     keras.mixed_precision.set_global_policy(policy)
     strategy, why = get_strategy(trainer.strategy, trainer.devices, trainer.tpu,
                                  trainer.connect_timeout)

@@ -74,7 +74,7 @@ def test_tpu_offline_is_a_clear_error_within_the_timeout():
 
 
 def test_precision_auto_resolves_to_the_measured_policy():
-    from pretrainer.train import resolve_precision
+    from pretrainer.precision import resolve as resolve_precision
 
     assert resolve_precision("mixed_bfloat16")[0] == "mixed_bfloat16"
     policy, why = resolve_precision("auto")

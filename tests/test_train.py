@@ -215,16 +215,23 @@ def test_validation_batches_are_sized_to_whole_executions(tmp_path):
     assert pipeline.validation_batch(tmp_path / "s", "val", 16, 240, 1) == 16
 
 
-def test_precision_auto_is_bf16_only_for_conv_image_models_on_amx_cpus(monkeypatch):
-    from pretrainer import train
+def test_precision_auto_is_bf16_only_for_conv_image_models_on_cpus_with_bf16_units(
+        monkeypatch):
+    from pretrainer import precision
 
     conv = {"modality": "image", "backbone": "seed_cnn"}
-    monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: True)
-    assert train.resolve_precision("auto", conv)[0] == "mixed_bfloat16"
-    assert train.resolve_precision("auto", {**conv, "pretext": "dcgan"})[0] == "float32"
-    assert train.resolve_precision("auto", {"modality": "text",
-                                            "backbone": "transformer"})[0] == "float32"
-    assert train.resolve_precision("auto")[0] == "float32"
-    assert train.resolve_precision("float32", conv)[0] == "float32"
-    monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: False)
-    assert train.resolve_precision("auto", conv)[0] == "float32"
+    monkeypatch.setattr(precision, "_has_gpu", lambda: False)
+    for flags in ({"avx2", "amx_bf16", "avx512_bf16"}, {"avx2", "avx512_bf16"}):
+        monkeypatch.setattr(precision, "cpu_flags", lambda f=flags: f)
+        assert precision.resolve("auto", conv)[0] == "mixed_bfloat16"
+        assert precision.resolve("auto", {**conv, "pretext": "dcgan"})[0] == "float32"
+        assert precision.resolve("auto", {"modality": "text",
+                                          "backbone": "transformer"})[0] == "float32"
+        assert precision.resolve("auto")[0] == "float32"
+        assert precision.resolve("float32", conv)[0] == "float32"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    assert precision.resolve("auto", conv) == ("float32", "float32 (auto: this CPU has no "
+                                                          "bf16 units)")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"amx_bf16"})
+    monkeypatch.setattr(precision, "_has_gpu", lambda: True)
+    assert precision.resolve("auto", conv)[0] == "float32"

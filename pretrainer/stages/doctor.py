@@ -14,36 +14,6 @@ from pretrainer.errors import UserError
 MIN_FREE_BYTES = 2 * 2**30
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def precision_advice(gpus: list) -> tuple[str, str]:
-    """(suggested trainer.precision, why)."""
-    if gpus:
-        import tensorflow as tf
-
-        cc = tf.config.experimental.get_device_details(
-            tf.config.list_physical_devices("GPU")[0]).get("compute_capability", (0, 0))
-        if cc >= (8, 0):
-            return "mixed_bfloat16", f"GPU compute capability {cc[0]}.{cc[1]} has bf16 tensor cores"
-        if cc >= (7, 0):
-            return "mixed_float16", f"GPU compute capability {cc[0]}.{cc[1]} has fp16 tensor cores"
-        return "float32", "GPU without tensor cores"
-    flags = _cpu_flags()
-    if "amx_bf16" in flags:
-        return "mixed_bfloat16", "CPU has AMX-BF16 (bf16 matmul ~4x f32 here)"
-    if "avx512_bf16" in flags:
-        return "mixed_bfloat16", "CPU has AVX512-BF16"
-    return "float32", "no bf16 matrix units found on this CPU"
-
-
 def nvidia_gpus() -> list[str]:
     """GPUs the NVIDIA driver lists (`nvidia-smi -L`), whatever TensorFlow sees."""
     exe = shutil.which("nvidia-smi")
@@ -89,13 +59,12 @@ def run(runs_root: str = "runs", strategy: str = "auto", tpu: str = "",
                          f"{chosen.num_replicas_in_sync} replica(s)")
     except UserError as exc:
         add(label, False, str(exc))
-    from pretrainer.train import resolve_precision
+    from pretrainer import precision
 
-    advice, why = precision_advice(gpus)
-    conv = resolve_precision("auto", {"modality": "image", "backbone": "conv_ae"})[0]
+    conv = precision.resolve("auto", {"modality": "image", "backbone": "conv_ae"})[0]
     add("precision", True, f"trainer.precision=auto uses {conv} for conv image models and "
-                          f"float32 for the others here; hardware: {why} (measure yours with "
-                          f"benchmarks/precision.py)")
+                          f"float32 for the others here ({precision.hardware()}; the rule "
+                          f"and its measurements: pretrainer/precision.py)")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             t0 = time.perf_counter()
