@@ -173,17 +173,12 @@ def _result(modality: str, regression: bool, yt, pred, chosen: str, t0: float) -
 
 
 def save(result: dict, out_dir: Path) -> Path:
-    """predictions.npz (the layout evaluate.example_scores reads) and metrics.json."""
-    from pretrainer import runs
+    """predictions.npz (scoring.write_predictions) and metrics.json."""
+    from pretrainer import runs, scoring
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    y_pred = np.asarray(result["y_pred"])
-    y_pred = y_pred.astype(np.float32) if "mse" in result else y_pred.astype(np.int64)
-    y_true = np.asarray(result["y_true"])
-    y_true = y_true.astype(np.float32) if "mse" in result else y_true.astype(np.int64)
-    runs.atomic_write_with(out_dir / "predictions.npz",
-                           lambda p: np.savez(p, y_true=y_true, y_pred=y_pred), suffix=".npz")
+    scoring.write_predictions(out_dir, result["y_true"], result["y_pred"], "mse" in result)
     runs.atomic_write_json(out_dir / "metrics.json",
                            {k: v for k, v in result.items()
                             if k not in ("y_true", "y_pred", "estimator")})

@@ -260,11 +260,20 @@ def is_done(run: Path) -> bool:
     return (Path(run) / DONE).is_file()
 
 
-def mark_done(run: Path) -> None:
-    """Mark a run finished (after logging it to MLflow when its config asks for that)."""
-    from pretrainer import tracking
+_ON_DONE: list[Callable[[Path], Any]] = []
 
-    tracking.log_run(Path(run))
+
+def on_done(hook: Callable[[Path], Any]) -> None:
+    """Call hook(run) when a run is marked done, before DONE is written (pretrainer.tracking
+    registers MLflow logging this way, so runs does not import what it serves)."""
+    if hook not in _ON_DONE:
+        _ON_DONE.append(hook)
+
+
+def mark_done(run: Path) -> None:
+    """Mark a run finished, after the on-done hooks (MLflow logging when asked for)."""
+    for hook in _ON_DONE:
+        hook(Path(run))
     atomic_write_text(Path(run) / DONE, _dt.datetime.now().isoformat(timespec="seconds") + "\n")
     release_lock(Path(run) / LOCK)
 

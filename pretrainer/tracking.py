@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from pretrainer import runs
+
 SKIP_DIRS = {"ckpt", "tb"}
 MAX_PARAM = 500  # MLflow's limit on a param value's length (6000 on newer servers)
 
@@ -70,7 +72,6 @@ def log_run(run: Path) -> Optional[str]:
     cfg = settings(run)
     if cfg is None:
         return None
-    from pretrainer import runs
     from pretrainer.console import warn
 
     try:
@@ -88,8 +89,6 @@ def log_run(run: Path) -> Optional[str]:
 def _log(run: Path, cfg: dict) -> str:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
-
-    from pretrainer import runs
 
     uri = tracking_uri(cfg)
     client = MlflowClient(tracking_uri=uri)
@@ -144,3 +143,6 @@ def _log(run: Path, cfg: dict) -> str:
     client.set_terminated(run_id)
     runs.update_manifest(run, mlflow_run_id=run_id, mlflow_uri=uri)
     return run_id
+
+
+runs.on_done(log_run)  # every run marked done is logged when its config says so

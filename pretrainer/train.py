@@ -16,8 +16,8 @@ import keras
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pretrainer.config import TrainerConfig
 from pretrainer import precision
+from pretrainer.config import TrainerConfig
 from pretrainer.console import console, esc
 from pretrainer.errors import UserError
 from pretrainer.runs import atomic_write_text

@@ -24,7 +24,7 @@ def test_the_classical_baseline_learns_from_the_labeled_split_only(tmp_path, mod
     from pretrainer.config import DataConfig
     from pretrainer.data.sources import SourceData
     from pretrainer.data.store import build_store, read_manifest
-    from pretrainer.stages.evaluate import example_scores
+    from pretrainer.scoring import example_scores
 
     rng = np.random.default_rng(0)
     y = np.arange(400) % 2

@@ -75,7 +75,7 @@ def batches(path: Path, manifest: dict, batch_size: int = 256) -> Iterator[Batch
 
 def _image_batches(root: Path, manifest: dict, batch_size: int) -> Iterator[Batch]:
     from pretrainer.data.folders import _images_under, load_images
-    from pretrainer.exports.preprocess import scale_pixels
+    from pretrainer.data.preprocess import scale_pixels
 
     h, w, c = manifest["shape"]
     files = _images_under(root)
@@ -126,7 +126,7 @@ def _text_batches(path: Path, batch_size: int) -> Iterator[Batch]:
 
 
 def _csv_batches(path: Path, manifest: dict, batch_size: int) -> Iterator[Batch]:
-    from pretrainer.exports.preprocess import encode_row
+    from pretrainer.data.preprocess import encode_row
 
     columns = manifest.get("columns") or []
     if not columns:

@@ -9,9 +9,9 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from pretrainer.data.preprocess import scale_pixels
 from pretrainer.data.store import join, read_manifest
 from pretrainer.errors import DataError
-from pretrainer.exports.preprocess import scale_pixels
 
 # Splits smaller than this are cached decoded in memory (data.cache=true); larger
 # ones stream from the shards every epoch so memory does not grow with the data.

@@ -93,7 +93,7 @@ def _scratch_comparison(finetune_run: Path, evaluation: Optional[tuple]) -> Opti
     if evaluation is None or runs.read_manifest(finetune_run).get("init") in ("scratch",
                                                                               "classical"):
         return None
-    from pretrainer.stages.evaluate import example_scores
+    from pretrainer.scoring import example_scores
     from pretrainer.stats import paired_bootstrap
 
     ev, metrics = evaluation
@@ -168,7 +168,7 @@ def _usage(name: str, dataset: dict, formats: list[str]) -> list[str]:
                 "'{\"instances\": [\"some text to classify\"]}'", "```", ""]
     else:
         cols = dataset.get("columns") or []
-        from pretrainer.exports.preprocess import input_names
+        from pretrainer.data.preprocess import input_names
 
         example = {n: (c["fill"] if c["kind"] == "numeric" else c["categories"][0])
                    for c, n in zip(cols, input_names(cols), strict=True)}

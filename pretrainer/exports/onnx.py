@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 from pretrainer import runs
+from pretrainer.data import preprocess
 from pretrainer.errors import ConfigError
-from pretrainer.exports import preprocess, sidecar
+from pretrainer.exports import sidecar
 
 
 def require() -> None:

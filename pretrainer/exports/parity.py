@@ -120,7 +120,7 @@ def client_inputs(manifest: dict, x: np.ndarray, fmt: str) -> dict:
             return {"images": np.rint(np.asarray(x, np.float64) * 255.0).astype(np.uint8)}  # exact inverse of scale_pixels
         return {"images": np.asarray(x, np.float32)}
     if fmt == "saved_model" and manifest.get("columns"):
-        from pretrainer.exports.preprocess import decode_features
+        from pretrainer.data.preprocess import decode_features
 
         return decode_features(manifest["columns"], np.asarray(x, np.float32))
     return {"features": np.asarray(x, np.float32)}

@@ -22,7 +22,8 @@ import shutil
 from pathlib import Path
 
 from pretrainer import runs
-from pretrainer.exports import preprocess, sidecar
+from pretrainer.data import preprocess
+from pretrainer.exports import sidecar
 
 
 def next_version(model_dir: Path) -> int:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from pretrainer import runs
-from pretrainer.exports import preprocess
+from pretrainer.data import preprocess
 
 
 def labels_text(names: list[str]) -> str:

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from pretrainer import runs
+from pretrainer import runs, tracking  # noqa: F401  (tracking: the on-done MLflow hook)
 from pretrainer.errors import RunError
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from pretrainer import runs
+from pretrainer import runs, scoring
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, table
 from pretrainer.data import pipeline
@@ -88,23 +88,8 @@ def load_finetuned(cfg: Config, run: Optional[str | Path]):
 
 
 def save_predictions(out: Path, y: np.ndarray, probs: np.ndarray, regression: bool) -> None:
-    """predictions.npz: labels and predictions in test-split order, so two runs scored on
-    the same split can be compared example by example (pipeline, study)."""
-    import io
-
-    buf = io.BytesIO()
-    pred = probs[:, 0] if regression else probs.argmax(1)
-    np.savez(buf, y_true=y, y_pred=pred)
-    runs.atomic_write_bytes(out / "predictions.npz", buf.getvalue())
-
-
-def example_scores(evaluate_run: Path) -> np.ndarray:
-    """Per-example score of an evaluate run: 1/0 correct, or minus the squared error."""
-    with np.load(Path(evaluate_run) / "predictions.npz") as d:
-        y, p = d["y_true"], d["y_pred"]
-    if np.issubdtype(p.dtype, np.floating):
-        return -(p.astype(np.float64) - y) ** 2
-    return (p == y).astype(np.float64)
+    """predictions.npz (scoring.write_predictions) from the model's outputs."""
+    scoring.write_predictions(out, y, probs[:, 0] if regression else probs.argmax(1), regression)
 
 
 def predict_split(model, store: Path, split: str, batch_size: int = 256,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pretrainer import runs
+from pretrainer import runs, scoring
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, table
 from pretrainer.stages import collect, deploy, evaluate, finetune, pretrain
@@ -196,14 +196,14 @@ def _print_table(cfg: Config, results: dict, frozen: list[dict], classical: Opti
 
 def _print_intervals(results: dict, classical: Optional[dict], regression: bool) -> dict:
     """pretrained minus each baseline on the test split, paired bootstrap 95 % intervals."""
-    mine = evaluate.example_scores(results["pretrained"]["evaluate"])
+    mine = scoring.example_scores(results["pretrained"]["evaluate"])
     bases = [(arm, results[arm]["evaluate"]) for arm in ("scratch", "labels only")
              if arm in results]
     if classical is not None:
         bases.append(("classical", classical["dir"]))
     out = {}
     for arm, where in bases:
-        ci = paired_bootstrap(mine, evaluate.example_scores(Path(where)))
+        ci = paired_bootstrap(mine, scoring.example_scores(Path(where)))
         out[arm] = ci
         what = f"pretrained - {arm}" + (f" ({classical['name']})" if arm == "classical" else "")
         if regression:

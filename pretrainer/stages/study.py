@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from pretrainer import runs
+from pretrainer import runs, scoring
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, table
 from pretrainer.stages import collect, evaluate, finetune, pretrain
@@ -233,8 +233,8 @@ def _versus(by: dict, fraction, arm: str, base: str, metric: str, sign: float,
     ci = seed_interval([sign * (a[metric] - b[metric]) for a, b in pairs])
     if ci is None and all(a.get("evaluate_run") and b.get("evaluate_run") for a, b in pairs):
         a, b = pairs[0]
-        ci = paired_bootstrap(evaluate.example_scores(Path(a["evaluate_run"])),
-                              evaluate.example_scores(Path(b["evaluate_run"])))
+        ci = paired_bootstrap(scoring.example_scores(Path(a["evaluate_run"])),
+                              scoring.example_scores(Path(b["evaluate_run"])))
     if ci is None:
         return []
     scale, unit = (100.0, "points") if metric == "accuracy" else (1.0, "MSE (lower is better)")
