@@ -95,6 +95,7 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
             _console.TF_NOISE = True
         elif verb != "collect":  # collect decodes in forked processes before TF loads
             quiet_tensorflow()
+        _note_ignored(verb, overrides, cfg)
         if multirun:
             _sweep(verb, config, config_dir, overrides, cfg, body, searching)
         else:
@@ -120,6 +121,29 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         error(f"unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)")
         raise typer.Exit(1) from None
+
+
+# verbs that finetune, and the trainer keys a finetune.* key of the same name replaces
+FINETUNING_VERBS = ("finetune", "pipeline", "study")
+FINETUNE_OWNS = ("epochs", "batch_size")
+
+
+def _note_ignored(verb: str, overrides: List[str], cfg: Config) -> None:
+    """One line when an override on the command line does not reach the finetune stage:
+    `trainer.epochs=3` while the config sets finetune.epochs (every shipped finetune
+    config does) would otherwise train 30 epochs in silence."""
+    from pretrainer.console import warn
+
+    if verb not in FINETUNING_VERBS:
+        return
+    given = {ov.split("=", 1)[0].lstrip("+~") for ov in overrides if "=" in ov}
+    for key in FINETUNE_OWNS:
+        mine = getattr(cfg.finetune, key)
+        if f"trainer.{key}" in given and f"finetune.{key}" not in given and mine:
+            scope = "pretraining" if verb != "finetune" else "pretraining, not finetuning"
+            warn(f"trainer.{key}={getattr(cfg.trainer, key)} applies to {scope}: the config "
+                 f"sets finetune.{key}={mine}, which finetuning uses; override "
+                 f"finetune.{key} to change it")
 
 
 def _sweep(verb: str, config: str, config_dir: Optional[str], overrides: List[str],

@@ -158,3 +158,19 @@ def test_help_screen_is_cached_and_printed_without_typer(tmp_path):
     (tmp_path / "file").write_text("")
     ro = run_cli(["--help"], cwd=tmp_path, env={**env, "PRETRAINER_CACHE": str(tmp_path / "file")})
     assert ro.returncode == 0 and ro.stdout == first.stdout
+
+
+def test_a_trainer_override_that_finetuning_does_not_use_is_reported(capsys):
+    from pretrainer.cli import _note_ignored
+    from pretrainer.config import compose
+
+    cfg = compose("fashion_ae", ["trainer.epochs=3"])
+    assert cfg.finetune.epochs and cfg.finetune.epochs != 3  # the config sets its own
+    _note_ignored("finetune", ["trainer.epochs=3"], cfg)
+    err = capsys.readouterr().err
+    assert "trainer.epochs=3 applies to pretraining" in err
+    assert f"finetune.epochs={cfg.finetune.epochs}" in err
+    for verb, overrides in (("pretrain", ["trainer.epochs=3"]),  # it does apply there
+                            ("finetune", ["trainer.epochs=3", "finetune.epochs=3"])):
+        _note_ignored(verb, overrides, compose("fashion_ae", overrides))
+        assert capsys.readouterr().err == ""

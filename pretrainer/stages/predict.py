@@ -73,36 +73,45 @@ def model_entry(cfg: Config, run: Optional[str]):
 class _Writer:
     """CSV or JSON Lines (by the output's suffix), written aside and renamed in."""
 
-    def __init__(self, path: Path, class_names: list[str], regression: bool):
+    def __init__(self, path: Path, class_names: list[str], regression: bool,
+                 text: bool = False):
+        """`text`: a `text` column beside `input` (which says where: "line N")."""
         self.path, self.names, self.regression = path, class_names, regression
+        self.text = text
         self.jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         self.f = open(self.tmp, "w", encoding="utf-8", newline="")
         self.csv = None if self.jsonl else csv.writer(self.f)
         if self.csv:
-            self.csv.writerow(["input", "prediction"] if regression else
-                              ["input", "label", "class_name",
+            where = ["input", "text"] if text else ["input"]
+            self.csv.writerow([*where, "prediction"] if regression else
+                              [*where, "label", "class_name",
                                *(f"p_{n}" for n in class_names)])
 
-    def write(self, ids: list[str], out: dict) -> None:
+    def write(self, ids: list[str], out: dict, texts=None) -> None:
+        texts = list(texts) if self.text else [None] * len(ids)
+        heads = [{"input": i, **({"text": t} if self.text else {})}
+                 for i, t in zip(ids, texts, strict=True)]
         if self.regression:
-            for i, v in zip(ids, out["prediction"].reshape(-1), strict=True):
+            for head, v in zip(heads, out["prediction"].reshape(-1), strict=True):
                 if self.jsonl:
-                    self.f.write(json.dumps({"input": i, "prediction": float(v)}) + "\n")
+                    self.f.write(json.dumps({**head, "prediction": float(v)},
+                                            ensure_ascii=False) + "\n")
                 else:
-                    self.csv.writerow([i, f"{float(v):.6g}"])
+                    self.csv.writerow([*head.values(), f"{float(v):.6g}"])
             return
         probs, labels = out["probabilities"], out["label"]
-        for i, p, k in zip(ids, probs, labels, strict=True):
+        for head, p, k in zip(heads, probs, labels, strict=True):
             name = self.names[int(k)] if self.names else str(int(k))
             if self.jsonl:
-                self.f.write(json.dumps({"input": i, "label": int(k), "class_name": name,
+                self.f.write(json.dumps({**head, "label": int(k), "class_name": name,
                                          "probabilities": {n: round(float(q), 6) for n, q in
                                                            zip(self.names, p, strict=True)}},
                                         ensure_ascii=False) + "\n")
             else:
-                self.csv.writerow([i, int(k), name, *(f"{float(q):.6f}" for q in p)])
+                self.csv.writerow([*head.values(), int(k), name,
+                                   *(f"{float(q):.6f}" for q in p)])
 
     def commit(self) -> None:
         self.f.close()
@@ -124,7 +133,8 @@ def run(cfg: Config, input_path: str, run: Optional[str] = None,
     user_inputs.check_modality(src, manifest)
     out_path = Path(output or "predictions.csv").expanduser()
     regression = manifest.get("task") == "regression"
-    writer = _Writer(out_path, list(manifest.get("class_names") or []), regression)
+    text = manifest["modality"] == "text"
+    writer = _Writer(out_path, list(manifest.get("class_names") or []), regression, text)
     info(f"[bold]predict[/bold]: {esc(src)} with {esc(what)} -> {esc(out_path)}")
     done, skipped = 0, []
     try:
@@ -135,7 +145,7 @@ def run(cfg: Config, input_path: str, run: Optional[str] = None,
             for batch in user_inputs.batches(src, manifest, batch_size):
                 skipped += batch.skipped
                 if len(batch.ids):
-                    writer.write(batch.ids, call(batch.x))
+                    writer.write(batch.ids, call(batch.x), batch.x if text else None)
                     done += len(batch.ids)
                 bar.advance(task, len(batch.ids) + len(batch.skipped))
     except BaseException:

@@ -161,6 +161,7 @@ def _text_model_is_usable_outside_pretrainer(tmp_path, exp, pre, dep):
                 output=str(tmp_path / "p.jsonl"))  # in-process: the CLI path is tested on images
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [r["input"] for r in rows] == ["line 1", "line 2", "line 4"]  # the empty one skipped
+    assert [r["text"] for r in rows] == [docs[0], docs[1], docs[3]]  # decoded from latin-1
 
     from pretrainer.stages import serve
 
