@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from typing import Callable, Iterator, Optional
 
 from rich.console import Console
@@ -102,6 +103,12 @@ def quiet_tensorflow() -> None:
     for the import only. An import failure still raises after stderr is back.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not TF_NOISE:
+        # a saved model loaded for inference or finetuning gets a new optimizer: Keras
+        # warns (three times per text pipeline) that the saved optimizer state is skipped,
+        # which is the intent. Only that case: an optimizer with 0 variables.
+        warnings.filterwarnings("ignore", message=r"Skipping variable loading for optimizer "
+                                r"'[^']*', because it has 0 variables")
     if "tensorflow" in sys.modules or TF_NOISE:
         return
     sys.stderr.flush()
