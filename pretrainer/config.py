@@ -113,6 +113,10 @@ class BackboneConfig:
     num_heads: int = 4
     intermediate_dim: int = 256
     sequence_length: int = 64  # tokens per document (longer ones are cut)
+    # text: size the sequence to the pool, when that is shorter: the 99th percentile of its
+    # token counts, rounded up to a multiple of 8 (one text per line pays for 64 tokens
+    # at ~14 each otherwise); the pretrain run records it, finetune and exports follow
+    fit_length: bool = True
     vocabulary_size: int = 4000  # WordPiece vocabulary learned from the unlabeled split
     causal: bool = True  # decoder blocks with a causal mask (causal_lm) or encoder blocks
 

@@ -153,3 +153,18 @@ def test_keras_applications_backbones_autoencode_save_and_classify_32px_images(t
     assert p.shape == (4, 3) and np.allclose(p.sum(-1), 1, atol=1e-5)
     with pytest.raises(ConfigError, match="at least 32x32"):
         build_backbone((28, 28, 1), cfg)
+
+
+def test_fitted_length_covers_99_percent_of_the_pool_in_multiples_of_8():
+    import tensorflow as tf
+
+    from pretrainer.models.transformer import RESERVED, fitted_length
+
+    vocab = list(RESERVED) + ["a", "b"]
+    # 990 texts of 5 words, 10 of 30 words: the 99th percentile is 5.25 tokens -> 8
+    texts = ["a b a b a"] * 990 + [" ".join(["a"] * 30)] * 10
+    ds = tf.data.Dataset.from_tensor_slices(texts).batch(128)
+    assert fitted_length(vocab, ds, 64) == 8
+    longer = ["a " * 20] * 500 + ["b " * 45] * 500  # p99 = 45 tokens -> 48
+    assert fitted_length(vocab, tf.data.Dataset.from_tensor_slices(longer).batch(64), 64) == 48
+    assert fitted_length(vocab, tf.data.Dataset.from_tensor_slices(longer).batch(64), 32) == 32

@@ -96,6 +96,22 @@ def train_vocabulary(texts_ds, size: int) -> list[str]:
     return list(RESERVED) + learned
 
 
+FIT_QUANTILE = 99.0  # backbone.fit_length: the share of the pool's texts that fit uncut
+
+
+def fitted_length(vocab: list[str], texts_ds, most: int) -> int:
+    """Tokens per text for backbone.fit_length: the FIT_QUANTILE percentile of the token
+    counts of `texts_ds` (batches of strings) under `vocab`, rounded up to a multiple of
+    8, between 8 and `most`."""
+    import numpy as np
+
+    tok = tokenizer(vocab, None)
+    counts = texts_ds.map(lambda t: tok(t).row_lengths())  # graph mode: ragged ids
+    lengths = np.concatenate([np.asarray(c) for c in counts.as_numpy_iterator()] or [[0]])
+    need = int(np.ceil(np.percentile(lengths, FIT_QUANTILE) / 8.0) * 8)
+    return int(min(most, max(8, need)))
+
+
 def tokenizer(vocab: list[str], sequence_length: int):
     import keras_hub
 

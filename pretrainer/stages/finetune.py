@@ -264,6 +264,7 @@ def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
     import dataclasses
 
     from pretrainer.models.transformer import (
+        fitted_length,
         load_vocabulary,
         save_vocabulary,
         tokenizer,
@@ -283,6 +284,9 @@ def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
         texts = pipeline.texts(store, "unlabeled", batch_size=512, labels=False, cache=False)
         vocab = train_vocabulary(texts, cfg.backbone.vocabulary_size)
         length = cfg.backbone.sequence_length
+        if cfg.backbone.fit_length:  # as pretrain sizes it, so scratch and pretrained match
+            length = fitted_length(vocab, pipeline.texts(store, "unlabeled", batch_size=512,
+                                                         labels=False, cache=False), length)
         backbone = build_backbone((length,), dataclasses.replace(
             cfg.backbone, vocabulary_size=len(vocab)))
     save_vocabulary(vocab, Path(run_dir) / "vocab.txt")

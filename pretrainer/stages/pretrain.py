@@ -138,6 +138,8 @@ def _text_setup(cfg: Config, pretext, store, run_dir: Path):
     import dataclasses
 
     from pretrainer.models.transformer import (
+        FIT_QUANTILE,
+        fitted_length,
         load_vocabulary,
         save_vocabulary,
         tokenizer,
@@ -155,7 +157,17 @@ def _text_setup(cfg: Config, pretext, store, run_dir: Path):
         vocab = train_vocabulary(texts, cfg.backbone.vocabulary_size)
         save_vocabulary(vocab, vocab_file)
     info(f"  WordPiece vocabulary: {len(vocab)} tokens -> {esc(vocab_file)}")
-    bcfg = dataclasses.replace(cfg.backbone, vocabulary_size=len(vocab))
+    length = cfg.backbone.sequence_length
+    if cfg.backbone.fit_length:  # recorded, so a resumed run builds the same shapes
+        length = runs.read_manifest(run_dir).get("sequence_length") or fitted_length(
+            vocab, pipeline.texts(store, "unlabeled", batch_size=512, labels=False,
+                                  cache=False), length)
+        runs.update_manifest(run_dir, sequence_length=length)
+        if length < cfg.backbone.sequence_length:
+            info(f"  sequence length: {length} tokens, enough for {FIT_QUANTILE:g} % of the pool's "
+                 f"texts (backbone.sequence_length={cfg.backbone.sequence_length} is the "
+                 f"most; backbone.fit_length=false keeps it)")
+    bcfg = dataclasses.replace(cfg.backbone, vocabulary_size=len(vocab), sequence_length=length)
     tok = tokenizer(vocab, bcfg.sequence_length)
     targets = (pretext.targets_for(len(vocab), bcfg.sequence_length) if pretext.targets_for
                else pretext.targets)
