@@ -140,3 +140,14 @@ print("ok")
     result = run_python(code)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
     assert "decode: 121 images in" in result.stdout
+
+
+def test_an_image_past_the_decompression_bomb_limit_is_skipped_and_named(tmp_path,
+                                                                         monkeypatch):
+    root = make_class_folder(tmp_path / "imgs", per_class=4)
+    _img(root / "owls" / "huge.png", (0, 0, 0), size=(40, 40))  # 1,600 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # bombs: above 1,000 pixels
+    src = sources.load(DataConfig(source="image_folder", path=str(root), image_size=[8, 8]))
+    assert len(src.x_pool) == 12
+    (skip,) = src.skipped
+    assert skip["file"] == "owls/huge.png" and "decompression-bomb" in skip["reason"]

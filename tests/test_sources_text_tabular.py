@@ -134,3 +134,17 @@ def test_imdb_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(keras.datasets.imdb, "load_data", offline)
     with pytest.raises(DataError, match="imdb"):
         sources.load(DataConfig(source="keras", dataset="imdb"))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-8-sig"])
+def test_text_with_a_byte_order_mark_is_read_in_its_codec(tmp_path, encoding):
+    from pretrainer.data import inputs
+    from pretrainer.data.textfiles import decode
+
+    text = "crème brûlée\nnaïve café\n"
+    bom = {"utf-16-be": b"\xfe\xff"}.get(encoding, b"")  # Python writes BE without one
+    raw = bom + text.encode(encoding)
+    assert decode(raw)[0].lstrip("\ufeff") == text  # not NUL-interleaved cp1252
+    (tmp_path / "in.txt").write_bytes(raw)
+    lines = [line for _, line in inputs._lines(tmp_path / "in.txt")]
+    assert [line.lstrip("\ufeff") for line in lines] == ["crème brûlée", "naïve café"]

@@ -152,6 +152,11 @@ def _decode_chunk(files: list[Path], size: tuple[int, int], mode: str, root: str
                 if im.size != (w, h):
                     im = im.resize((w, h), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
+        except Image.DecompressionBombError:  # a small file that decodes to gigabytes
+            skipped.append({"file": str(Path(path).relative_to(root)),
+                            "reason": f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels "
+                                      f"(Pillow's decompression-bomb limit)"})
+            continue
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             skipped.append({"file": str(Path(path).relative_to(root)), "reason": reason})

@@ -90,10 +90,13 @@ def _image_batches(root: Path, manifest: dict, batch_size: int) -> Iterator[Batc
 
 def _codec(path: Path) -> str:
     """The text's codec, judged on its first MiB cut at a line end (see textfiles.decode)."""
-    from pretrainer.data.textfiles import decode
+    from pretrainer.data.textfiles import BOMS, decode
 
     with open(path, "rb") as f:
         head = f.read(1 << 20)
+    for bom, codec in BOMS:  # before any cut: a UTF-16 text cut mid-character fails
+        if head.startswith(bom):
+            return codec.removesuffix("-sig")
     if len(head) == 1 << 20 and b"\n" in head:
         head = head[:head.rindex(b"\n")]
     return decode(head, "auto")[1]
@@ -101,6 +104,11 @@ def _codec(path: Path) -> str:
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     codec = _codec(path)
+    if codec in ("utf-16", "utf-32"):  # newlines are several bytes: decode as a stream
+        with open(path, encoding=codec, errors="replace", newline=None) as f:
+            for n, line in enumerate(f, 1):
+                yield n, line.rstrip("\r\n")
+        return
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:

@@ -22,7 +22,7 @@ import numpy as np
 from pretrainer import __version__
 from pretrainer.config import DataConfig
 from pretrainer.errors import DataError
-from pretrainer.runs import sha256_file
+from pretrainer.runs import any_sha256
 
 SPLITS = ("unlabeled", "train", "val", "test")
 
@@ -47,16 +47,6 @@ def _parent_and_name(store) -> tuple[str, str]:
     s = str(store).rstrip("/")
     parent, _, name = s.rpartition("/")
     return parent or ".", name
-
-
-def _sha256(path: str) -> str:
-    if not _remote(path):
-        return sha256_file(Path(path))
-    h = hashlib.sha256()
-    with _gfile().GFile(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_text(path: str, text: str) -> None:
@@ -199,7 +189,7 @@ def write_split(out_dir, split: str, x, y: Optional[np.ndarray], shard_size: int
         prior = (done or {}).get(name)
         final = join(out_dir, name)
         if (prior and prior["count"] == hi - lo and _gfile().exists(final)
-                and _sha256(final) == prior["sha256"]):
+                and any_sha256(final) == prior["sha256"]):
             shards.append(prior)
             if advance:
                 advance(hi - lo)
@@ -213,7 +203,7 @@ def write_split(out_dir, split: str, x, y: Optional[np.ndarray], shard_size: int
         if advance:
             advance((hi - lo) % 256)
         _gfile().rename(tmp, final, overwrite=True)
-        record = {"file": name, "count": hi - lo, "sha256": _sha256(final)}
+        record = {"file": name, "count": hi - lo, "sha256": any_sha256(final)}
         shards.append(record)
         if on_shard:
             on_shard(record)
@@ -284,7 +274,7 @@ def verify(store: Path, manifest: Optional[dict] = None) -> list[str]:
     for split in manifest["splits"].values():
         for shard in split["shards"]:
             path = join(store, shard["file"])
-            if not _gfile().exists(path) or _sha256(path) != shard["sha256"]:
+            if not _gfile().exists(path) or any_sha256(path) != shard["sha256"]:
                 bad.append(shard["file"])
     return bad
 

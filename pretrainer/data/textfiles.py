@@ -13,6 +13,7 @@ cannot read, counted and listed.
 from __future__ import annotations
 
 import re
+from codecs import BOM_UTF8, BOM_UTF16_BE, BOM_UTF16_LE, BOM_UTF32_BE, BOM_UTF32_LE
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +35,23 @@ def split_documents(text: str, how: str) -> list[str]:
     return [d.strip() for d in docs if d.strip()]
 
 
+# byte-order marks, longest first (UTF-32's LE mark begins with UTF-16's)
+BOMS = ((BOM_UTF32_LE, "utf-32"), (BOM_UTF32_BE, "utf-32"), (BOM_UTF8, "utf-8-sig"),
+        (BOM_UTF16_LE, "utf-16"), (BOM_UTF16_BE, "utf-16"))
+
+
 def decode(raw: bytes, encoding: str = "auto") -> tuple[str, str]:
-    """(text, codec used). auto: UTF-8 (BOM allowed), else cp1252, else latin-1 (which
-    decodes any byte). Raises UnicodeDecodeError for an explicit codec that fails."""
+    """(text, codec used). auto: the codec a byte-order mark names (UTF-8/16/32; Windows
+    Notepad writes UTF-16 with one), else UTF-8, else cp1252, else latin-1 (which decodes
+    any byte). Raises UnicodeDecodeError for an explicit codec that fails."""
     if encoding != "auto":
         return raw.decode(encoding), encoding
+    for bom, codec in BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw.decode(codec), codec.removesuffix("-sig")
+            except UnicodeDecodeError:
+                break  # a mark followed by something else: decode it as below
     for codec in ("utf-8-sig", "cp1252"):
         try:
             return raw.decode(codec), codec.removesuffix("-sig")
