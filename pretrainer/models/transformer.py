@@ -39,6 +39,9 @@ def transformer(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Mode
     """
     import keras_hub
 
+    if tuple(input_shape) != (cfg.sequence_length,):
+        raise ValueError(f"transformer: input_shape {tuple(input_shape)} differs from "
+                         f"backbone.sequence_length={cfg.sequence_length}")
     inputs = keras.Input(shape=(cfg.sequence_length,), dtype="int32", name="token_ids")
     # An explicit padding mask, not mask_zero: an implicit Keras mask would follow the
     # outputs into the losses and metrics and be applied there a second time.

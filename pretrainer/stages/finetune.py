@@ -288,7 +288,7 @@ def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
             length = fitted_length(vocab, pipeline.texts(store, "unlabeled", batch_size=512,
                                                          labels=False, cache=False), length)
         backbone = build_backbone((length,), dataclasses.replace(
-            cfg.backbone, vocabulary_size=len(vocab)))
+            cfg.backbone, vocabulary_size=len(vocab), sequence_length=length))
     save_vocabulary(vocab, Path(run_dir) / "vocab.txt")
     return backbone, tokenizer(vocab, length)
 

@@ -194,3 +194,31 @@ def test_seed_cnn_trunk_pretrains_and_finetunes(in_tmp):
             ["backbone=seed_cnn", *TINY[:5], "trainer.batch_size=64"])
     (ft,) = (in_tmp / "runs" / "fashion_ae").glob("finetune-*")
     assert (ft / "DONE").is_file()
+
+
+def test_short_lines_train_a_shorter_transformer_pretrained_and_from_scratch(in_tmp):
+    """backbone.fit_length: one short text per line sizes the sequence to the pool (8
+    tokens here, not 32), in the pretrain run and in a scratch finetune alike."""
+    tmp_path = in_tmp
+    rng = np.random.default_rng(0)
+    words = {"sport": ["match", "goal", "team", "score"], "food": ["bake", "salt", "cake", "oven"]}
+    for name, vocab in words.items():
+        lines = [" ".join(rng.choice(vocab, size=rng.integers(2, 6))) for _ in range(150)]
+        (tmp_path / "lines" / name).mkdir(parents=True)
+        (tmp_path / "lines" / name / "lines.txt").write_text("\n".join(lines) + "\n")
+    data = ["data=text_files", f"data.path={tmp_path / 'lines'}", "data.text_split=line",
+            "data.labeled_fraction=0.2", "data.max_samples=null", "data.max_test=null"]
+    _stages("text_mlm", ["pretrain", "finetune"], [*TEXT, *data])
+    _stages("text_mlm", ["finetune"], [*TEXT, *data, "finetune.init=scratch"])
+    exp = tmp_path / "runs" / "text_mlm"
+    (pre,) = exp.glob("pretrain-*")
+    assert json.loads((pre / "manifest.json").read_text())["sequence_length"] == 8
+    import keras
+    import tensorflow as tf
+
+    fts = sorted(exp.glob("finetune-*"))
+    assert len(fts) == 2
+    for ft in fts:  # longer texts are cut, as at 64
+        model = keras.saving.load_model(ft / "model.keras")
+        assert model.get_layer("transformer").input_shape == (None, 8)
+        assert model(tf.constant(["goal team", "a " * 50])).shape == (2, 2)
