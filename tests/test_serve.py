@@ -245,3 +245,25 @@ def test_stalled_clients_do_not_hold_threads_or_block_others(image, capfd):
     assert code == 200
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
+
+
+def test_a_busy_port_or_a_bad_address_is_one_line(tmp_path):
+    from pretrainer.errors import ConfigError, RunError
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    savedmodel.export(model, tmp_path / "export" / "shoes" / "1", IMAGE)
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    try:  # (it crashed with AttributeError: 'PooledHTTPServer' has no attribute '_watcher')
+        with pytest.raises(RunError, match=rf"cannot listen on 127.0.0.1:{port}: .*another "
+                                           r"process listens there"):
+            serve.make_server(tmp_path, "127.0.0.1", port)
+    finally:
+        held.close()
+    with pytest.raises(ConfigError, match="--port 99999 is not a TCP port"):
+        serve.make_server(tmp_path, "127.0.0.1", 99999)
+    with pytest.raises(RunError, match="cannot listen on 192.0.2.1:0"):  # not this machine's
+        serve.make_server(tmp_path, "192.0.2.1", 0)

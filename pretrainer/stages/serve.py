@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import io
 import json
 import queue
@@ -42,7 +43,7 @@ import numpy as np
 
 from pretrainer import runs
 from pretrainer.console import esc, info
-from pretrainer.errors import RunError
+from pretrainer.errors import ConfigError, RunError
 
 MAX_BODY_BYTES = 16 * 2**20
 MAX_ELEMENTS = 2**25  # numbers in one request's tensors (a few hundred large images)
@@ -499,6 +500,9 @@ class PooledHTTPServer(HTTPServer):
         pass
 
     def server_close(self):
+        if not hasattr(self, "_watcher"):  # the bind failed inside HTTPServer.__init__
+            super().server_close()
+            return
         self._closing = True
         super().server_close()
         self._watcher.join(timeout=5)
@@ -509,12 +513,17 @@ class PooledHTTPServer(HTTPServer):
 
 def make_server(run: Path, host: str = "127.0.0.1", port: int = 8501,
                 workers: int = WORKERS) -> tuple[PooledHTTPServer, Model]:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port (0-65535; 0 picks a free one)")
     name, path = find_export(run)
     model = Model(name, path)
     try:
         server = PooledHTTPServer((host, port), make_handler(model), workers=workers)
-    except OSError as exc:
-        raise RunError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    except OSError as exc:  # busy port, an address this machine does not have, no such host
+        why = exc.strerror or str(exc) or type(exc).__name__
+        hint = ("; another process listens there: choose another --port"
+                if exc.errno == errno.EADDRINUSE else "")
+        raise RunError(f"cannot listen on {host}:{port}: {why}{hint}") from exc
     return server, model
 
 
