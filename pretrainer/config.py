@@ -447,6 +447,9 @@ def _explain_override_error(overrides: list[str], exc: Exception) -> str:
             valid = ", ".join(f.name for f in dataclasses.fields(parent))
             where = bad.rsplit(".", 1)[0] if "." in bad else "the config"
             return f"Unknown key '{bad}'. Valid keys in {where}: {valid}"
+    syntax = _yaml_problem(exc)
+    if syntax:
+        return syntax
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if any(line.startswith("Available options") for line in lines):  # unknown group option
         i = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
@@ -457,6 +460,25 @@ def _explain_override_error(overrides: list[str], exc: Exception) -> str:
     if cause is not None and str(cause).strip():
         msg += " " + str(cause).strip().splitlines()[0]
     return msg
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """A YAML syntax error in the exception's chain, said where the fault is: PyYAML's
+    first line names where the enclosing block began ("while parsing a block mapping ...
+    line 1, column 1"), its problem and problem_mark the line that broke it."""
+    import yaml
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+            mark = exc.problem_mark
+            return (f"YAML syntax error in {mark.name}, line {mark.line + 1}, column "
+                    f"{mark.column + 1}: {exc.problem}"
+                    + (f" ({exc.context} from line {exc.context_mark.line + 1})"
+                       if exc.context and exc.context_mark is not None else ""))
+        exc = exc.__cause__ or exc.__context__
+    return ""
 
 
 def _reject_hydra_only(override: str) -> None:

@@ -68,3 +68,13 @@ def test_yaml_round_trip():
 def test_overrides_hydra_would_silently_ignore_are_rejected(override):
     with pytest.raises(ConfigError, match="not supported|not read"):
         compose("fashion_ae", [override])
+
+
+def test_a_yaml_syntax_error_names_the_line_that_broke(tmp_path):
+    from pretrainer.config import compose
+    from pretrainer.errors import ConfigError
+
+    (tmp_path / "mine.yaml").write_text("defaults:\n  - pretrainer_schema\n  - data: "
+                                        "fashion_bundled\ntrainer:\n  epochs: 3\n - batch_size: 4\n")
+    with pytest.raises(ConfigError, match=r"YAML syntax error in .*mine.yaml, line 6, column 2"):
+        compose("mine", [], str(tmp_path))
