@@ -440,6 +440,32 @@ def _restore(model: keras.Model, manager) -> int:
     return _restore_from(model, manager)[0]
 
 
+def repair_checkpoint_state(directory: Path) -> None:
+    """Rewrite `directory/checkpoint` (TensorFlow's list of the checkpoints) from the
+    checkpoint files present when it names none of them: a kill or a full disk while it
+    was rewritten leaves it empty or cut, and TensorFlow then refuses the run ("Invalid
+    checkpoint state", on every rerun) or silently starts it over."""
+    import re
+
+    state = Path(directory) / "checkpoint"
+    if not state.is_file():
+        return
+    present = {p.name.removesuffix(".index") for p in Path(directory).glob("ckpt-*.index")}
+    listed = re.findall(r'^model_checkpoint_path: "([^"]+)"', state.read_text(errors="replace"),
+                        flags=re.MULTILINE)
+    if listed and all(Path(name).name in present for name in listed):
+        return
+    ordered = sorted((n for n in present if n.removeprefix("ckpt-").isdigit()),
+                     key=lambda n: int(n.removeprefix("ckpt-")))
+    if not ordered:
+        state.unlink()
+        return
+    atomic_write_text(state, f'model_checkpoint_path: "{ordered[-1]}"\n' + "".join(
+        f'all_model_checkpoint_paths: "{n}"\n' for n in ordered[-2:]))
+    console.print(f"  [yellow]{esc(state)} was damaged; rebuilt it from the checkpoints "
+                  f"present (newest {esc(ordered[-1])})[/yellow]", soft_wrap=True)
+
+
 def _restore_from(model: keras.Model, manager) -> tuple[int, Optional[str]]:
     """Restore the newest readable checkpoint (if any) into model and optimizer; return
     (its step, its path). A damaged newest checkpoint (a kill or a full disk mid-write)
@@ -579,6 +605,7 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
         if val_ds is not None:
             _require_static(title, "validation", val_ds)
     ckpt = checkpoint(model)
+    repair_checkpoint_state(run_dir / "ckpt")
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "ckpt"), max_to_keep=2)
     source = manager if restore_from is None else tf.train.CheckpointManager(
         ckpt, str(Path(restore_from) / "ckpt"), max_to_keep=2)  # a non-chief worker

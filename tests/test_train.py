@@ -123,8 +123,8 @@ class _CrashAt(keras.callbacks.Callback):
             raise RuntimeError(f"simulated crash at step {self.step}")
 
 
-@pytest.mark.parametrize("damage_latest", [False, True])
-def test_resume_mid_epoch_ends_with_identical_weights_and_history(tmp_path, damage_latest):
+@pytest.mark.parametrize("damage", ["none", "latest", "state_empty", "state_cut"])
+def test_resume_mid_epoch_ends_with_identical_weights_and_history(tmp_path, damage, capsys):
     trainer = TrainerConfig(verbose=False, checkpoint_every=4, steps_per_execution=1)  # ckpts at 4, 6, 10, ...
     model, stream = _dropout_setup()
     fit(model, stream, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "straight",
@@ -137,12 +137,20 @@ def test_resume_mid_epoch_ends_with_identical_weights_and_history(tmp_path, dama
             trainer=trainer, title="t", extra_callbacks=(_CrashAt(11),))
     ckpt = tmp_path / "crashed" / "ckpt"
     assert "ckpt-10" in (ckpt / "checkpoint").read_text()  # mid-epoch 2
-    if damage_latest:  # e.g. a kill or a full disk while it was written
+    if damage == "latest":  # e.g. a kill or a full disk while it was written
         (data,) = ckpt.glob("ckpt-10.data-*")
         data.write_bytes(data.read_bytes()[:20])
+    elif damage == "state_empty":  # TensorFlow refused this: "Invalid checkpoint state"
+        (ckpt / "checkpoint").write_bytes(b"")
+    elif damage == "state_cut":  # and started this one over
+        (ckpt / "checkpoint").write_text('model_checkpoint_path: "ckp')
     model, stream = _dropout_setup()  # a new process would start from fresh weights
+    capsys.readouterr()
     fit(model, stream, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "crashed",
         trainer=trainer, title="t")
+    out = " ".join(capsys.readouterr().out.split())  # (Rich wraps long paths)
+    repaired = "rebuilt it from the checkpoints present (newest ckpt-10)" in out
+    assert repaired == damage.startswith("state")  # resumed, not started over
     for a, b in zip(straight, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)  # the same batches, masks and updates
     assert ((tmp_path / "crashed" / "history.csv").read_text()
