@@ -151,3 +151,12 @@ def test_an_image_past_the_decompression_bomb_limit_is_skipped_and_named(tmp_pat
     assert len(src.x_pool) == 12
     (skip,) = src.skipped
     assert skip["file"] == "owls/huge.png" and "decompression-bomb" in skip["reason"]
+
+
+def test_symlink_loops_are_passed_over(tmp_path):
+    root = make_class_folder(tmp_path / "imgs", per_class=4)
+    (root / "cats" / "loop").symlink_to(root / "cats")  # (collect died: Errno 40)
+    (root / "dogs" / "self.png").symlink_to(root / "dogs" / "self.png")
+    (root / "owls" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    src = sources.load(DataConfig(source="image_folder", path=str(root), image_size=[8, 8]))
+    assert np.bincount(src.y_pool).tolist() == [4, 4, 4]

@@ -30,18 +30,31 @@ DEFAULT_SIZE = (64, 64)
 
 def _images_under(folder: Path) -> list[Path]:
     """Image files under `folder` (hidden files and folders skipped), sorted by path parts.
-    os.scandir, not Path.rglob + is_file: 70k files listed in a fraction of the 3 s."""
-    found, stack = [], [str(folder)]
+    os.scandir, not Path.rglob + is_file: 70k files listed in a fraction of the 3 s.
+    Symlinked folders are followed once each: a link back into the tree (a loop) and
+    folders that cannot be listed are passed over, not an error."""
+    top = os.stat(folder)
+    found, stack, seen = [], [str(folder)], {(top.st_dev, top.st_ino)}
     while stack:
-        with os.scandir(stack.pop()) as it:
-            for entry in it:
-                if entry.name.startswith("."):
-                    continue
+        try:
+            with os.scandir(stack.pop()) as it:
+                entries = list(it)
+        except OSError:  # permission denied, a folder gone meanwhile
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
                 if entry.is_dir():
-                    stack.append(entry.path)
+                    st = entry.stat()  # the target's identity, through a symlink
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        stack.append(entry.path)
                 elif (os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
                       and entry.is_file()):
                     found.append(entry.path)
+            except OSError:  # a symlink to itself, a dangling one
+                continue
     return [Path(f) for f in sorted(found, key=lambda f: f.split(os.sep))]
 
 
