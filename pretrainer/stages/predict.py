@@ -70,6 +70,12 @@ def model_entry(cfg: Config, run: Optional[str]):
     return run_dir, manifest, call, what
 
 
+def printable(name: str) -> str:
+    """A file name as UTF-8 text: bytes that are not UTF-8 (kept by Python as surrogates,
+    which a UTF-8 file refuses) are written as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class _Writer:
     """CSV or JSON Lines (by the output's suffix), written aside and renamed in."""
 
@@ -91,7 +97,7 @@ class _Writer:
 
     def write(self, ids: list[str], out: dict, texts=None) -> None:
         texts = list(texts) if self.text else [None] * len(ids)
-        heads = [{"input": i, **({"text": t} if self.text else {})}
+        heads = [{"input": printable(i), **({"text": t} if self.text else {})}
                  for i, t in zip(ids, texts, strict=True)]
         if self.regression:
             for head, v in zip(heads, out["prediction"].reshape(-1), strict=True):
@@ -156,7 +162,7 @@ def run(cfg: Config, input_path: str, run: Optional[str] = None,
     else:
         writer.abort()
     if skipped:
-        shown = "; ".join(f"{s['input']} ({s['reason']})" for s in skipped[:5])
+        shown = "; ".join(f"{printable(s['input'])} ({s['reason']})" for s in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warn(f"skipped {len(skipped)} unreadable input(s): {esc(shown)}{more}")
     if not done:
