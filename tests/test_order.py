@@ -164,3 +164,24 @@ def test_static_batches_make_every_repeated_batch_whole(sorted_store):
             _require_static("pretrain", "training", tf.data.Dataset.range(10).batch(3))
     finally:
         pipeline.set_static_batches(False)
+
+
+def test_a_store_whose_manifest_was_cut_is_collected_again(tmp_path, capsys):
+    """A full disk or a kill can cut manifest.json; the error said 'rerun pretrainer
+    collect' and collect then failed on the same file."""
+    import json
+
+    from pretrainer.config import compose
+    from pretrainer.stages import collect
+
+    cfg = compose("fashion_ae", [f"paths.data={tmp_path}", "data.max_samples=600"])
+    store = collect.ensure_store(cfg)
+    manifest_file = tmp_path / cfg.data.name / "manifest.json"
+    good = json.loads(manifest_file.read_text())
+    manifest_file.write_text(manifest_file.read_text()[:100])
+    assert collect.run(cfg) == store
+    assert "cannot be read" in " ".join(capsys.readouterr().out.split())
+    assert json.loads(manifest_file.read_text())["splits"] == good["splits"]
+    manifest_file.write_text("")  # and through a stage that needs the store
+    assert collect.ensure_store(cfg) == store
+    assert json.loads(manifest_file.read_text())["config_key"] == good["config_key"]

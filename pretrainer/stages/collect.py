@@ -24,6 +24,7 @@ from pretrainer.data.store import (
     read_manifest,
     verify,
 )
+from pretrainer.errors import DataError
 
 
 def store_path(cfg: Config) -> str:
@@ -33,13 +34,24 @@ def store_path(cfg: Config) -> str:
     an older format at data/<dataset> is unusable and is rebuilt in place.
     (A string: paths.data may be gs://..., which pathlib would mangle.)"""
     base = join(cfg.paths.data, cfg.data.name)
-    if not has_manifest(base):
-        return base
-    manifest = read_manifest(base)
     key = config_key(cfg.data, store_seed(cfg))
+    manifest = _intact_manifest(base)
+    if manifest is None:  # none, or damaged: this config's own store if it has one
+        return f"{base}@{key}" if _intact_manifest(f"{base}@{key}") else base
     if manifest.get("config_key") == key or manifest.get("format_version", 1) != FORMAT_VERSION:
         return base
     return f"{base}@{key}"
+
+
+def _intact_manifest(store: str) -> Optional[dict]:
+    """The store's manifest, or None when it has none or one that cannot be read (cut by
+    a full disk or a kill): such a store is collected again, in place."""
+    if not has_manifest(store):
+        return None
+    try:
+        return read_manifest(store)
+    except DataError:
+        return None
 
 
 def store_seed(cfg: Config) -> int:
@@ -68,13 +80,16 @@ def ensure_store(cfg: Config) -> str:
     """The store the config names, collected first if it is missing, was written by an
     older format (which kept the source's order), or holds another data config."""
     store = store_path(cfg)
-    if has_manifest(store):
-        manifest = read_manifest(store)
+    manifest = _intact_manifest(store)
+    if manifest is not None:
         if manifest.get("config_key") == config_key(cfg.data, store_seed(cfg)):
             return store
         info(f"the dataset store at {esc(store)} was written by store format "
              f"{manifest.get('format_version', 1)} (now {FORMAT_VERSION}, which shuffles every "
              f"split); rebuilding it")
+    elif has_manifest(store):
+        info(f"the manifest of the dataset store at {esc(store)} cannot be read; collecting "
+             f"the store again")
     else:
         info(f"no dataset store at {esc(store)} yet; collecting it first")
     run(cfg)
@@ -91,8 +106,11 @@ def run(cfg: Config, share_from: Optional[str] = None) -> str:
 
 
 def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> str:
-    if has_manifest(store):
-        manifest = read_manifest(store)
+    manifest = _intact_manifest(store)
+    if manifest is None and has_manifest(store):
+        info(f"collect: {esc(join(store, MANIFEST))} cannot be read (cut or not JSON); "
+             f"rebuilding the store")
+    if manifest is not None:
         if manifest.get("config_key") == key:
             bad = verify(store, manifest)
             if not bad:
