@@ -50,13 +50,7 @@ METRICS = ("accuracy", "f1_macro", "mse", "r2", "val_accuracy", "val_loss", "los
 
 def expand(overrides: list[str]) -> tuple[list[list[str]], list[str]]:
     """(every combination of the overrides, the keys that vary)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as exc:
-        raise ConfigError(f"cannot parse the overrides: {str(exc).splitlines()[0]}") from exc
+    parsed = _parse(overrides)
     axes, swept = [], []
     for o in parsed:
         key = o.get_key_element()
@@ -182,9 +176,22 @@ def _parse(overrides: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    parser = OverridesParser.create()
     try:
-        return OverridesParser.create().parse_overrides(list(overrides))
+        return parser.parse_overrides(list(overrides))
     except HydraException as exc:
+        for ov in overrides:  # which one, and the usual cause: a value that needs quotes
+            try:
+                parser.parse_overrides([ov])
+            except HydraException:
+                key, _, value = ov.partition("=")
+                if value and not value.startswith(("'", '"')):
+                    raise ConfigError(
+                        f"cannot parse the override {ov}: quote a value with spaces, "
+                        f"brackets or non-ASCII characters inside the override, e.g. "
+                        f"\"{key}='{value}'\"") from exc
+                raise ConfigError(f"cannot parse the override {ov}: "
+                                  f"{str(exc).splitlines()[0]}") from exc
         raise ConfigError(f"cannot parse the overrides: {str(exc).splitlines()[0]}") from exc
 
 

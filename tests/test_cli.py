@@ -174,3 +174,15 @@ def test_a_trainer_override_that_finetuning_does_not_use_is_reported(capsys):
                             ("finetune", ["trainer.epochs=3", "finetune.epochs=3"])):
         _note_ignored(verb, overrides, compose("fashion_ae", overrides))
         assert capsys.readouterr().err == ""
+
+
+def test_an_override_that_needs_quotes_says_how_to_quote_it():
+    import pytest
+
+    from pretrainer.errors import ConfigError
+    from pretrainer.sweep import expand
+
+    with pytest.raises(ConfigError, match=r"""cannot parse the override data.path=d/sp ace/ünï: """
+                                          r"""quote .* e\.g\. "data\.path='d/sp ace/ünï'\""""):
+        expand(["trainer.epochs=1", "data.path=d/sp ace/ünï"])
+    assert expand(["data.path='d/sp ace/ünï'"])[0] == [["data.path='d/sp ace/ünï'"]]
