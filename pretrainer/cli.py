@@ -170,8 +170,12 @@ def _explain_damage(cfg: Optional[Config], exc: Exception) -> Optional[str]:
     """One line for failures caused by damaged files or a full disk, not by our code."""
     import errno
 
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return (f"the disk is full ({exc.filename or 'while writing'}). Free some space and "
+    full = ((isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+            # TensorFlow's own writes (checkpoints, TFRecord shards) raise its OpErrors
+            or "No space left on device" in str(exc))
+    if full:
+        where = getattr(exc, "filename", None) or "while writing"
+        return (f"the disk is full ({where}). Free some space and "
                 f"run the same command again: finished artifacts are kept and a checkpointed "
                 f"run resumes")
     if type(exc).__name__ == "DataLossError" or "corrupted record" in str(exc):

@@ -441,12 +441,17 @@ def _restore(model: keras.Model, manager) -> int:
 
 
 def repair_checkpoint_state(directory: Path) -> None:
-    """Rewrite `directory/checkpoint` (TensorFlow's list of the checkpoints) from the
+    """Remove the temporary folders of checkpoint saves that never finished, and rewrite
+    `directory/checkpoint` (TensorFlow's list of the checkpoints) from the
     checkpoint files present when it names none of them: a kill or a full disk while it
     was rewritten leaves it empty or cut, and TensorFlow then refuses the run ("Invalid
     checkpoint state", on every rerun) or silently starts it over."""
     import re
+    import shutil
 
+    for temp in Path(directory).glob("ckpt-*_temp"):  # a save cut by a kill or a full disk
+        if temp.is_dir():
+            shutil.rmtree(temp, ignore_errors=True)
     state = Path(directory) / "checkpoint"
     if not state.is_file():
         return

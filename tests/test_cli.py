@@ -186,3 +186,14 @@ def test_an_override_that_needs_quotes_says_how_to_quote_it():
                                           r"""quote .* e\.g\. "data\.path='d/sp ace/ünï'\""""):
         expand(["trainer.epochs=1", "data.path=d/sp ace/ünï"])
     assert expand(["data.path='d/sp ace/ünï'"])[0] == [["data.path='d/sp ace/ünï'"]]
+
+
+def test_a_full_disk_in_tensorflows_own_writes_is_the_full_disk_line():
+    from pretrainer.cli import _explain_damage
+
+    class ResourceExhaustedError(Exception):  # what TensorFlow's SaveV2 raises
+        pass
+
+    exc = ResourceExhaustedError("runs/x/ckpt/ckpt-86_temp/part-00000; No space left on device")
+    assert _explain_damage(None, exc).startswith("the disk is full (while writing)")
+    assert _explain_damage(None, RuntimeError("something else")) is None

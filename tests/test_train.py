@@ -144,12 +144,15 @@ def test_resume_mid_epoch_ends_with_identical_weights_and_history(tmp_path, dama
         (ckpt / "checkpoint").write_bytes(b"")
     elif damage == "state_cut":  # and started this one over
         (ckpt / "checkpoint").write_text('model_checkpoint_path: "ckp')
+    (ckpt / "ckpt-11_temp").mkdir()  # a save that a full disk stopped: removed on resume
+    (ckpt / "ckpt-11_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x")
     model, stream = _dropout_setup()  # a new process would start from fresh weights
     capsys.readouterr()
     fit(model, stream, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "crashed",
         trainer=trainer, title="t")
     out = " ".join(capsys.readouterr().out.split())  # (Rich wraps long paths)
     repaired = "rebuilt it from the checkpoints present (newest ckpt-10)" in out
+    assert not (ckpt / "ckpt-11_temp").exists()
     assert repaired == damage.startswith("state")  # resumed, not started over
     for a, b in zip(straight, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)  # the same batches, masks and updates
