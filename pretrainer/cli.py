@@ -66,6 +66,7 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
     With `multirun`, once per combination of the swept overrides (pretrainer.sweep)."""
     from pretrainer.console import error, quiet_tensorflow
 
+    _terminate_like_ctrl_c()
     overrides = list(overrides or [])
     if print_cfg and overrides and overrides[0] in ("job", "all", "hydra"):
         overrides = overrides[1:]  # Hydra's `--cfg job`: the job config is all there is here
@@ -106,10 +107,10 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
             raise
         error(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _discard_unstarted()
         error("interrupted; finished artifacts are kept, the unfinished run has no DONE marker")
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     except Exception as exc:  # an unexpected failure: say what, keep the traceback for --debug
         _discard_unstarted()
         if debug:
@@ -157,6 +158,23 @@ def _sweep(verb: str, config: str, config_dir: Optional[str], overrides: List[st
     console.print((out / "sweep.md").read_text(), markup=False, highlight=False,
                   soft_wrap=True)
     info(f"sweep done: {out / 'sweep.json'}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (the loop saves a checkpoint and stops itself)."""
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (kill, a scheduler's preemption) unwinds like Ctrl-C: the default action
+    ended the process at once, leaving a run directory with nothing a rerun could use."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise Terminated(signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _discard_unstarted() -> None:

@@ -91,6 +91,23 @@ def test_kill9_then_sigterm_then_finish_with_the_weights_of_an_uninterrupted_run
     assert (run / "history.csv").read_text() == (straight / "history.csv").read_text()
 
 
+def test_sigterm_before_training_leaves_no_run_and_exits_at_once(tmp_path):
+    """Before the training loop takes SIGTERM over (which saves and stops), SIGTERM used
+    to end the process at once, leaving a run of .lock, config.yaml and manifest.json."""
+    proc = _start(tmp_path)
+    t0 = time.time()
+    while not list((tmp_path / "runs" / "fashion_ae").glob("pretrain-*")):
+        assert proc.poll() is None and time.time() - t0 < 240, "no run directory appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    t1 = time.time()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert time.time() - t1 < 15  # (a loaded 2-core machine: a checkpoint may be written)
+    for run in (tmp_path / "runs" / "fashion_ae").glob("pretrain-*"):  # none, or resumable
+        assert (run / "ckpt" / "checkpoint").is_file(), sorted(p.name for p in run.iterdir())
+
+
 def test_a_second_process_on_a_live_run_gets_one_line_and_exit_2(tmp_path):
     long = [*ARGS[:3], "trainer.epochs=50", *ARGS[4:]]  # still training when we look
     first = _start(tmp_path, long)
