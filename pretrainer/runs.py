@@ -241,19 +241,47 @@ def resumable_run(runs_root: str | Path, experiment: str, stage: str,
 
 def start_run(runs_root: str | Path, experiment: str, stage: str, cfg_yaml: str,
               **lineage: Any) -> tuple[Path, bool]:
-    """(run directory, resumed?): resume the same unfinished run, or create a new one."""
-    found = resumable_run(runs_root, experiment, stage, cfg_yaml)
-    if found is not None:
-        lock_run(found)  # a live process still writing it: a clear error, exit 2
-        if is_done(found):  # it finished while we waited for the lock check
-            release_lock(Path(found) / LOCK)
-        else:
-            update_manifest(found, resumed=read_manifest(found).get("resumed", 0) + 1)
-            return found, True
-    run = new_run_dir(runs_root, experiment, stage)
-    lock_run(run)
-    write_lineage(run, stage, cfg_yaml, **lineage)
-    return run, False
+    """(run directory, resumed?): resume the same unfinished run, or create a new one.
+
+    Finding and creating happen under one lock per experiment and stage, and a run
+    with this config that a live process holds is refused before its first checkpoint
+    too: two identical commands never train two runs side by side."""
+    base = experiment_dir(runs_root, experiment)
+    creating = base / f".{stage}-start.lock"
+    acquire_lock(creating, f"the start of a {stage} run in {base}", wait=True)
+    try:
+        found = resumable_run(runs_root, experiment, stage, cfg_yaml)
+        if found is not None:
+            lock_run(found)  # a live process still writing it: a clear error, exit 2
+            if is_done(found):  # it finished while we waited for the lock check
+                release_lock(Path(found) / LOCK)
+            else:
+                update_manifest(found, resumed=read_manifest(found).get("resumed", 0) + 1)
+                return found, True
+        _refuse_live_twin(base, stage, cfg_yaml)
+        run = new_run_dir(runs_root, experiment, stage)
+        lock_run(run)
+        write_lineage(run, stage, cfg_yaml, **lineage)
+        return run, False
+    finally:
+        release_lock(creating)
+
+
+def _refuse_live_twin(base: Path, stage: str, cfg_yaml: str) -> None:
+    """RunError (one line, exit 2) when an unfinished run of `stage` with this config is
+    held by a live process that has not checkpointed yet (resumable_run finds only
+    checkpointed ones); dead ones without a checkpoint are left for a new run."""
+    for path in sorted(base.glob(f"{stage}-*"), key=lambda p: p.name, reverse=True):
+        lock = path / LOCK
+        if str(lock.resolve()) in _HELD or is_done(path) or not lock.is_file():
+            continue
+        try:
+            same = (path / "config.yaml").read_text(encoding="utf-8") == cfg_yaml
+        except OSError:
+            continue
+        if same:
+            acquire_lock(lock, f"run {path}")  # held by a live process: RunError here
+            release_lock(lock)
 
 
 def is_done(run: Path) -> bool:

@@ -106,3 +106,31 @@ def test_a_run_locked_by_a_live_process_is_refused_naming_its_pid(tmp_path):
     runs.acquire_lock(lock, "run x")  # left by a dead process: taken over
     assert json.loads(lock.read_text())["pid"] == __import__("os").getpid()
     runs.release_lock(lock)
+
+
+def test_a_live_run_with_the_same_config_is_refused_before_its_first_checkpoint(tmp_path):
+    """A second identical command during the first run's first epoch trained a second
+    run beside it; now it is refused, and a dead run without a checkpoint is not."""
+    import subprocess
+    import sys
+    import time
+
+    run, resumed = runs.start_run(tmp_path, "exp", "pretrain", "x: 1\n")
+    assert not resumed
+    runs.release_lock(run / runs.LOCK)  # hand the run to another live process
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+        "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"),
+        str(run / runs.LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match=f"run {run} is in use by"):
+            runs.start_run(tmp_path, "exp", "pretrain", "x: 1\n")
+        other, _ = runs.start_run(tmp_path, "exp", "pretrain", "x: 2\n")  # another config
+        assert other != run
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    again, resumed = runs.start_run(tmp_path, "exp", "pretrain", "x: 1\n")
+    assert again not in (run, other) and not resumed  # dead, never checkpointed: a new run
