@@ -73,6 +73,10 @@ def main() -> None:
     small = _load(args.dir, "results.json")
     large = _load(args.dir, "seed_at_size.json")
     scale = _load(args.dir, "memory_scale.json")
+    from pretrainer.precision import cpu_name
+
+    print(f"\nThis machine: {cpu_name()} (each figure below is from the machine its "
+          f"benchmark ran on)")
     print("\nTraining the seed CNN, per size (ratio: seed seconds / pretrainer seconds)\n")
     print("\n".join(training_table(small, large)))
     if large:

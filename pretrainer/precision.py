@@ -37,6 +37,23 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_name() -> str:
+    """The CPU's model name and core count, and its bf16 units: the line a benchmark
+    figure needs beside it (CPU speed differs 2x between machines of one cloud type)."""
+    import os
+
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} core(s), {hardware()}"
+
+
 def cpu_bf16_unit() -> Optional[str]:
     """'AMX-BF16' or 'AVX512-BF16' when the CPU computes bf16 natively, else None."""
     flags = cpu_flags()
