@@ -10,6 +10,9 @@ def test_wheel_ships_configs_and_bundled_data(tmp_path):
                            "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the metadata is current: no ~330 lines of setuptools warnings before `make demo`
+    for noise in ("SetuptoolsDeprecationWarning", "is absent from the `packages`"):
+        assert noise not in proc.stdout + proc.stderr, noise
     (wheel,) = tmp_path.glob("pretrainer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("pretrainer/configs/fashion_ae.yaml", "pretrainer/configs/cifar_cnn.yaml",
