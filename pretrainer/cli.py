@@ -349,7 +349,8 @@ def study(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
 @app.command()
 def serve(config: ConfigName = DEFAULT_EXPERIMENT, config_dir: ConfigDir = None,
           run: Annotated[Optional[str], typer.Option(
-              "--run", help="Deploy run to serve (default: the latest finished one).")] = None,
+              "--run", help="Deploy run to serve (default: the experiment's model, marked by "
+                            "pipeline, else the latest finished one).")] = None,
           host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it.")]
           = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port (TF Serving's REST port is 8501).")]
@@ -359,8 +360,14 @@ def serve(config: ConfigName = DEFAULT_EXPERIMENT, config_dir: ConfigDir = None,
           debug: Debug = False) -> None:
     """Serve a deploy run's SavedModel over TF Serving's REST API (POST /v1/models/NAME:predict).
 
-    [bold]Example[/bold]: pretrainer serve -c fashion_ae --port 8501, then
-    curl -d '{"instances": [[[0, 0], [0, 0]]]}' localhost:8501/v1/models/fashion_ae:predict
+    [bold]Examples[/bold]: pretrainer serve -c fashion_ae, then from another shell, an image
+    file of any size (decoded and resized in the model):
+
+    curl -d '{"signature_name": "serve_bytes", "instances": [{"b64": "'"$(base64 -w0 shoe.png)"'"}]}' localhost:8501/v1/models/fashion_ae:predict
+
+    A text model (pretrainer serve -c text_mlm):
+
+    curl -d '{"instances": ["a line of text"]}' localhost:8501/v1/models/text_mlm:predict
     """
     if workers < 1:
         from pretrainer.console import error

@@ -267,3 +267,23 @@ def test_a_busy_port_or_a_bad_address_is_one_line(tmp_path):
         serve.make_server(tmp_path, "127.0.0.1", 99999)
     with pytest.raises(RunError, match="cannot listen on 192.0.2.1:0"):  # not this machine's
         serve.make_server(tmp_path, "192.0.2.1", 0)
+
+
+def test_the_curl_examples_in_serve_help_work_as_printed(image, text, tmp_path):
+    """Each `curl -d BODY URL` line of `pretrainer serve --help`, its body built by bash
+    exactly as a user's shell builds it, posted to a served model of that modality."""
+    import re
+    import subprocess
+
+    from pretrainer import cli
+
+    lines = [ln.strip() for ln in cli.serve.__doc__.splitlines() if ln.strip().startswith("curl ")]
+    assert len(lines) == 2
+    Image.fromarray(np.full((30, 20), 200, np.uint8)).save(tmp_path / "shoe.png")
+    for line, served in zip(lines, (image, text), strict=True):
+        body_arg, url = re.fullmatch(r"curl -d (.+) (localhost:8501/\S+)", line).groups()
+        body = subprocess.run(["bash", "-c", f"printf %s {body_arg}"], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout
+        status, out = _call(served[0] + ":predict", raw=body.encode())
+        assert status == 200, (line, out)
+        assert len(out["predictions"]) == 1
