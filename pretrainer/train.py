@@ -20,7 +20,7 @@ from pretrainer import precision
 from pretrainer.config import TrainerConfig
 from pretrainer.console import console, esc
 from pretrainer.errors import UserError
-from pretrainer.runs import atomic_write_text
+from pretrainer.runs import atomic_write_text, update_manifest
 
 
 class TrainingError(UserError):
@@ -628,8 +628,10 @@ def fit(model: keras.Model, train_data, *, steps_per_epoch: int, epochs: int, ru
         note = f"steps_per_execution 1 (resuming at step {start}, not a multiple of {k})"
         k, every = 1, trainer.checkpoint_every
     model.steps_per_execution = k  # read when fit builds its train/test functions
-    if note:
-        console.print(f"  {esc(title)}: {esc(note)}", soft_wrap=True)
+    # how the steps were grouped is no decision of the user's: the run's manifest keeps
+    # it (it printed a line at every stage)
+    update_manifest(run_dir, execution={"steps_per_execution": k, "checkpoint_every": every,
+                                        "note": note})
     if is_multi_worker(model.distribute_strategy):
         return _fit_multi_worker(model, make_train(start), steps_per_epoch=steps_per_epoch,
                                  epochs=epochs,
