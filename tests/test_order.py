@@ -185,3 +185,26 @@ def test_a_store_whose_manifest_was_cut_is_collected_again(tmp_path, capsys):
     manifest_file.write_text("")  # and through a stage that needs the store
     assert collect.ensure_store(cfg) == store
     assert json.loads(manifest_file.read_text())["config_key"] == good["config_key"]
+
+
+def test_a_stage_without_the_data_path_names_the_paths_that_built_the_stores(tmp_path):
+    """`pretrain` without the `data.path=` that `collect` had: one line that names it,
+    instead of "collecting it first" and then "needs data.path"."""
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from pretrainer.config import compose
+    from pretrainer.errors import DataError
+    from pretrainer.stages.collect import ensure_store
+
+    photos = tmp_path / "photos [2026]"
+    for name, value in (("cats", 40), ("dogs", 200)):
+        (photos / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((8, 8), value + i, np.uint8)).save(photos / name / f"{i}.png")
+    common = [f"paths.data={tmp_path / 'data'}", "data.image_size=[8,8]"]
+    ensure_store(compose("folder_ae", [*common, f"data.path='{photos}'"]))
+    with pytest.raises(DataError, match=r"needs data.path=DIR .* built with "
+                                        rf"data.path='{tmp_path}/photos \[2026\]'"):
+        ensure_store(compose("folder_ae", common))

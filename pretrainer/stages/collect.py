@@ -91,6 +91,7 @@ def ensure_store(cfg: Config) -> str:
         info(f"the manifest of the dataset store at {esc(store)} cannot be read; collecting "
              f"the store again")
     else:
+        _require_path(cfg)
         info(f"no dataset store at {esc(store)} yet; collecting it first")
     run(cfg)
     return store
@@ -103,6 +104,33 @@ def run(cfg: Config, share_from: Optional[str] = None) -> str:
     key = config_key(cfg.data, store_seed(cfg))
     with store_lock(store):
         return _collect(cfg, store, key, share_from)
+
+
+PATH_SOURCES = {"image_folder": "DIR (a folder of images)", "csv": "FILE.csv",
+                "text_files": "DIR (a folder of .txt files)",
+                "idx": "DIR (MNIST-layout IDX files)"}  # the sources that read data.path
+
+
+def _require_path(cfg: Config) -> None:
+    """A source that reads data.path without one: say which paths built the stores of this
+    data group (a user who collected with data.path=... and then ran pretrain without it
+    got "collecting it first" and then "needs data.path"). Stores are listed from their
+    manifests; nothing is read from the source."""
+    if cfg.data.source not in PATH_SOURCES or cfg.data.path:
+        return
+    root = Path(cfg.paths.data)
+    built = []
+    if "://" not in str(root) and root.is_dir():
+        for folder in sorted(root.glob(f"{cfg.data.name}*")):
+            manifest = _intact_manifest(str(folder))
+            path = ((manifest or {}).get("source") or {}).get("path")
+            if path and folder.name.split("@")[0] == cfg.data.name:
+                built.append(f"data.path='{path}' ({folder})")
+    hint = (f"; the stores of data '{cfg.data.name}' here were built with "
+            f"{', '.join(dict.fromkeys(built))}: give every verb the same overrides"
+            if built else "")
+    raise DataError(f"data.source={cfg.data.source} needs "
+                    f"data.path={PATH_SOURCES[cfg.data.source]}{hint}")
 
 
 def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> str:
@@ -119,6 +147,7 @@ def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> st
                 return store
             info(f"collect: {len(bad)} shard(s) of {esc(store)} missing or corrupt; rebuilding")
     sources.get_source(cfg.data.source)  # an unknown name fails before any work
+    _require_path(cfg)
     what = cfg.data.path if cfg.data.source == "image_folder" else cfg.data.dataset
     info(f"[bold]collect[/bold]: {esc(cfg.data.source)}:{esc(what)} -> {esc(store)}")
     if cfg.data.source != "image_folder":  # (other loaders may import TensorFlow)
