@@ -116,7 +116,8 @@ def _require_path(cfg: Config) -> None:
     data group (a user who collected with data.path=... and then ran pretrain without it
     got "collecting it first" and then "needs data.path"). Stores are listed from their
     manifests; nothing is read from the source."""
-    if cfg.data.source not in PATH_SOURCES or cfg.data.path:
+    if (cfg.data.source not in PATH_SOURCES or cfg.data.path
+            or (cfg.data.source == "csv" and cfg.data.dataset in sources.BUNDLED_CSV)):
         return
     root = Path(cfg.paths.data)
     built = []
