@@ -221,6 +221,19 @@ def test_oversized_body_gets_a_readable_413(image, monkeypatch):
     conn.close()
 
 
+def test_a_claimed_terabyte_with_no_body_gets_its_413_at_once(image):
+    """It got no answer within 10 s: the refused body was drained until the timeout."""
+    url, _, _ = image
+    port = int(url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        t0 = time.monotonic()
+        sock.sendall(b"POST /v1/models/shoes:predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n")
+        answer = sock.recv(4096)
+        assert time.monotonic() - t0 < 3
+    assert answer.startswith(b"HTTP/1.0 413") or answer.startswith(b"HTTP/1.1 413"), answer[:80]
+
+
 def test_stalled_clients_do_not_hold_threads_or_block_others(image, capfd):
     url, _, _ = image
     port = int(url.split(":")[2].split("/")[0])

@@ -46,6 +46,7 @@ from pretrainer.console import esc, info
 from pretrainer.errors import ConfigError, RunError
 
 MAX_BODY_BYTES = 16 * 2**20
+DRAIN_IDLE_S = 0.5  # a refused body: stop reading it after this long without a byte
 MAX_ELEMENTS = 2**25  # numbers in one request's tensors (a few hundred large images)
 SOCKET_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 65536  # request line + headers; more goes to a worker, which refuses it
@@ -321,10 +322,13 @@ def make_handler(model: Model):
 
         def _drain(self, length: int) -> None:
             """Read and drop a refused body, so the client gets to read our answer
-            (closing with unread data makes the kernel reset the connection)."""
+            (closing with unread data makes the kernel reset the connection). A client
+            that sends nothing for DRAIN_IDLE_S is answered then: one that claims a
+            terabyte and sends none waited SOCKET_TIMEOUT_S for its 413."""
             deadline = time.monotonic() + SOCKET_TIMEOUT_S
             left = length
             try:
+                self.connection.settimeout(DRAIN_IDLE_S)
                 while left > 0 and time.monotonic() < deadline:
                     chunk = self.rfile.read1(min(left, 1 << 16))
                     if not chunk:
