@@ -226,17 +226,21 @@ def resumable_run(runs_root: str | Path, experiment: str, stage: str,
 
     This is what makes "run the same command again" resume a killed run.
     """
-    base = experiment_dir(runs_root, experiment)
+    path = next(_runs_with_config(experiment_dir(runs_root, experiment), stage, cfg_yaml),
+                None)
+    if path is None or is_done(path) or not (path / "ckpt" / "checkpoint").is_file():
+        return None
+    return path
+
+
+def _runs_with_config(base: Path, stage: str, cfg_yaml: str) -> Iterator[Path]:
+    """The runs of `stage` under `base` whose config.yaml is `cfg_yaml`, newest first."""
     for path in sorted(base.glob(f"{stage}-*"), key=lambda p: p.name, reverse=True):
         try:
-            same = (path / "config.yaml").read_text(encoding="utf-8") == cfg_yaml
+            if (path / "config.yaml").read_text(encoding="utf-8") == cfg_yaml:
+                yield path
         except OSError:
             continue
-        if same:
-            if is_done(path) or not (path / "ckpt" / "checkpoint").is_file():
-                return None
-            return path
-    return None
 
 
 def start_run(runs_root: str | Path, experiment: str, stage: str, cfg_yaml: str,
@@ -271,17 +275,12 @@ def _refuse_live_twin(base: Path, stage: str, cfg_yaml: str) -> None:
     """RunError (one line, exit 2) when an unfinished run of `stage` with this config is
     held by a live process that has not checkpointed yet (resumable_run finds only
     checkpointed ones); dead ones without a checkpoint are left for a new run."""
-    for path in sorted(base.glob(f"{stage}-*"), key=lambda p: p.name, reverse=True):
+    for path in _runs_with_config(base, stage, cfg_yaml):
         lock = path / LOCK
         if str(lock.resolve()) in _HELD or is_done(path) or not lock.is_file():
             continue
-        try:
-            same = (path / "config.yaml").read_text(encoding="utf-8") == cfg_yaml
-        except OSError:
-            continue
-        if same:
-            acquire_lock(lock, f"run {path}")  # held by a live process: RunError here
-            release_lock(lock)
+        acquire_lock(lock, f"run {path}")  # held by a live process: RunError here
+        release_lock(lock)
 
 
 def is_done(run: Path) -> bool:
