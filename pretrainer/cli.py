@@ -6,6 +6,7 @@ the function body, so `pretrainer --help` and `--cfg` stay fast.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable, List, Optional
 
@@ -13,7 +14,8 @@ import typer
 from typing_extensions import Annotated
 
 from pretrainer.config import DEFAULT_EXPERIMENT, Config, compose, list_experiments, to_yaml
-from pretrainer.errors import UserError
+from pretrainer import errors
+from pretrainer.errors import Terminated, UserError
 
 app = typer.Typer(
     name="pretrainer",
@@ -101,6 +103,8 @@ def _execute(config: str, config_dir: Optional[str], overrides: Optional[List[st
             _sweep(verb, config, config_dir, overrides, cfg, body, searching)
         else:
             body(cfg)
+        if errors.stop_requested is not None:  # its Terminated was swallowed in TF's C++
+            raise Terminated(signal.Signals(errors.stop_requested).name)
     except UserError as exc:
         _discard_unstarted()
         if debug:
@@ -160,17 +164,13 @@ def _sweep(verb: str, config: str, config_dir: Optional[str], overrides: List[st
     info(f"sweep done: {out / 'sweep.json'}")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM outside a training loop (the loop saves a checkpoint and stops itself)."""
-
-
 def _terminate_like_ctrl_c() -> None:
     """SIGTERM (kill, a scheduler's preemption) unwinds like Ctrl-C: the default action
     ended the process at once, leaving a run directory with nothing a rerun could use."""
-    import signal
     import threading
 
     def handler(signum, frame):
+        errors.stop_requested = signum
         raise Terminated(signal.Signals(signum).name)
 
     if threading.current_thread() is threading.main_thread():

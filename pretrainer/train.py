@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pretrainer import precision
+from pretrainer import errors, precision
 from pretrainer.config import TrainerConfig
 from pretrainer.console import console, esc
 from pretrainer.errors import UserError
@@ -259,7 +259,8 @@ class _StopRequest:
     """Set by SIGTERM/SIGINT; read by the checkpoint callback at the next step."""
 
     def __init__(self):
-        self.signal: Optional[int] = None
+        # a SIGTERM whose Terminated was swallowed before this loop began stops it at once
+        self.signal: Optional[int] = errors.stop_requested
 
     def __call__(self, signum, frame):
         self.signal = signum

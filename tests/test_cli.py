@@ -197,3 +197,24 @@ def test_a_full_disk_in_tensorflows_own_writes_is_the_full_disk_line():
     exc = ResourceExhaustedError("runs/x/ckpt/ckpt-86_temp/part-00000; No space left on device")
     assert _explain_damage(None, exc).startswith("the disk is full (while writing)")
     assert _explain_damage(None, RuntimeError("something else")) is None
+
+
+def test_work_that_outlived_a_swallowed_sigterm_still_exits_143(monkeypatch):
+    """When SIGTERM's exception is swallowed inside TensorFlow and the work runs on to
+    its end, the command still ends as terminated, not with 0."""
+    import signal
+
+    import pytest
+    import typer
+
+    from pretrainer import cli, errors
+
+    monkeypatch.setattr(errors, "stop_requested", None)
+
+    def body(cfg):
+        errors.stop_requested = signal.SIGTERM  # what the handler records
+
+    with pytest.raises(typer.Exit) as exit_:
+        cli._execute("fashion_ae", None, [], False, False, body)
+    assert exit_.value.exit_code == 143
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -47,6 +47,27 @@ def test_nan_loss_is_a_clear_error(tmp_path):
             trainer=TrainerConfig(verbose=False), title="t")
 
 
+def test_a_sigterm_swallowed_before_training_stops_the_loop_at_its_first_step(
+        tmp_path, monkeypatch):
+    """SIGTERM's handler raises Terminated; landing inside TensorFlow's C++ that can be
+    swallowed (CI saw a SystemError, then a whole run trained to exit 0). The recorded
+    signal stops the next training loop at once, with a checkpoint to resume from."""
+    import signal
+
+    from pretrainer import errors
+    from pretrainer.train import Preempted
+
+    monkeypatch.setattr(errors, "stop_requested", signal.SIGTERM)
+    x, y = _data()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).repeat()
+    model = _model()
+    with pytest.raises(Preempted, match="stopped by SIGTERM at step 0/16"):
+        fit(model, ds, steps_per_epoch=8, epochs=2, run_dir=tmp_path,
+            trainer=TrainerConfig(verbose=False), title="t")
+    assert (tmp_path / "ckpt" / "checkpoint").is_file()
+    assert int(model.optimizer.iterations.numpy()) == 0
+
+
 def _deterministic_setup():
     keras.utils.set_random_seed(0)
     x, y = _data(96)
