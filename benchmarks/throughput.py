@@ -175,8 +175,11 @@ def bench_export(rounds: int, requests: int) -> dict:
     runners = {"keras": lambda a: model(a, training=False).numpy()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        manifest = {"modality": "image", "task": "classification", "shape": [28, 28, 1],
-                    "num_classes": 10, "class_names": [str(i) for i in range(10)]}
+        from pretrainer.data.records import StoreManifest
+
+        manifest = StoreManifest.from_json({
+            "modality": "image", "task": "classification", "shape": [28, 28, 1],
+            "num_classes": 10, "class_names": [str(i) for i in range(10)]})
         paths = {"saved_model": savedmodel.export(model, tmp / "sm", manifest),
                  "litert": litert.export(model, tmp / "model.tflite", manifest, "none", x[:8])}
         try:

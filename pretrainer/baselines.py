@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pretrainer.data.records import StoreManifest
+
 C_GRID = (0.1, 1.0, 10.0)  # logistic regression's inverse regularisation, chosen on val
 GRID_MAX_TRAIN = 20_000  # above this many labeled examples, C=1 only (three fits cost minutes)
 MAX_SIDE = 32  # images are block-averaged down to at most this many pixels a side
@@ -38,7 +40,7 @@ def describe(modality: str, regression: bool) -> str:
 def _arrays(store: Path, split: str, modality: str):
     from pretrainer.data import pipeline
 
-    if pipeline.split_info(store, split)["count"] == 0:
+    if pipeline.split_info(store, split).count == 0:
         return None, None
     x, y = pipeline.to_numpy(pipeline.examples(store, split, batch_size=512, cache=False,
                                                standardize=False))
@@ -114,11 +116,11 @@ def _score(est, x, y, regression: bool) -> float:
     return float((pred == y).mean())
 
 
-def fit_and_score(store: Path, manifest: dict) -> dict:
+def fit_and_score(store: Path, manifest: StoreManifest) -> dict:
     """{"name", "y_true", "y_pred", "accuracy" or "mse", "chosen", "seconds"} on test."""
     t0 = time.perf_counter()
-    modality = manifest["modality"]
-    regression = manifest.get("task") == "regression"
+    modality = manifest.modality
+    regression = manifest.regression
     x, y = _arrays(store, "train", modality)
     xv, yv = _arrays(store, "val", modality)
     xt, yt = _arrays(store, "test", modality)
@@ -149,20 +151,21 @@ def fit_and_score(store: Path, manifest: dict) -> dict:
     return out
 
 
-def keras_model(result: dict, manifest: dict):
+def keras_model(result: dict, manifest: StoreManifest):
     """The image baseline as a Keras model that takes the same [0, 1] images as the deep
     models (so deploy, predict and serve treat it like any finetune run): block means
     (AveragePooling2D, as _downsample) -> Flatten -> Dense softmax holding the logistic
     regression's coefficients. None for text and tables (TF-IDF and gradient boosting
     have no exact Keras twin here)."""
     est = result.get("estimator")
-    if manifest["modality"] != "image" or "accuracy" not in result or est is None:
+    if manifest.modality != "image" or "accuracy" not in result or est is None:
         return None
     import keras
 
-    h, w, c = manifest["shape"]
+    h, w, c = manifest.shape
     f = max(1, -(-max(h, w) // MAX_SIDE))
-    k = manifest["num_classes"]
+    k = manifest.num_classes
+
     inputs = keras.Input(shape=(h, w, c), name="image")
     x = keras.layers.AveragePooling2D(f, name="block_mean")(inputs) if f > 1 else inputs
     x = keras.layers.Flatten(name="pixels")(x)

@@ -13,8 +13,8 @@ from typing import Callable, List, Optional
 import typer
 from typing_extensions import Annotated
 
-from pretrainer.config import DEFAULT_EXPERIMENT, Config, compose, list_experiments, to_yaml
 from pretrainer import errors
+from pretrainer.config import DEFAULT_EXPERIMENT, Config, compose, list_experiments, to_yaml
 from pretrainer.errors import Terminated, UserError
 
 app = typer.Typer(

@@ -51,7 +51,7 @@ def split_features(featurize: Callable, store: Path, split: str, *, batch_size: 
     from pretrainer.data import pipeline
 
     info = pipeline.split_info(store, split)
-    if info["count"] == 0:
+    if info.count == 0:
         return None, None
     labeled = split != "unlabeled"
     ds = pipeline.examples(store, split, batch_size=batch_size, cache=False, labels=labeled,

@@ -42,7 +42,7 @@ def unlabeled_views(store, *, batch_size: int, weak: str, seed: int, cache: bool
                     start_batch: int = 0, shuffle_buffer: int = pipeline.SHUFFLE_BUFFER):
     """Repeating batches of (weak view, strong view) from the store's unlabeled split,
     from batch `start_batch` on (views drawn from (seed, batch index): exact resume)."""
-    shape = pipeline.read_manifest(store)["shape"]
+    shape = pipeline.read_manifest(store).shape
     ds = pipeline.images(store, "unlabeled", batch_size=batch_size, shuffle=True, repeat=True,
                          labels=False, cache=cache, seed=seed + 1, start_batch=start_batch,
                          shuffle_buffer=shuffle_buffer)

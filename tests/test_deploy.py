@@ -7,12 +7,13 @@ import pytest
 from conftest import run_python
 
 from pretrainer.config import DeployConfig
+from pretrainer.data.records import StoreManifest
 from pretrainer.exports import litert, onnx, parity, savedmodel
 from pretrainer.stages import deploy
 
 NAMES = ["cat", "dog", "owl"]
-MANIFEST = {"modality": "image", "task": "classification", "shape": [8, 8, 1],
-            "num_classes": 3, "class_names": NAMES}
+MANIFEST = StoreManifest.from_json({"modality": "image", "task": "classification",
+                                    "shape": [8, 8, 1], "num_classes": 3, "class_names": NAMES})
 
 
 @pytest.fixture(scope="module")

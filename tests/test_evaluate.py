@@ -28,10 +28,11 @@ def test_regression_metrics():
 def test_majority_rate_is_the_labeled_splits_most_frequent_class_on_these_examples():
     import numpy as np
 
+    from pretrainer.data.records import StoreManifest
     from pretrainer.stages.evaluate import majority_rate
 
-    manifest = {"class_names": ["a", "b", "c"],
+    manifest = {"modality": "image", "class_names": ["a", "b", "c"],
                 "splits": {"train": {"per_class": {"a": 2, "b": 5, "c": 1}}}}
-    assert majority_rate(np.array([1, 1, 0, 2]), manifest) == 0.5
+    assert majority_rate(np.array([1, 1, 0, 2]), StoreManifest.from_json(manifest)) == 0.5
     manifest["splits"]["train"]["per_class"] = {}
-    assert majority_rate(np.array([2, 2, 2, 0]), manifest) == 0.75
+    assert majority_rate(np.array([2, 2, 2, 0]), StoreManifest.from_json(manifest)) == 0.75

@@ -47,8 +47,8 @@ def test_class_folders_with_broken_files_are_skipped_and_counted(tmp_path):
     assert src.info["empty_class_folders"] == ["empty_class"]
     manifest = build_store(tmp_path / "store", DataConfig(val_fraction=0.1, test_fraction=0.25,
                                                           labeled_fraction=0.5), 0, src)
-    assert manifest["skipped"]["count"] == 3
-    assert manifest["splits"]["test"]["count"] == 9
+    assert manifest.skipped["count"] == 3
+    assert manifest.count("test") == 9
     assert json.loads((tmp_path / "store" / "manifest.json").read_text())["shape"] == [8, 10, 3]
 
 
@@ -70,8 +70,8 @@ def test_train_test_layout_becomes_the_splits(tmp_path):
                                   image_size=[8, 8]))
     assert len(src.x_pool) == 18 and len(src.x_test) == 6 and len(src.x_val) == 3
     m = build_store(tmp_path / "s", DataConfig(labeled_fraction=0.5), 0, src)
-    assert m["splits"]["test"]["count"] == 6 and m["splits"]["val"]["count"] == 3
-    assert m["splits"]["unlabeled"]["count"] == 18
+    assert m.count("test") == 6 and m.count("val") == 3
+    assert m.count("unlabeled") == 18
 
 
 def test_flat_folder_is_unlabeled_only_and_extra_unlabeled_adds_to_pool(tmp_path):
@@ -83,13 +83,13 @@ def test_flat_folder_is_unlabeled_only_and_extra_unlabeled_adds_to_pool(tmp_path
                                   image_size=[8, 8]))
     assert src.y_pool is None and len(src.x_pool) == 8
     m = build_store(tmp_path / "s", DataConfig(), 0, src)
-    assert m["splits"]["unlabeled"]["count"] == 8 and m["splits"]["train"]["count"] == 0
+    assert m.count("unlabeled") == 8 and m.count("train") == 0
 
     labeled = make_class_folder(tmp_path / "lab", per_class=4)
     src = sources.load(DataConfig(source="image_folder", path=str(labeled), image_size=[8, 8],
                                   extra_unlabeled=str(tmp_path / "flat")))
     m = build_store(tmp_path / "s2", DataConfig(val_fraction=0.0, test_fraction=0.25), 0, src)
-    assert m["splits"]["unlabeled"]["count"] == 9 + 8
+    assert m.count("unlabeled") == 9 + 8
 
 
 @pytest.mark.parametrize("setup,match", [

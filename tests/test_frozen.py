@@ -66,13 +66,17 @@ def test_the_pixel_baseline_as_keras_predicts_like_scikit_learn(shape):
     x[y == 1, : shape[0] // 2] += 0.5
     feats = baselines._downsample(x).reshape(len(x), -1)
     est = LogisticRegression(C=1.0, max_iter=500).fit(feats, y)
+    from pretrainer.data.records import StoreManifest
+
     manifest = {"modality": "image", "shape": list(shape), "num_classes": 4}
-    model = baselines.keras_model({"accuracy": 1.0, "estimator": est}, manifest)
+    model = baselines.keras_model({"accuracy": 1.0, "estimator": est},
+                                  StoreManifest.from_json(manifest))
     probs = model.predict(x, verbose=0)
     assert probs.shape == (120, 4) and probs[:, 3].max() < 1e-6  # a class never labeled
     np.testing.assert_allclose(probs[:, :3], est.predict_proba(feats), atol=1e-4)
     assert baselines.keras_model({"accuracy": 1.0, "estimator": est},
-                                 {**manifest, "modality": "text"}) is None
+                                 StoreManifest.from_json({**manifest, "modality": "text"})
+                                 ) is None
 
 
 def test_the_marked_model_is_the_default_until_a_newer_run(tmp_path):

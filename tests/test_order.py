@@ -150,7 +150,7 @@ def test_static_batches_make_every_repeated_batch_whole(sorted_store):
 
     pipeline.set_static_batches(True)
     try:
-        n = pipeline.split_info(sorted_store, "test")["count"]
+        n = pipeline.split_info(sorted_store, "test").count
         bs = 7 if n % 7 else 11
         for shuffle in (False, True):
             ds = pipeline.images(sorted_store, "test", batch_size=bs, shuffle=shuffle,

@@ -17,19 +17,20 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from pretrainer.data.records import StoreManifest
 from pretrainer.exports import savedmodel
 from pretrainer.models.transformer import RESERVED, padding_mask, tokenizer
 from pretrainer.stages import serve
 
-IMAGE = {"modality": "image", "task": "classification", "shape": [8, 8, 1], "num_classes": 3,
-         "class_names": ["a", "b", "c"]}
-TEXT = {"modality": "text", "task": "classification", "shape": [], "num_classes": 2,
-        "class_names": ["neg", "pos"]}
+IMAGE = StoreManifest.from_json({"modality": "image", "task": "classification", "shape": [8, 8, 1], "num_classes": 3,
+         "class_names": ["a", "b", "c"]})
+TEXT = StoreManifest.from_json({"modality": "text", "task": "classification", "shape": [], "num_classes": 2,
+        "class_names": ["neg", "pos"]})
 COLUMNS = [{"column": "area", "kind": "numeric", "fill": 100.0},
            {"column": "kind of house", "kind": "categorical", "categories": ["flat", "house"]}]
-ROWS = {"modality": "tabular", "task": "regression", "shape": [3], "num_classes": 0,
+ROWS = StoreManifest.from_json({"modality": "tabular", "task": "regression", "shape": [3], "num_classes": 0,
         "class_names": [], "columns": COLUMNS, "feature_names": ["area", "kind of house=flat",
-                                                                 "kind of house=house"]}
+                                                                 "kind of house=house"]})
 
 
 def _served(model, run, name, manifest):

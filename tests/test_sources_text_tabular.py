@@ -29,7 +29,7 @@ def test_text_class_folders_with_a_latin1_file(tmp_path):
     assert skip["file"] == "food/latin1.txt" and "not utf-8" in skip["reason"]
     m = build_store(tmp_path / "s", DataConfig(labeled_fraction=0.5, val_fraction=0.0,
                                                test_fraction=0.5), 0, strict)
-    assert m["modality"] == "text" and m["skipped"]["count"] == 1
+    assert m.modality == "text" and m.skipped["count"] == 1
     texts, labels = pipeline.to_numpy(pipeline.texts(tmp_path / "s", "test", batch_size=4))
     assert len(texts) == 6 and all(t.decode().split()[0] in ("match", "recipe") for t in texts)
     for t, y in zip(texts, labels, strict=True):
@@ -66,9 +66,9 @@ def test_bundled_text_is_real_fortunes(tmp_path):
     assert src.class_names == ["art", "computers", "food", "literature", "science"]
     assert len(src.x_pool) > 900
     m = build_store(tmp_path / "f", DataConfig(labeled_fraction=0.1), 0, src)
-    assert m["splits"]["train"]["count"] > 50 and m["splits"]["test"]["count"] > 150
+    assert m.count("train") > 50 and m.count("test") > 150
     (batch,) = list(pipeline.texts(tmp_path / "f", "unlabeled", batch_size=4096, labels=False))
-    assert batch.dtype.name == "string" and len(batch) == m["splits"]["unlabeled"]["count"]
+    assert batch.dtype.name == "string" and len(batch) == m.count("unlabeled")
 
 
 CSV = """area,rooms,city,price
@@ -91,8 +91,8 @@ def test_csv_numeric_categorical_and_missing_values(tmp_path):
     np.testing.assert_array_equal(src.y_pool, [100, 160, 240, 400])
     m = build_store(tmp_path / "s", DataConfig(val_fraction=0.0, test_fraction=0.25,
                                                labeled_fraction=1.0), 0, src)
-    assert m["task"] == "regression" and m["num_classes"] == 0
-    assert m["feature_names"][:2] == ["area", "rooms"]
+    assert m.task == "regression" and m.num_classes == 0
+    assert m.feature_names[:2] == ("area", "rooms")
     x, y = pipeline.to_numpy(pipeline.rows(tmp_path / "s", "train", batch_size=8))
     assert x.shape == (3, 5) and y.dtype == np.float32
     # standardised with the pool's statistics
@@ -122,7 +122,7 @@ def test_text_contamination_is_found(tmp_path):
         y_pool=np.arange(20) % 2, class_names=["a", "b"], modality="text",
         x_test=np.array(["doc 3", "new"], dtype=object), y_test=np.array([1, 0]))
     m = build_store(tmp_path / "s", DataConfig(val_fraction=0.0), 0, src)
-    assert m["contamination"]["unlabeled_in_test"] == 1
+    assert m.contamination["unlabeled_in_test"] == 1
 
 
 def test_imdb_offline_is_a_clear_error(monkeypatch):

@@ -48,9 +48,9 @@ def test_store_round_trip_reads_back_exactly_what_was_written(tmp_path):
                      x_test=x[:30], y_test=y[:30])
     cfg = DataConfig(name="toy", labeled_fraction=0.5, val_fraction=0.1, shard_size=25)
     manifest = build_store(tmp_path / "toy", cfg, seed=1, src=src)
-    assert manifest["shape"] == [6, 5, 3]
-    assert manifest["splits"]["unlabeled"]["count"] == 108
-    assert len(manifest["splits"]["unlabeled"]["shards"]) == 5
+    assert manifest.shape == (6, 5, 3)
+    assert manifest.count("unlabeled") == 108
+    assert len(manifest.splits["unlabeled"].shards) == 5
     assert verify(tmp_path / "toy") == []
     xs, ys = pipeline.to_numpy(pipeline.images(tmp_path / "toy", "test", batch_size=7))
     # the same examples and labels, written in a seeded random order
@@ -62,7 +62,7 @@ def test_store_round_trip_reads_back_exactly_what_was_written(tmp_path):
                                               labels=False).as_numpy_iterator()))
     assert unl.shape == (108, 6, 5, 3)
     # a corrupted shard is detected by its checksum
-    shard = tmp_path / "toy" / manifest["splits"]["train"]["shards"][0]["file"]
+    shard = tmp_path / "toy" / manifest.splits["train"].shards[0].file
     shard.write_bytes(shard.read_bytes()[:-3])
     assert verify(tmp_path / "toy") == [shard.name]
 
@@ -110,11 +110,11 @@ def test_contamination_check_finds_a_planted_duplicate(tmp_path, dedupe):
                      y_test=np.arange(9) % 3)
     cfg = DataConfig(labeled_fraction=1.0, val_fraction=0.0, dedupe=dedupe)
     m = build_store(tmp_path / "s", cfg, seed=0, src=src)
-    assert m["contamination"]["unlabeled_in_test"] == 2
-    assert m["contamination"]["train_in_test"] == 2
+    assert m.contamination["unlabeled_in_test"] == 2
+    assert m.contamination["train_in_test"] == 2
     expected = 58 if dedupe else 60
-    assert m["splits"]["unlabeled"]["count"] == expected
-    assert m["splits"]["train"]["count"] == expected
+    assert m.count("unlabeled") == expected
+    assert m.count("train") == expected
 
 
 def test_interrupted_collect_resumes_and_never_publishes_a_partial_store(tmp_path, monkeypatch):
@@ -149,8 +149,8 @@ def test_interrupted_collect_resumes_and_never_publishes_a_partial_store(tmp_pat
         assert (tmp_path / "s" / name).stat().st_mtime_ns == mtime  # kept, not rewritten
     assert verify(tmp_path / "s") == [] and not list(tmp_path.glob(".s.partial-*"))
     fresh = build_store(tmp_path / "fresh", cfg, seed=0, src=src)
-    assert [sh["sha256"] for sp in m["splits"].values() for sh in sp["shards"]] == \
-        [sh["sha256"] for sp in fresh["splits"].values() for sh in sp["shards"]]
+    assert [sh.sha256 for sp in m.splits.values() for sh in sp.shards] == \
+        [sh.sha256 for sp in fresh.splits.values() for sh in sp.shards]
 
 
 def test_store_on_a_tensorflow_filesystem(tmp_path):
@@ -162,8 +162,8 @@ def test_store_on_a_tensorflow_filesystem(tmp_path):
     cfg = DataConfig(shard_size=16, labeled_fraction=0.5)
     m = build_store("ram://stores/toy", cfg, seed=0, src=src)
     assert verify("ram://stores/toy") == []
-    assert read_manifest("ram://stores/toy")["config_key"] == m["config_key"]
+    assert read_manifest("ram://stores/toy").config_key == m.config_key
     xs, ys = pipeline.to_numpy(pipeline.images("ram://stores/toy", "test", batch_size=8))
-    assert len(xs) == m["splits"]["test"]["count"] and set(ys) <= {0, 1, 2}
+    assert len(xs) == m.count("test") and set(ys) <= {0, 1, 2}
     again = build_store("ram://stores/toy", cfg, seed=0, src=src)  # rebuild in place
-    assert again["splits"] == m["splits"]
+    assert again.splits == m.splits

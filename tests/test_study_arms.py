@@ -49,7 +49,7 @@ def test_the_classical_baseline_learns_from_the_labeled_split_only(tmp_path, mod
                                            test_fraction=0.25), 0, src)
     manifest = read_manifest(tmp_path / "s")
     result = baselines.fit_and_score(tmp_path / "s", manifest)
-    assert result["samples"] == manifest["splits"]["test"]["count"]
+    assert result["samples"] == manifest.count("test")
     assert result["accuracy"] > 0.9, result
     saved = baselines.save(result, tmp_path / "classical")
     assert example_scores(saved).mean() == pytest.approx(result["accuracy"])
@@ -98,7 +98,7 @@ def test_the_classical_baseline_fits_a_tiny_separable_table(tmp_path):
     build_store(tmp_path / "s", DataConfig(labeled_fraction=0.5, val_fraction=0.2,
                                            test_fraction=0.25), 0, src)
     manifest = read_manifest(tmp_path / "s")
-    assert manifest["splits"]["train"]["count"] < 30
+    assert manifest.count("train") < 30
     result = baselines.fit_and_score(tmp_path / "s", manifest)
     assert result["accuracy"] >= 0.9, result
     assert "on val" in result["chosen"]

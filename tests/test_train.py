@@ -235,7 +235,7 @@ def test_validation_batches_are_sized_to_whole_executions(tmp_path):
     x = rng.integers(0, 256, (1000, 4, 4, 1), dtype=np.uint8)
     build_store(tmp_path / "s", DataConfig(val_fraction=0.047, test_fraction=0.1), 0,
                 SourceData(x_pool=x, y_pool=np.arange(1000) % 2, class_names=["a", "b"]))
-    n = pipeline.split_info(tmp_path / "s", "val")["count"]
+    n = pipeline.split_info(tmp_path / "s", "val").count
     assert n == 42 and pipeline.steps(tmp_path / "s", "val", 16) == 3
     # 240 steps per epoch, 8 per execution: 42 examples cannot make 8k steps with batches
     # of 4 to 16; 6 (a divisor of 240) with batches of 8 (6 steps) can

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
+from pretrainer.data.records import StoreManifest
 from pretrainer.errors import DataError
 
 MODALITY_OF = {"folder": "image", "csv": "tabular", "text": "text"}
@@ -40,9 +41,9 @@ def kind_of(path: Path) -> str:
     return "csv" if path.suffix.lower() == ".csv" else "text"
 
 
-def check_modality(path: Path, manifest: dict) -> str:
+def check_modality(path: Path, manifest: StoreManifest) -> str:
     kind = kind_of(path)
-    want = manifest["modality"]
+    want = manifest.modality
     if MODALITY_OF[kind] != want:
         expected = {"image": "a folder of images", "text": "a text file, one example per line",
                     "tabular": "a .csv file with the training columns"}[want]
@@ -63,7 +64,7 @@ def count(path: Path) -> int | None:
     return max(n - (kind == "csv"), 0) or None
 
 
-def batches(path: Path, manifest: dict, batch_size: int = 256) -> Iterator[Batch]:
+def batches(path: Path, manifest: StoreManifest, batch_size: int = 256) -> Iterator[Batch]:
     kind = check_modality(path, manifest)
     if kind == "folder":
         yield from _image_batches(path, manifest, batch_size)
@@ -73,11 +74,11 @@ def batches(path: Path, manifest: dict, batch_size: int = 256) -> Iterator[Batch
         yield from _text_batches(path, batch_size)
 
 
-def _image_batches(root: Path, manifest: dict, batch_size: int) -> Iterator[Batch]:
+def _image_batches(root: Path, manifest: StoreManifest, batch_size: int) -> Iterator[Batch]:
     from pretrainer.data.folders import _images_under, load_images
     from pretrainer.data.preprocess import scale_pixels
 
-    h, w, c = manifest["shape"]
+    h, w, c = manifest.shape
     files = _images_under(root)
     if not files:
         raise DataError(f"no images (jpg, jpeg, png, bmp, gif) under {root}")
@@ -133,10 +134,10 @@ def _text_batches(path: Path, batch_size: int) -> Iterator[Batch]:
         yield Batch(ids, np.array(texts, dtype=object))
 
 
-def _csv_batches(path: Path, manifest: dict, batch_size: int) -> Iterator[Batch]:
+def _csv_batches(path: Path, manifest: StoreManifest, batch_size: int) -> Iterator[Batch]:
     from pretrainer.data.preprocess import encode_row
 
-    columns = manifest.get("columns") or []
+    columns = list(manifest.columns)
     if not columns:
         raise DataError("this model's store has no recorded CSV columns (collected by an "
                         "older pretrainer): collect again to predict from a CSV")
@@ -180,5 +181,6 @@ def _csv_batches(path: Path, manifest: dict, batch_size: int) -> Iterator[Batch]
             yield Batch(ids, np.stack(rows), skipped)
             ids, rows, skipped = [], [], []
     if rows or skipped:
-        yield Batch(ids, np.stack(rows) if rows else np.zeros((0, manifest["shape"][0]),
+        yield Batch(ids, np.stack(rows) if rows else np.zeros((0, manifest.width),
+
                                                               np.float32), skipped)

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from pretrainer.data.preprocess import scale_pixels
+from pretrainer.data.records import SplitInfo
 from pretrainer.data.store import join, read_manifest
 from pretrainer.errors import DataError
 
@@ -28,12 +29,12 @@ def _options() -> tf.data.Options:
     return opts
 
 
-def split_info(store: Path, split: str) -> dict:
+def split_info(store: Path, split: str) -> SplitInfo:
     manifest = read_manifest(store)
-    if split not in manifest["splits"]:
+    if split not in manifest.splits:
         raise DataError(f"Store {store} has no split '{split}'. Choose from: "
-                        f"{', '.join(manifest['splits'])}")
-    return manifest["splits"][split]
+                        f"{', '.join(manifest.splits)}")
+    return manifest.splits[split]
 
 
 # Shuffled reads interleave this many shards at once and permute blocks of this many
@@ -73,15 +74,15 @@ def _records(store: Path, split: str, *, labels: bool, modality: str, parse, shu
     Unshuffled reads keep the stored order; with `repeat` each pass is the same.
     """
     manifest = read_manifest(store)
-    if manifest["modality"] != modality:
-        raise DataError(f"{store} holds {manifest['modality']} data; this step reads {modality}")
+    if manifest.modality != modality:
+        raise DataError(f"{store} holds {manifest.modality} data; this step reads {modality}")
     info = split_info(store, split)
-    n = info["count"]
+    n = info.count
     if n == 0:
         raise DataError(f"Split '{split}' of {store} is empty; adjust data.* fractions")
-    if labels and not info["labeled"]:
+    if labels and not info.labeled:
         raise DataError(f"Split '{split}' of {store} has no labels")
-    files = [join(store, s["file"]) for s in info["shards"]]
+    files = [join(store, s.file) for s in info.shards]
     workers = max(1, min(4, os.cpu_count() or 1))
     cached = cache and n * bytes_per_example < CACHE_LIMIT_BYTES
 
@@ -188,7 +189,7 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     `start_batch`: begin at that batch of the stream (a resumed run); augmentation
     draws from (seed, batch index), so batch k is the same whatever the start.
     """
-    shape = read_manifest(store)["shape"]
+    shape = read_manifest(store).shape
     spec = {"image": tf.io.FixedLenFeature([], tf.string),
             "label": tf.io.FixedLenFeature([], tf.int64)}
 
@@ -202,7 +203,7 @@ def images(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
                                      bytes_per_example=int(np.prod(shape)),
                                      batch_size=batch_size, start_batch=start_batch,
                                      shuffle_buffer=shuffle_buffer)
-    num_classes = manifest["num_classes"]
+    num_classes = manifest.num_classes
 
     def finish(index, batch):
         img, label = batch
@@ -262,13 +263,13 @@ def rows(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     rows are the raw encoded features (models then standardise inside).
     """
     manifest = read_manifest(store)
-    n = manifest["shape"][0]
-    regression = manifest.get("task") == "regression"
+    n = manifest.width
+    regression = manifest.regression
     target = ("target", tf.io.FixedLenFeature([], tf.float32)) if regression else \
         ("label", tf.io.FixedLenFeature([], tf.int64))
     spec = {"features": tf.io.FixedLenFeature([n], tf.float32), target[0]: target[1]}
-    mean = tf.constant(manifest["feature_stats"]["mean"], tf.float32)
-    std = tf.constant(manifest["feature_stats"]["std"], tf.float32)
+    mean = tf.constant(manifest.feature_stats.mean, tf.float32)
+    std = tf.constant(manifest.feature_stats.std, tf.float32)
 
     def parse(record):
         ex = tf.io.parse_single_example(record, spec)
@@ -288,7 +289,7 @@ def examples(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
              standardize: bool = True, start_batch: int = 0,
              shuffle_buffer: int = SHUFFLE_BUFFER) -> tf.data.Dataset:
     """The reader that fits the store's modality (images, texts or rows)."""
-    modality = read_manifest(store)["modality"]
+    modality = read_manifest(store).modality
     common = dict(batch_size=batch_size, shuffle=shuffle, repeat=repeat, labels=labels,
                   cache=cache, seed=seed, start_batch=start_batch,
                   shuffle_buffer=shuffle_buffer)
@@ -297,7 +298,7 @@ def examples(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
     if modality == "tabular":
         ds = rows(store, split, standardize=standardize, **common)
         if labels and one_hot:
-            n = read_manifest(store)["num_classes"]
+            n = read_manifest(store).num_classes
             ds = ds.map(lambda x, y: (x, tf.one_hot(y, n)))
         return ds
     return texts(store, split, **common)
@@ -339,7 +340,7 @@ def to_numpy(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def steps(store: Path, split: str, batch_size: int, limit: Optional[int] = None) -> int:
     """Batches per pass over `split` (whole batches only when static batches are on)."""
-    n = split_info(store, split)["count"]
+    n = split_info(store, split).count
     if limit is not None:
         n = min(n, limit)
     if _STATIC["on"]:

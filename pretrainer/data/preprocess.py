@@ -20,6 +20,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from pretrainer.data.records import StoreManifest
+
 PIXEL_MAX = 255.0
 
 
@@ -123,15 +125,15 @@ def decode_features(columns: list[dict], x: np.ndarray) -> dict[str, np.ndarray]
 
 # ---------------------------------------------------------------- input spec
 
-def input_spec(manifest: dict, formats: Optional[Iterable[str]] = None) -> dict:
+def input_spec(manifest: StoreManifest, formats: Optional[Iterable[str]] = None) -> dict:
     """What a consumer must feed each export, written beside it as JSON."""
-    modality = manifest["modality"]
-    regression = manifest.get("task") == "regression"
+    modality = manifest.modality
+    regression = manifest.regression
     spec: dict = {"modality": modality,
                   "task": "regression" if regression else "classification",
-                  "class_names": list(manifest.get("class_names") or [])}
+                  "class_names": list(manifest.class_names)}
     if modality == "image":
-        h, w, c = manifest["shape"]
+        h, w, c = manifest.shape
         spec["saved_model"] = {
             "serving_default": {"images": f"uint8 [batch, height, width, {c}] pixels 0-255, "
                                           f"any height and width (resized to {h}x{w})"},
@@ -148,7 +150,7 @@ def input_spec(manifest: dict, formats: Optional[Iterable[str]] = None) -> dict:
             "text": "string [batch]: raw UTF-8 text; the WordPiece tokenizer is in the graph "
                     "(needs TensorFlow Text's ops, linked into stock TF Serving)"}}
     else:
-        columns = manifest.get("columns") or []
+        columns = list(manifest.columns)
         names = input_names(columns)
         spec["saved_model"] = {
             "serving_default": {name: ("float32 [batch] (NaN = missing -> "
@@ -156,18 +158,19 @@ def input_spec(manifest: dict, formats: Optional[Iterable[str]] = None) -> dict:
                                        "string [batch], one of " + ", ".join(
                                            repr(c) for c in col["categories"][:20]))
                                 for col, name in zip(columns, names, strict=True)},
-            "serve_features": {"features": f"float32 [batch, {manifest['shape'][0]}]: the "
+            "serve_features": {"features": f"float32 [batch, {manifest.width}]: the "
                                            f"encoded features in feature_names order"}}
         spec["columns"] = [{"column": c["column"], "input": n, **{k: v for k, v in c.items()
                                                                    if k != "column"}}
                            for c, n in zip(columns, names, strict=True)]
-        spec["feature_names"] = manifest.get("feature_names", [])
+        spec["feature_names"] = list(manifest.feature_names)
         spec["tensor"] = {"name": "features", "dtype": "float32",
-                          "shape": [None, manifest["shape"][0]],
+                          "shape": [None, manifest.width],
                           "preprocessing": "the encoded features (see columns); the model "
                                            "standardises them itself"}
     spec["outputs"] = ({"prediction": "float32 [batch]"} if regression else
-                       {"probabilities": f"float32 [batch, {manifest['num_classes']}] softmax, "
+                       {"probabilities": f"float32 [batch, {manifest.num_classes}] softmax, "
+
                                          f"in class_names order",
                         "label": "int64 [batch] argmax", "class_name": "string [batch]"})
     if formats is not None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from pretrainer import __version__
 from pretrainer.config import DataConfig
+from pretrainer.data.records import StoreManifest
 from pretrainer.errors import DataError
 from pretrainer.runs import any_sha256
 
@@ -252,7 +253,7 @@ def has_manifest(store) -> bool:
     return _gfile().exists(path) if _remote(path) else Path(path).is_file()
 
 
-def read_manifest(store) -> dict:
+def read_manifest(store) -> StoreManifest:
     path = join(store, MANIFEST)
     exists = _gfile().exists(path) if _remote(path) else Path(path).is_file()
     if not exists:
@@ -260,22 +261,25 @@ def read_manifest(store) -> dict:
                         f"Run `pretrainer collect` first")
     try:
         if not _remote(path):
-            return json.loads(Path(path).read_text(encoding="utf-8"))
+            return StoreManifest.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
         with _gfile().GFile(path, "r") as f:
-            return json.loads(f.read())
+            return StoreManifest.from_json(json.loads(f.read()))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON ({exc.msg}); rerun `pretrainer collect`") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{path} is not a store manifest ({type(exc).__name__}: {exc}); "
+                        f"rerun `pretrainer collect`") from exc
 
 
-def verify(store: Path, manifest: Optional[dict] = None) -> list[str]:
+def verify(store: Path, manifest: Optional[StoreManifest] = None) -> list[str]:
     """Names of shards that are missing or whose checksum differs from the manifest."""
     manifest = manifest or read_manifest(store)
     bad = []
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            path = join(store, shard["file"])
-            if not _gfile().exists(path) or any_sha256(path) != shard["sha256"]:
-                bad.append(shard["file"])
+    for split in manifest.splits.values():
+        for shard in split.shards:
+            path = join(store, shard.file)
+            if not _gfile().exists(path) or any_sha256(path) != shard.sha256:
+                bad.append(shard.file)
     return bad
 
 
@@ -336,7 +340,7 @@ def _shape(src) -> list[int]:
 
 
 def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
-                advance=None, share_from=None) -> dict:
+                advance=None, share_from=None) -> StoreManifest:
     """Split `src` (a SourceData) and write the store at `store`; return the manifest.
 
     Shards go to a staging folder named after the config key; a collect killed
@@ -381,17 +385,17 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
     shared = {}
     if share_from is not None and has_manifest(share_from):
         base = read_manifest(share_from)
-        if base.get("split_key") == skey:
-            shared = {k: base["splits"][k] for k in ("unlabeled", "val", "test")}
+        if base.split_key == skey:
+            shared = {k: base.splits[k] for k in ("unlabeled", "val", "test")}
     splits = {}
     for split in SPLITS:
         x, y = arrays[split]
-        if split in shared and shared[split]["count"] == len(x):
-            for shard in shared[split]["shards"]:
-                target = join(staging, shard["file"])
+        if split in shared and shared[split].count == len(x):
+            for shard in shared[split].shards:
+                target = join(staging, shard.file)
                 if not gfile.exists(target):
-                    _link_or_copy(join(share_from, shard["file"]), target)
-            splits[split] = shared[split]
+                    _link_or_copy(join(share_from, shard.file), target)
+            splits[split] = shared[split].to_json()
             if advance:
                 advance(len(x))
             continue
@@ -449,7 +453,7 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
             gfile.rename(join(staging, f), join(store, f), overwrite=True)
         _write_text(join(store, MANIFEST), text)
         gfile.rmtree(staging)
-        return manifest
+        return StoreManifest.from_json(manifest)
     _write_text(join(staging, MANIFEST), text)
     # Swap in the finished store; the old one (if any) goes only after the new one is whole.
     local = Path(store)
@@ -460,4 +464,4 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
     os.replace(staging, local)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return manifest
+    return StoreManifest.from_json(manifest)

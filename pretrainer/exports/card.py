@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from pretrainer import runs
+from pretrainer.data.records import StoreManifest
 
 PIPELINE_TAG = {"image": "image-classification", "text": "text-classification",
                 "tabular": "tabular-classification"}
@@ -147,14 +148,14 @@ def _epochs(n) -> str:
     return f"{_fmt(n)} epoch{'' if n == 1 else 's'}"
 
 
-def _usage(name: str, dataset: dict, formats: list[str]) -> list[str]:
-    modality = dataset["modality"]
+def _usage(name: str, dataset: StoreManifest, formats: list[str]) -> list[str]:
+    modality = dataset.modality
     out = ["## How to use", ""]
     if modality == "image":
-        h, w, c = dataset["shape"]
+        h, w, c = dataset.shape
         out += [f"Input: images, {'grayscale' if c == 1 else 'RGB'}, trained at {h}x{w}. "
                 f"Labels are indices into this order: "
-                + ", ".join(f"{i} = {n}" for i, n in enumerate(dataset['class_names'])) + ".",
+                + ", ".join(f"{i} = {n}" for i, n in enumerate(dataset.class_names)) + ".",
                 "", "TF Serving (REST), uint8 pixels of any size, or encoded bytes:", "",
                 "```bash",
                 f"curl -s localhost:8501/v1/models/{name}:predict -d "
@@ -167,7 +168,7 @@ def _usage(name: str, dataset: dict, formats: list[str]) -> list[str]:
                 f"curl -s localhost:8501/v1/models/{name}:predict -d "
                 "'{\"instances\": [\"some text to classify\"]}'", "```", ""]
     else:
-        cols = dataset.get("columns") or []
+        cols = list(dataset.columns)
         from pretrainer.data.preprocess import input_names
 
         example = {n: (c["fill"] if c["kind"] == "numeric" else c["categories"][0])
@@ -199,7 +200,7 @@ def _usage(name: str, dataset: dict, formats: list[str]) -> list[str]:
     return out
 
 
-def render(name: str, dataset: dict, finetune_run: Path, parity: dict, model=None, *,
+def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, model=None, *,
            pruning: Optional[dict] = None, chance: Optional[str] = None, cfg=None) -> str:
     ft = runs.read_manifest(finetune_run)
     pre_run = Path(ft["parent_run"]) if ft.get("parent_run") else None
@@ -208,10 +209,10 @@ def render(name: str, dataset: dict, finetune_run: Path, parity: dict, model=Non
     evaluation = _evaluation_of(finetune_run)
     metrics = evaluation[1] if evaluation else None
     comparison = _scratch_comparison(finetune_run, evaluation)
-    regression = dataset.get("task") == "regression"
-    modality = dataset["modality"]
-    source = dataset.get("source", {})
-    splits = dataset["splits"]
+    regression = dataset.regression
+    modality = dataset.modality
+    source = dataset.source
+    n_pool, n_train = dataset.count("unlabeled"), dataset.count("train")
     task = ("tabular-regression" if regression else PIPELINE_TAG[modality])
     metric_rows = []
     if metrics and regression:
@@ -225,12 +226,12 @@ def render(name: str, dataset: dict, finetune_run: Path, parity: dict, model=Non
             "pipeline_tag": task,
             "tags": ["pretrainer", "self-supervised", *([pre["pretext"]] if pre.get("pretext")
                                                         else []), modality],
-            "datasets": [dataset["name"]],
+            "datasets": [dataset.name],
             "metrics": [m["type"] for m in metric_rows] or ["accuracy"]}
     if metric_rows:
         meta["model-index"] = [{"name": name, "results": [{
             "task": {"type": task},
-            "dataset": {"name": dataset["name"], "type": str(source.get("dataset")
+            "dataset": {"name": dataset.name, "type": str(source.get("dataset")
                                                               or source.get("name")),
                         "split": metrics.get("split", "test")},
             "metrics": metric_rows}]}]
@@ -239,15 +240,15 @@ def render(name: str, dataset: dict, finetune_run: Path, parity: dict, model=Non
     if chance:
         lines += [f"> **Warning: no better than chance** ({chance}). Not published to "
                   "serving/ unless deployed with `deploy.allow_chance=true`.", ""]
-    names = dataset.get("class_names") or []
+    names = list(dataset.class_names)
     what = (f"regression of `{source.get('target')}`" if regression else
             f"classification into {len(names)} classes ("
             + ", ".join(names[:20]) + (", …" if len(names) > 20 else "") + ")")
     lines += [f"{'An' if modality == 'image' else 'A'} {modality} model for {what}, trained with pretrainer: "
-              + (f"a `{pre.get('backbone')}` backbone pretrained on {splits['unlabeled']['count']}"
+              + (f"a `{pre.get('backbone')}` backbone pretrained on {n_pool}"
                  f" unlabeled examples with the `{pre.get('pretext')}` pretext task, then "
-                 f"finetuned ({ft.get('mode')}) on {splits['train']['count']} labeled examples."
-                 if pre_run else f"trained from scratch on {splits['train']['count']} "
+                 f"finetuned ({ft.get('mode')}) on {n_train} labeled examples."
+                 if pre_run else f"trained from scratch on {n_train} "
                                  f"labeled examples."), "",
               "## Model", "",
               f"- architecture: `{ft_cfg.get('backbone', {}).get('name', pre.get('backbone'))}`"
@@ -258,15 +259,15 @@ def render(name: str, dataset: dict, finetune_run: Path, parity: dict, model=Non
                               "`probabilities` (softmax, label order above), `label`, "
                               "`class_name`"), "",
               "## Training data", "",
-              f"- dataset `{dataset['name']}` (source `{source.get('name')}`"
+              f"- dataset `{dataset.name}` (source `{source.get('name')}`"
               + (f", `{source['dataset']}`" if source.get("dataset") else "")
               + (f"; licence: {source['licence']}" if source.get("licence") else "") + ")",
-              f"- unlabeled pretraining pool: {splits['unlabeled']['count']} examples",
-              f"- labeled training examples: {splits['train']['count']}"
-              + (f" ({dataset['labels_per_class']} per class)" if dataset.get("labels_per_class")
-                 else f" ({_fmt(dataset.get('labeled_fraction'))} of the labels)"),
-              f"- validation: {splits['val']['count']}, test: {splits['test']['count']}",
-              f"- unreadable inputs skipped: {dataset.get('skipped', {}).get('count', 0)}",
+              f"- unlabeled pretraining pool: {n_pool} examples",
+              f"- labeled training examples: {n_train}"
+              + (f" ({dataset.labels_per_class} per class)" if dataset.labels_per_class
+                 else f" ({_fmt(dataset.labeled_fraction)} of the labels)"),
+              f"- validation: {dataset.count('val')}, test: {dataset.count('test')}",
+              f"- unreadable inputs skipped: {dataset.skipped.get('count', 0)}",
               "", "## Training procedure", ""]
     lines += _hyperparameters(pre_cfg, ft_cfg, pre, ft)
     lines += ["", "## Evaluation", ""]
@@ -310,7 +311,7 @@ def render(name: str, dataset: dict, finetune_run: Path, parity: dict, model=Non
                      f"{p['size_bytes'] / 1e6:.2f} | {'yes' if p['passed'] else 'no'} |")
     lines += [""] + _usage(name, dataset, list(parity))
     lines += ["## Limits", "",
-              f"- Trained with {splits['train']['count']} labeled examples from one source: "
+              f"- Trained with {n_train} labeled examples from one source: "
               "expect errors on classes, styles, sensors or wording the data did not cover.",
               "- Accuracy is an average: the evaluate run's report.md has the per-class table; "
               "some classes can be much worse.",
@@ -325,15 +326,16 @@ def render(name: str, dataset: dict, finetune_run: Path, parity: dict, model=Non
     return "\n".join(lines)
 
 
-def _input_line(dataset: dict) -> str:
-    if dataset["modality"] == "image":
-        h, w, c = dataset["shape"]
+def _input_line(dataset: StoreManifest) -> str:
+    if dataset.modality == "image":
+        h, w, c = dataset.shape
         return (f"{'grayscale' if c == 1 else 'RGB'} images; the SavedModel takes uint8 pixels "
                 f"of any size or encoded image bytes and resizes to {h}x{w} itself; LiteRT and "
                 f"ONNX take float32 [batch, {h}, {w}, {c}] pixels/255")
-    if dataset["modality"] == "text":
+    if dataset.modality == "text":
         return "raw text strings (WordPiece tokenizer inside the model)"
-    cols = dataset.get("columns") or []
+    cols = list(dataset.columns)
+
     return (f"table rows: {len(cols)} columns by name ("
             + ", ".join(c["column"] for c in cols[:20]) + ")")
 

@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from pretrainer import runs
+from pretrainer.data.records import StoreManifest
 from pretrainer.exports import sidecar
 
 
-def float_signature(model, manifest: dict):
+def float_signature(model, manifest: StoreManifest):
     """The float tensor-in, tensor-out function LiteRT and ONNX both carry."""
     import tensorflow as tf
 
-    regression = manifest.get("task") == "regression"
-    name = "images" if manifest["modality"] == "image" else "features"
+    regression = manifest.regression
+    name = "images" if manifest.modality == "image" else "features"
     out_name = "prediction" if regression else "probabilities"
 
     @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32,
@@ -35,7 +36,7 @@ def float_signature(model, manifest: dict):
     return serve, name, out_name
 
 
-def export(model, target: Path, manifest: dict, quantize: str,
+def export(model, target: Path, manifest: StoreManifest, quantize: str,
            representative: np.ndarray) -> Path:
     import keras
     import tensorflow as tf

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pretrainer import runs
 from pretrainer.data import preprocess
+from pretrainer.data.records import StoreManifest
 from pretrainer.errors import ConfigError
 from pretrainer.exports import sidecar
 
@@ -36,18 +37,18 @@ def _rename(graph, old: str, new: str) -> None:
         node.output[:] = [new if n == old else n for n in node.output]
 
 
-def name_and_describe(model_proto, manifest: dict) -> None:
+def name_and_describe(model_proto, manifest: StoreManifest) -> None:
     """Give the graph's tensors meaningful names and attach class names and input spec."""
-    regression = manifest.get("task") == "regression"
+    regression = manifest.regression
     graph = model_proto.graph
-    _rename(graph, graph.input[0].name, "images" if manifest["modality"] == "image"
+    _rename(graph, graph.input[0].name, "images" if manifest.modality == "image"
             else "features")
     _rename(graph, graph.output[0].name, "prediction" if regression else "probabilities")
     for v in list(graph.input) + list(graph.output):
         dims = v.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_param = "batch"
-    props = {"class_names": json.dumps(list(manifest.get("class_names") or [])),
+    props = {"class_names": json.dumps(list(manifest.class_names)),
              "input_spec": json.dumps(preprocess.input_spec(manifest).get("tensor", {})),
              "task": "regression" if regression else "classification",
              "producer": "pretrainer"}
@@ -57,7 +58,7 @@ def name_and_describe(model_proto, manifest: dict) -> None:
         entry.key, entry.value = k, v
 
 
-def export(model, target: Path, manifest: dict) -> Path:
+def export(model, target: Path, manifest: StoreManifest) -> Path:
     import onnx
 
     def write(path):

@@ -16,8 +16,13 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # the runner subprocess imports this module with TensorFlow alone
+    from pretrainer.data.records import StoreManifest
+
 
 
 def _saved_model(path: str, signature: str):
@@ -108,10 +113,10 @@ def main(argv: list[str]) -> int:
 
 
 
-def client_inputs(manifest: dict, x: np.ndarray, fmt: str) -> dict:
+def client_inputs(manifest: StoreManifest, x: np.ndarray, fmt: str) -> dict:
     """The test examples as a client feeds each export's default entry point: uint8
     pixels, UTF-8 strings or named table columns (SavedModel), float tensors (others)."""
-    modality = manifest["modality"]
+    modality = manifest.modality
     if modality == "text":
         return {"text": np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v)
                                   for v in x])}
@@ -119,14 +124,14 @@ def client_inputs(manifest: dict, x: np.ndarray, fmt: str) -> dict:
         if fmt == "saved_model":
             return {"images": np.rint(np.asarray(x, np.float64) * 255.0).astype(np.uint8)}  # exact inverse of scale_pixels
         return {"images": np.asarray(x, np.float32)}
-    if fmt == "saved_model" and manifest.get("columns"):
+    if fmt == "saved_model" and manifest.columns:
         from pretrainer.data.preprocess import decode_features
 
-        return decode_features(manifest["columns"], np.asarray(x, np.float32))
+        return decode_features(list(manifest.columns), np.asarray(x, np.float32))
     return {"features": np.asarray(x, np.float32)}
 
 
-def check(fmt: str, artifact, manifest: dict, x: np.ndarray, y: np.ndarray,
+def check(fmt: str, artifact, manifest: StoreManifest, x: np.ndarray, y: np.ndarray,
           reference: np.ndarray, cfg, signature: str = "serving_default") -> dict:
     """Run `artifact` in a fresh process with its own runtime and compare with Keras.
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pretrainer import runs
 from pretrainer.data import preprocess
+from pretrainer.data.records import StoreManifest
 from pretrainer.exports import sidecar
 
 
@@ -80,7 +81,7 @@ def _outputs(out, class_names: list[str]):
             "class_name": tf.gather(tf.constant(class_names), label)}
 
 
-def signatures(model, manifest: dict) -> dict:
+def signatures(model, manifest: StoreManifest) -> dict:
     """{signature name: tf.function} for `model` trained on the store described by `manifest`.
 
     `predict` calls these same functions on a finetune run, so a prediction made
@@ -88,10 +89,10 @@ def signatures(model, manifest: dict) -> dict:
     """
     import tensorflow as tf
 
-    names = list(manifest.get("class_names") or [])
-    if manifest.get("task") != "regression" and not names:
+    names = list(manifest.class_names)
+    if not manifest.regression and not names:
         names = [str(i) for i in range(model.output_shape[-1])]
-    modality = manifest["modality"]
+    modality = manifest.modality
     if modality == "image":
         h, w, c = model.input_shape[1:]
 
@@ -120,7 +121,7 @@ def signatures(model, manifest: dict) -> dict:
             return _outputs(model(text, training=False), names)
 
         return {"serving_default": serve_text}
-    columns = manifest.get("columns") or []
+    columns = list(manifest.columns)
     n = model.input_shape[-1]
 
     @tf.function(input_signature=[tf.TensorSpec([None, n], tf.float32, name="features")])
@@ -141,7 +142,7 @@ def signatures(model, manifest: dict) -> dict:
     return {"serving_default": serve_columns, "serve_features": serve_features}
 
 
-def export(model, target: Path, manifest: dict) -> Path:
+def export(model, target: Path, manifest: StoreManifest) -> Path:
     """Write the SavedModel for `model` at `target` (built aside, renamed in)."""
     import keras
 
@@ -153,7 +154,7 @@ def export(model, target: Path, manifest: dict) -> Path:
         archive.write_out(str(tmp), verbose=False)
         assets = Path(tmp) / "assets"
         assets.mkdir(exist_ok=True)
-        names = manifest.get("class_names") or []
+        names = list(manifest.class_names)
         if names:
             (assets / "labels.txt").write_text(sidecar.labels_text(names), encoding="utf-8")
         (assets / "input_spec.json").write_text(

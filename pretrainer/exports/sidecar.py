@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pretrainer import runs
 from pretrainer.data import preprocess
+from pretrainer.data.records import StoreManifest
 
 
 def labels_text(names: list[str]) -> str:
@@ -17,15 +18,15 @@ def labels_text(names: list[str]) -> str:
     return "".join(f"{n}\n" for n in names)
 
 
-def write(artifact: Path, manifest: dict, fmt: str, **extra) -> None:
-    names = list(manifest.get("class_names") or [])
+def write(artifact: Path, manifest: StoreManifest, fmt: str, **extra) -> None:
+    names = list(manifest.class_names)
     if names:
         runs.atomic_write_text(artifact.parent / "labels.txt", labels_text(names))
     spec = preprocess.input_spec(manifest)
     doc = {"format": fmt, "file": artifact.name, "class_names": names,
            "input": spec.get("tensor"), "outputs": spec["outputs"], **extra}
     if fmt in ("litert", "onnx"):
-        regression = manifest.get("task") == "regression"
+        regression = manifest.regression
         doc["outputs"] = ({"prediction": "float32 [batch]"} if regression else
                           {"probabilities": spec["outputs"]["probabilities"]})
     runs.atomic_write_text(artifact.with_suffix(artifact.suffix + ".json"),

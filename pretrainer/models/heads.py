@@ -50,13 +50,14 @@ def regressor(backbone: keras.Model, *, hidden: list[int] | None = None, dropout
     return keras.Model(inputs, outputs, name="regressor")
 
 
-def normalizer(stats: dict) -> keras.layers.Layer:
-    """Fixed standardisation (statistics of the pretraining pool), saved with the model so an
-    export takes the raw encoded features."""
+def normalizer(stats) -> keras.layers.Layer:
+    """Fixed standardisation (a store's `FeatureStats`: statistics of the pretraining pool),
+    saved with the model so an export takes the raw encoded features."""
     import numpy as np
 
-    std = np.asarray(stats["std"], np.float32)
-    return keras.layers.Normalization(mean=np.asarray(stats["mean"], np.float32),
+    std = np.asarray(stats.std, np.float32)
+    return keras.layers.Normalization(mean=np.asarray(stats.mean, np.float32),
+
                                       variance=std ** 2, name="standardize")
 
 

@@ -13,6 +13,7 @@ from pretrainer import runs
 from pretrainer.config import Config
 from pretrainer.console import console, esc, info, quiet_tensorflow, table, warn
 from pretrainer.data import sources
+from pretrainer.data.records import StoreManifest
 from pretrainer.data.store import (
     FORMAT_VERSION,
     MANIFEST,
@@ -38,12 +39,12 @@ def store_path(cfg: Config) -> str:
     manifest = _intact_manifest(base)
     if manifest is None:  # none, or damaged: this config's own store if it has one
         return f"{base}@{key}" if _intact_manifest(f"{base}@{key}") else base
-    if manifest.get("config_key") == key or manifest.get("format_version", 1) != FORMAT_VERSION:
+    if manifest.config_key == key or manifest.format_version != FORMAT_VERSION:
         return base
     return f"{base}@{key}"
 
 
-def _intact_manifest(store: str) -> Optional[dict]:
+def _intact_manifest(store: str) -> Optional[StoreManifest]:
     """The store's manifest, or None when it has none or one that cannot be read (cut by
     a full disk or a kill): such a store is collected again, in place."""
     if not has_manifest(store):
@@ -82,10 +83,10 @@ def ensure_store(cfg: Config) -> str:
     store = store_path(cfg)
     manifest = _intact_manifest(store)
     if manifest is not None:
-        if manifest.get("config_key") == config_key(cfg.data, store_seed(cfg)):
+        if manifest.config_key == config_key(cfg.data, store_seed(cfg)):
             return store
         info(f"the dataset store at {esc(store)} was written by store format "
-             f"{manifest.get('format_version', 1)} (now {FORMAT_VERSION}, which shuffles every "
+             f"{manifest.format_version} (now {FORMAT_VERSION}, which shuffles every "
              f"split); rebuilding it")
     elif has_manifest(store):
         info(f"the manifest of the dataset store at {esc(store)} cannot be read; collecting "
@@ -124,7 +125,7 @@ def _require_path(cfg: Config) -> None:
     if "://" not in str(root) and root.is_dir():
         for folder in sorted(root.glob(f"{cfg.data.name}*")):
             manifest = _intact_manifest(str(folder))
-            path = ((manifest or {}).get("source") or {}).get("path")
+            path = manifest.source.get("path") if manifest else None
             if path and folder.name.split("@")[0] == cfg.data.name:
                 built.append(f"data.path='{path}' ({folder})")
     hint = (f"; the stores of data '{cfg.data.name}' here were built with "
@@ -140,7 +141,7 @@ def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> st
         info(f"collect: {esc(join(store, MANIFEST))} cannot be read (cut or not JSON); "
              f"rebuilding the store")
     if manifest is not None:
-        if manifest.get("config_key") == key:
+        if manifest.config_key == key:
             bad = verify(store, manifest)
             if not bad:
                 info(f"[green]collect[/green]: {esc(store)} is up to date (checksums verified)")
@@ -180,7 +181,7 @@ def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> st
 
         manifest = build_store(store, cfg.data, store_seed(cfg), src, progress=said,
                                advance=advance, share_from=share_from)
-    c = manifest["contamination"]
+    c = manifest.contamination
     dups = {k: v for k, v in c.items() if k.endswith("_in_test") and v}
     if dups:
         listed = ", ".join(f"{v} in {k.removesuffix('_in_test')}" for k, v in dups.items())
@@ -191,12 +192,13 @@ def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> st
     return store
 
 
-def _summary(store: str, manifest: dict) -> None:
+def _summary(store: str, manifest: StoreManifest) -> None:
     rows = []
     for split in SPLITS:
-        s = manifest["splits"][split]
-        rows.append([split, s["count"], "yes" if s["labeled"] else "no", len(s["shards"])])
-    what = (f"{manifest['num_classes']} classes" if manifest.get("task") != "regression"
+        s = manifest.splits[split]
+        rows.append([split, s.count, "yes" if s.labeled else "no", len(s.shards)])
+
+    what = (f"{manifest.num_classes} classes" if not manifest.regression
             else "regression target")
-    console.print(table(f"{manifest['name']}: {manifest['modality']} {manifest['shape']}, {what}",
+    console.print(table(f"{manifest.name}: {manifest.modality} {manifest.shape}, {what}",
                         ["split", "examples", "labels", "shards"], rows))

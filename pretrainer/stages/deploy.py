@@ -83,7 +83,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     if "onnx" in dcfg.formats:
         onnx.require()
     ft_run, model, store, manifest = load_finetuned(cfg, run)
-    if manifest["modality"] == "text" and set(dcfg.formats) - {"saved_model"}:
+    if manifest.modality == "text" and set(dcfg.formats) - {"saved_model"}:
         raise ConfigError("text models export as saved_model only: LiteRT and ONNX cannot "
                           "carry the WordPiece tokenizer's ops. Use deploy=text")
     model = float32_copy(model)

@@ -25,11 +25,12 @@ from pretrainer import runs
 from pretrainer.config import Config
 from pretrainer.console import esc, info, warn
 from pretrainer.data import inputs as user_inputs
+from pretrainer.data.records import StoreManifest
 from pretrainer.data.store import SPLITS, read_manifest
 from pretrainer.errors import RunError
 
 
-def featurizer(run_dir: Path, manifest: dict):
+def featurizer(run_dir: Path, manifest: StoreManifest):
     """callable(batch of model inputs) -> float32 [batch, dim]."""
     import keras
     import tensorflow as tf
@@ -37,8 +38,8 @@ def featurizer(run_dir: Path, manifest: dict):
     from pretrainer.stages import load_keras_artifact
 
     stage = runs.read_manifest(run_dir).get("stage")
-    text = manifest["modality"] == "text"
-    shape = None if text else tuple(manifest["shape"])
+    text = manifest.modality == "text"
+    shape = None if text else tuple(manifest.shape)
     if stage == "finetune":
         model = load_keras_artifact(run_dir, "model.keras", shape)
         # a Wide & Deep text model (finetune.wide=ngrams): the pooled embedding, not the
@@ -63,13 +64,13 @@ def featurizer(run_dir: Path, manifest: dict):
     return lambda x: np.asarray(pooled(tf.constant(list(x)), training=False), np.float32)
 
 
-def _split_batches(store, split: str, manifest: dict, batch_size: int):
+def _split_batches(store, split: str, manifest: StoreManifest, batch_size: int):
     from pretrainer.data import pipeline
 
     labeled = split != "unlabeled"
     ds = pipeline.examples(store, split, batch_size=batch_size, cache=False, labels=labeled,
                            standardize=False)
-    names = manifest.get("class_names") or []
+    names = list(manifest.class_names)
     i = 0
     for item in ds:
         x, y = (item if labeled else (item, None))
@@ -99,10 +100,11 @@ def run(cfg: Config, source: Optional[str] = None, run: Optional[str] = None,
     featurize = featurizer(run_dir, manifest)
     source = source or "test"
     if source in SPLITS and not Path(source).exists():
-        if manifest["splits"].get(source, {}).get("count", 0) == 0:
+        if manifest.count(source) == 0:
             raise RunError(f"the store {store} has no {source} examples. Splits: "
-                           + ", ".join(f"{s} ({v['count']})" for s, v in
-                                       manifest["splits"].items() if v["count"]))
+                           + ", ".join(f"{s} ({v.count})" for s, v in
+                                       manifest.splits.items() if v.count))
+
         stream, name = _split_batches(store, source, manifest, batch_size), source
         columns = ["example", "label", "class_name"]
     else:

@@ -11,6 +11,7 @@ from pretrainer import runs, scoring
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, table
 from pretrainer.data import pipeline
+from pretrainer.data.records import StoreManifest
 from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import RunError
 from pretrainer.stages import load_keras_artifact, trained_store
@@ -46,11 +47,11 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     return out
 
 
-def majority_rate(y_true: np.ndarray, manifest: dict) -> float:
+def majority_rate(y_true: np.ndarray, manifest: StoreManifest) -> float:
     """The accuracy of always predicting the labeled split's most frequent class (the
     floor any classifier must clear), on these examples."""
-    counts = manifest["splits"]["train"].get("per_class") or {}
-    names = manifest["class_names"]
+    counts = manifest.per_class("train")
+    names = manifest.class_names
     if counts:
         top = names.index(max(counts, key=counts.get))
     else:  # no per-class counts recorded: the most frequent class here
@@ -83,7 +84,7 @@ def load_finetuned(cfg: Config, run: Optional[str | Path]):
     ft_run = runs.resolve(cfg.paths.runs, cfg.experiment, "finetune", run)
     store = trained_store(ft_run, store_path(cfg))
     manifest = read_manifest(store)
-    return ft_run, load_keras_artifact(ft_run, "model.keras", tuple(manifest["shape"])), \
+    return ft_run, load_keras_artifact(ft_run, "model.keras", tuple(manifest.shape)), \
         store, manifest
 
 
@@ -120,8 +121,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     ft_run, model, store, manifest = load_finetuned(cfg, run)
     split = cfg.evaluate.split
     x, y, probs = predict_split(model, store, split)
-    names = manifest["class_names"]
-    regression = manifest.get("task") == "regression"
+    names = manifest.class_names
+    regression = manifest.regression
     if regression:
         result = regression_metrics(y, probs[:, 0])
     else:
@@ -146,7 +147,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                  "f1_weighted")
         _confusion_png(np.array(result["confusion_matrix"]), names,
                        out / "plots" / "confusion_matrix.png")
-        explained = _explain(cfg, model, x, y, probs, names, out, manifest["modality"])
+        explained = _explain(cfg, model, x, y, probs, names, out, manifest.modality)
         runs.atomic_write_text(out / "report.md", _report(result, names, explained))
     runs.mark_done(out)
     console.print(table(
@@ -219,11 +220,11 @@ def _report(result: dict, names: list[str], explained: Optional[str] = None) -> 
     return "\n".join(lines)
 
 
-def embed(backbone, store, split: str, manifest: dict, vocab_file: Path) -> tuple:
+def embed(backbone, store, split: str, manifest: StoreManifest, vocab_file: Path) -> tuple:
     """(features, labels) of a labeled split through a frozen backbone (mean-pooled for text)."""
     x, y = pipeline.to_numpy(pipeline.examples(store, split, batch_size=256, cache=False,
                                                standardize=True))
-    if manifest["modality"] == "text":
+    if manifest.modality == "text":
         import tensorflow as tf
 
         from pretrainer.models.transformer import PAD, load_vocabulary, tokenizer
@@ -239,7 +240,7 @@ def embed(backbone, store, split: str, manifest: dict, vocab_file: Path) -> tupl
     return feats, y
 
 
-def embedding_quality(cfg: Config, pretrain_run: Path, store, manifest: dict) -> Path:
+def embedding_quality(cfg: Config, pretrain_run: Path, store, manifest: StoreManifest) -> Path:
     """Label-efficiency of frozen features without training a head: kNN accuracy and a
     logistic-regression probe (scikit-learn), fitted on the labeled train split."""
     import keras
@@ -247,9 +248,9 @@ def embedding_quality(cfg: Config, pretrain_run: Path, store, manifest: dict) ->
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.preprocessing import StandardScaler
 
-    if manifest.get("task") == "regression" or manifest["num_classes"] < 2:
+    if manifest.regression or manifest.num_classes < 2:
         raise RunError("embedding quality needs a labeled classification dataset")
-    shape = None if manifest["modality"] == "text" else tuple(manifest["shape"])
+    shape = None if manifest.modality == "text" else tuple(manifest.shape)
     backbone = load_keras_artifact(pretrain_run, "backbone.keras", shape,
                                    "pass a pretrain run of this dataset, or the data config "
                                    "it was pretrained on")
@@ -258,7 +259,7 @@ def embedding_quality(cfg: Config, pretrain_run: Path, store, manifest: dict) ->
     x_te, y_te = embed(backbone, store, cfg.evaluate.split, manifest, vocab)
     scaler = StandardScaler().fit(x_tr)
     x_tr, x_te = scaler.transform(x_tr), scaler.transform(x_te)
-    k = max(1, min(5, len(y_tr) // max(manifest["num_classes"], 1)))
+    k = max(1, min(5, len(y_tr) // max(manifest.num_classes, 1)))
     knn = KNeighborsClassifier(n_neighbors=k).fit(x_tr, y_tr)
     probe = LogisticRegression(max_iter=2000, C=0.1).fit(x_tr, y_tr)
     result = {"split": cfg.evaluate.split, "pretrain_run": str(pretrain_run),

@@ -9,6 +9,7 @@ from pretrainer import runs
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import esc, info
 from pretrainer.data import pipeline
+from pretrainer.data.records import StoreManifest
 from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import ConfigError, DataError
 from pretrainer.models import build_backbone
@@ -40,35 +41,35 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
               if ft.init == "pretrained" or prior_features else None)
     store = ensure_store(cfg)
     manifest = read_manifest(store)
-    text = manifest["modality"] == "text"
-    if manifest["splits"]["train"]["count"] == 0:
+    text = manifest.modality == "text"
+    if manifest.count("train") == 0:
         raise DataError(f"{store} holds no labeled examples (an unlabeled-only source): use it "
                         f"to pretrain, then finetune with a labeled data config and --run")
-    shape = tuple(manifest["shape"])
-    tabular = manifest["modality"] == "tabular"
-    regression = manifest.get("task") == "regression"
+    shape = tuple(manifest.shape)
+    tabular = manifest.modality == "tabular"
+    regression = manifest.regression
     if not regression:
         _warn_few_labels(manifest, cfg)
     if ft.init == "public" and (text or tabular):
         raise ConfigError(f"finetune.init=public provides ImageNet image backbones; this store "
-                          f"holds {manifest['modality']} data. Use init=pretrained or scratch")
+                          f"holds {manifest.modality} data. Use init=pretrained or scratch")
     if ft.init == "public" and cfg.backbone.name not in PUBLIC_WEIGHTS:
         raise ConfigError(f"finetune.init=public needs a backbone with public weights "
                           f"({', '.join(PUBLIC_WEIGHTS)}); backbone '{cfg.backbone.name}' has "
                           f"none. Use backbone=resnet or backbone=mobilenet, or init=pretrained")
     if ft.wide != "none" and not text:
         raise ConfigError(f"finetune.wide={ft.wide} is for text classifiers; this store holds "
-                          f"{manifest['modality']} data. Set finetune.wide=none")
+                          f"{manifest.modality} data. Set finetune.wide=none")
     semi = ft.semi_supervised != "none"
-    if semi and (text or tabular or regression or manifest["splits"]["unlabeled"]["count"] == 0):
+    if semi and (text or tabular or regression or manifest.count("unlabeled") == 0):
         raise ConfigError("finetune.semi_supervised=fixmatch needs image classification data "
                           "with an unlabeled split; set finetune.semi_supervised=none")
-    strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest["modality"],
+    strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest.modality,
                                                   "backbone": cfg.backbone.name})
     if semi and is_multi_worker(strategy):
         raise ConfigError("finetune.semi_supervised=fixmatch runs on one machine (cpu, gpu, "
                           "mirrored or tpu), not multi_worker")
-    n_labels = manifest["splits"]["train"]["count"]
+    n_labels = manifest.count("train")
     run_dir, resumed, chief, restore_from = open_run(
         cfg.paths.runs, cfg.experiment, "finetune", strategy, to_yaml(cfg), parent=parent,
         dataset_manifest=join(store, MANIFEST),
@@ -100,11 +101,11 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                         else build_backbone(shape, cfg.backbone))
         if ft.mode == "linear_probe":
             backbone.trainable = False
-        norm = normalizer(manifest["feature_stats"]) if tabular else None
+        norm = normalizer(manifest.feature_stats) if tabular else None
         if text:
             wide = (_wide_ngrams(store, backbone, tok, ft.wide_max_tokens)
                     if ft.wide == "ngrams" else None)
-            model = text_classifier(backbone, tok, manifest["num_classes"], dropout=ft.dropout,
+            model = text_classifier(backbone, tok, manifest.num_classes, dropout=ft.dropout,
                                     wide=wide, l2=ft.head_l2)
             loss, metrics = ft.loss, ["accuracy"]
         elif regression:
@@ -112,7 +113,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                               normalizer=norm)
             loss, metrics = "mse", ["mae"]
         else:
-            model = classifier(backbone, manifest["num_classes"], hidden=ft.head_units,
+            model = classifier(backbone, manifest.num_classes, hidden=ft.head_units,
                                dropout=ft.dropout, normalizer=norm,
                                feature_norm=ft.feature_norm)
             loss, metrics = ft.loss, ["accuracy"]
@@ -128,7 +129,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                 info("  finetune: finetune.prior=propagation needs pretrained features; this "
                      f"{ft.init} run trains without the prior")
             elif ft.prior == "propagation":
-                prior, facts = propagation_prior(pretrained, store, manifest["num_classes"])
+                prior, facts = propagation_prior(pretrained, store, manifest.num_classes)
                 shown = (f", val accuracy {facts['val_accuracy']:.2%}"
                          if facts["val_accuracy"] is not None else "")
                 info(f"  prior pseudo-labels: labels spread over a {facts['graph_k']}-NN graph "
@@ -166,7 +167,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
             cache=cfg.data.cache, start_batch=start_batch,
             shuffle_buffer=cfg.data.shuffle_buffer))
     val_ds, val_steps, vbs = None, None, bs
-    if manifest["splits"]["val"]["count"] > 0:  # (its steps a multiple of steps/execution)
+    if manifest.count("val") > 0:  # (its steps a multiple of steps/execution)
         vbs = pipeline.validation_batch(store, "val", bs, steps_per_epoch,
                                         1 if scaled else cfg.trainer.steps_per_execution)
         val_ds = pipeline.examples(store, "val", batch_size=vbs, repeat=True, **read)
@@ -219,13 +220,13 @@ FEW_LABELS = 5  # per class: below this a labeled split is more a draw than a bu
 _WARNED: set = set()  # stores already warned about in this process (pipeline: 3 finetunes)
 
 
-def _warn_few_labels(manifest: dict, cfg: Config) -> None:
+def _warn_few_labels(manifest: StoreManifest, cfg: Config) -> None:
     """Say so when the labeled split has fewer than FEW_LABELS examples of some class:
     a data group swapped on the command line (data=text_files) brings its own
     labeled_fraction, which can shrink the experiment's label budget unnoticed."""
     from pretrainer.console import warn
 
-    counts = manifest["splits"]["train"].get("per_class") or {}
+    counts = manifest.per_class("train")
     few = {name: n for name, n in counts.items() if n < FEW_LABELS}
     if not counts or not few or cfg.data.name in _WARNED:
         return
@@ -241,21 +242,21 @@ def _warn_few_labels(manifest: dict, cfg: Config) -> None:
          f"budget you mean")
 
 
-def _print_linear(model, manifest: dict, run_dir: Path) -> None:
+def _print_linear(model, manifest: StoreManifest, run_dir: Path) -> None:
     """A linear model on standardised features, stated in the data's own units."""
     import numpy as np
 
     w, b = (np.asarray(v, np.float64) for v in model.get_layer("prediction").get_weights())
-    mean = np.asarray(manifest["feature_stats"]["mean"])
-    std = np.asarray(manifest["feature_stats"]["std"])
+    mean = np.asarray(manifest.feature_stats.mean)
+    std = np.asarray(manifest.feature_stats.std)
     coef = w[:, 0] / std
     intercept = float(b[0] - (coef * mean).sum())
-    target = manifest["source"].get("target") or "target"
-    terms = " + ".join(f"{c:.4f} × {n}" for c, n in zip(coef, manifest["feature_names"],
+    target = manifest.source.get("target") or "target"
+    terms = " + ".join(f"{c:.4f} × {n}" for c, n in zip(coef, manifest.feature_names,
                                                        strict=True))
     info(f"learned: {target} ≈ {terms} + {intercept:.4f}")
     runs.update_manifest(run_dir, linear={"coefficients": dict(zip(
-        manifest["feature_names"], coef.tolist(), strict=True)), "intercept": intercept})
+        manifest.feature_names, coef.tolist(), strict=True)), "intercept": intercept})
 
 
 def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
@@ -335,11 +336,11 @@ def _learning_rate(ft, per_epoch: int, cfg: Config):
         warmup_target=ft.learning_rate if warmup else None, warmup_steps=warmup)
 
 
-def _class_weight(ft, manifest: dict) -> Optional[dict]:
+def _class_weight(ft, manifest: StoreManifest) -> Optional[dict]:
     """Inverse-frequency weights of the labeled split (finetune.class_weight=balanced)."""
     if ft.class_weight == "none":
         return None
-    counts = manifest["splits"]["train"]["per_class"]
+    counts = manifest.per_class("train")
     total, n = sum(counts.values()), len(counts)
-    index = {name: i for i, name in enumerate(manifest["class_names"])}
+    index = {name: i for i, name in enumerate(manifest.class_names)}
     return {index[name]: total / (n * c) for name, c in counts.items() if c}

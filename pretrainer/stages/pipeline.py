@@ -21,6 +21,7 @@ from typing import Optional
 from pretrainer import runs, scoring
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, table
+from pretrainer.data.records import StoreManifest
 from pretrainer.stages import collect, deploy, evaluate, finetune, pretrain
 from pretrainer.stats import paired_bootstrap, verdict
 
@@ -56,8 +57,8 @@ def run(cfg: Config) -> dict:
     pre = pretrain.run(cfg)
     store = collect.store_path(cfg)
     manifest = read_manifest(store)
-    regression = manifest.get("task") == "regression"
-    has_val = manifest["splits"]["val"]["count"] > 0
+    regression = manifest.regression
+    has_val = manifest.count("val") > 0
     results = {}
     for arm, c in _deep_arms(cfg):
         ft = finetune.run(c, run=pre if arm == "pretrained" else None)
@@ -75,7 +76,7 @@ def run(cfg: Config) -> dict:
         val = classical.get("val_score")
         classical["val"] = None if val is None else (-val if regression else val)
     winner, why = _choose(results, classical, has_val, regression,
-                          exportable=manifest["modality"] == "image")
+                          exportable=manifest.modality == "image")
     if winner == "classical":
         ft = _classical_run(cfg, classical, store, manifest)
         results["classical"] = {"finetune": ft, "evaluate": evaluate.run(cfg, run=ft),
@@ -106,7 +107,7 @@ def run(cfg: Config) -> dict:
     return out
 
 
-def _frozen_arms(pre: Path, store, manifest: dict, where: Path) -> list[dict]:
+def _frozen_arms(pre: Path, store, manifest: StoreManifest, where: Path) -> list[dict]:
     """kNN, logistic regression and label spreading on the pretrained embedding, each
     saved beside the pretrained arm's evaluation (predictions.npz, metrics.json)."""
     from pretrainer import baselines, frozen
@@ -114,7 +115,7 @@ def _frozen_arms(pre: Path, store, manifest: dict, where: Path) -> list[dict]:
 
     t0 = time.perf_counter()
     feats = frozen.store_features(featurizer(pre, manifest), store)
-    out = frozen.score(feats, manifest["num_classes"])
+    out = frozen.score(feats, manifest.num_classes)
     for r in out:
         r["dir"] = baselines.save(r, where / f"frozen_{r['arm']}")
     shown = ", ".join(f"{r['arm']} {r['accuracy']:.2%}" for r in out)
@@ -140,7 +141,7 @@ def _choose(results: dict, classical: Optional[dict], has_val: bool, regression:
     return best, f"best {_shown(scores[best], regression)} of {len(scores)} arms"
 
 
-def _classical_run(cfg: Config, classical: dict, store, manifest: dict) -> Path:
+def _classical_run(cfg: Config, classical: dict, store, manifest: StoreManifest) -> Path:
     """The classical model (logistic regression on pixels) as a finetune run with a
     model.keras, so deploy, evaluate, predict and serve take it like any other."""
     from pretrainer import baselines
@@ -151,7 +152,7 @@ def _classical_run(cfg: Config, classical: dict, store, manifest: dict) -> Path:
     run_dir, _ = runs.start_run(cfg.paths.runs, cfg.experiment, "finetune", to_yaml(cfg),
                                 dataset_manifest=join(store, MANIFEST),
                                 extra={"init": "classical", "mode": classical["name"],
-                                       "labels": manifest["splits"]["train"]["count"],
+                                       "labels": manifest.count("train"),
                                        "seed": cfg.seed, "semi_supervised": "none"})
     save_artifact(run_dir, "model.keras", model)
     runs.update_manifest(run_dir, final_metrics={"val_accuracy": classical["val"]},

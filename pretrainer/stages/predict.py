@@ -54,14 +54,14 @@ def model_entry(cfg: Config, run: Optional[str]):
         what = f"the SavedModel {path}"
     else:  # finetune
         manifest = read_manifest(trained_store(run_dir, store_path(cfg)))
-        shape = None if manifest["modality"] == "text" else tuple(manifest["shape"])
+        shape = None if manifest.modality == "text" else tuple(manifest.shape)
         # computing in float32, as deploy exports it: the same predictions either way
         model = savedmodel.float32_copy(load_keras_artifact(run_dir, "model.keras", shape))
         fns = savedmodel.signatures(model, manifest)
         what = f"{run_dir / 'model.keras'}"
-    name, arg = ENTRY[manifest["modality"]]
+    name, arg = ENTRY[manifest.modality]
     fn = fns.get(name) or fns["serving_default"]
-    dtype = tf.string if manifest["modality"] == "text" else tf.float32
+    dtype = tf.string if manifest.modality == "text" else tf.float32
 
     def call(x: np.ndarray) -> dict:
         out = fn(**{arg: tf.constant(list(x) if x.dtype == object else x, dtype=dtype)})
@@ -138,9 +138,9 @@ def run(cfg: Config, input_path: str, run: Optional[str] = None,
     run_dir, manifest, call, what = model_entry(cfg, run)
     user_inputs.check_modality(src, manifest)
     out_path = Path(output or "predictions.csv").expanduser()
-    regression = manifest.get("task") == "regression"
-    text = manifest["modality"] == "text"
-    writer = _Writer(out_path, list(manifest.get("class_names") or []), regression, text)
+    regression = manifest.regression
+    text = manifest.modality == "text"
+    writer = _Writer(out_path, list(manifest.class_names), regression, text)
     info(f"[bold]predict[/bold]: {esc(src)} with {esc(what)} -> {esc(out_path)}")
     done, skipped = 0, []
     try:

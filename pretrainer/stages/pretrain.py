@@ -28,10 +28,10 @@ def run(cfg: Config) -> Path:
     store = ensure_store(cfg)
     manifest = read_manifest(store)
     pretext = get_pretext(cfg.pretext.name)
-    if manifest["modality"] not in pretext.modality:
+    if manifest.modality not in pretext.modality:
         raise DataError(f"pretext '{cfg.pretext.name}' needs {' or '.join(pretext.modality)} "
-                        f"data; {store} holds {manifest['modality']}")
-    strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest["modality"],
+                        f"data; {store} holds {manifest.modality}")
+    strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest.modality,
                                                   "backbone": cfg.backbone.name,
                                                   "pretext": cfg.pretext.name})
     run_dir, resumed, chief, restore_from = open_run(
@@ -41,9 +41,9 @@ def run(cfg: Config) -> Path:
                "backbone": cfg.backbone.name})
     info(f"[bold]pretrain[/bold]: {cfg.pretext.name} on {cfg.backbone.name} -> {esc(run_dir)} "
          f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
-    shape = tuple(manifest["shape"])
+    shape = tuple(manifest.shape)
     bcfg, targets, prepare = cfg.backbone, pretext.targets, None
-    if manifest["modality"] == "text":
+    if manifest.modality == "text":
         bcfg, targets, prepare = _text_setup(cfg, pretext, store, run_dir)
         shape = (bcfg.sequence_length,)
     with strategy.scope():
@@ -67,7 +67,7 @@ def run(cfg: Config) -> Path:
     if note:
         info(f"  pretrain: {note}")
     val_ds, val_steps, vbs = None, None, bs
-    if manifest["splits"]["val"]["count"] > 0:  # (its steps a multiple of steps/execution)
+    if manifest.count("val") > 0:  # (its steps a multiple of steps/execution)
         vbs = pipeline.validation_batch(store, "val", bs, steps_per_epoch,
                                         cfg.trainer.steps_per_execution)
         val_ds = read("val", batch_size=vbs, repeat=True)
@@ -97,7 +97,7 @@ def run(cfg: Config) -> Path:
         health_key = "val_loss" if "val_loss" in history else "loss"
         health = float(history[health_key][-1])
     if (val_ds is not None and pretext.samples == "reconstructions"
-            and manifest["modality"] == "image"):
+            and manifest.modality == "image"):
         _save_reconstructions(model, val_ds, run_dir / "plots" / "reconstructions.png")
     runs.update_manifest(run_dir, health={health_key: health},
                          final_loss=float(history["loss"][-1]), epochs=len(history["loss"]),

@@ -159,7 +159,7 @@ def _classical_cell(c: Config, fraction, seed: int, out: Path) -> dict:
     manifest = read_manifest(store)
     result = baselines.fit_and_score(Path(store), manifest)
     where = baselines.save(result, out / "classical" / f"f{fraction:g}-s{seed}")
-    labels = manifest["splits"]["train"]["count"]
+    labels = manifest.count("train")
     info(f"  classical ({esc(result['name'])}): {_score(result)} in {result['seconds']:.1f} s")
     return {"fraction": fraction, "seed": seed, "arm": "classical", "labels": labels,
             "accuracy": result.get("accuracy"), "f1_macro": None, "mse": result.get("mse"),
@@ -175,7 +175,7 @@ def _frozen_cells(c: Config, pre: Path, fraction, seed: int, out: Path,
 
     store = collect.store_path(c)
     manifest = read_manifest(store)
-    if manifest.get("task") == "regression":
+    if manifest.regression:
         return []
     if not shared:  # the backbone and the val, test and pool features: once per study
         featurize = featurizer(pre, manifest)
@@ -186,11 +186,11 @@ def _frozen_cells(c: Config, pre: Path, fraction, seed: int, out: Path,
     feats = {**shared["feats"],
              "train": frozen.split_features(shared["featurize"], store, "train")}
     cells = []
-    for r in frozen.score(feats, manifest["num_classes"]):
+    for r in frozen.score(feats, manifest.num_classes):
         where = baselines.save(r, out / f"frozen_{r['arm']}" / f"f{fraction:g}-s{seed}")
         info(f"  frozen {r['arm']} ({esc(r['chosen'])}): {_score(r)} in {r['seconds']:.1f} s")
         cells.append({"fraction": fraction, "seed": seed, "arm": f"frozen_{r['arm']}",
-                      "labels": manifest["splits"]["train"]["count"],
+                      "labels": manifest.count("train"),
                       "accuracy": r["accuracy"], "f1_macro": None, "mse": None,
                       "model": r["name"], "evaluate_run": str(where)})
     return cells

@@ -35,8 +35,10 @@ def test_linear_probe_keeps_the_backbone_frozen_and_full_moves_it(in_tmp):
 
 
 def test_class_weights_and_schedule():
-    manifest = {"class_names": ["a", "b"], "splits": {"train": {"count": 30,
-                                                               "per_class": {"a": 10, "b": 20}}}}
+    from pretrainer.data.records import StoreManifest
+
+    manifest = StoreManifest.from_json({"modality": "image", "class_names": ["a", "b"], "splits": {
+        "train": {"count": 30, "per_class": {"a": 10, "b": 20}}}})
     weights = finetune._class_weight(FinetuneConfig(class_weight="balanced"), manifest)
     assert weights == {0: 1.5, 1: 0.75}
     cfg = compose("fashion_ae")
