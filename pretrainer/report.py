@@ -15,11 +15,11 @@ SHOWN = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro
 
 def _metrics_of(run: str) -> tuple[str, dict]:
     path = runs.require_done(run)
-    stage = runs.read_manifest(path).get("stage")
+    stage = runs.read_manifest(path).stage
     if stage == "finetune":  # its newest evaluation
         evals = [e for e in sorted(path.parent.glob("evaluate-*"), reverse=True)
                  if runs.is_done(e)
-                 and runs.read_manifest(e).get("parent_run") == str(path.resolve())]
+                 and runs.read_manifest(e).is_child_of(path)]
         if not evals:
             raise RunError(f"{run} has not been evaluated: run `pretrainer evaluate --run {run}`")
         path = evals[0]

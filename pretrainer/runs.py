@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from pretrainer.errors import RunError
+from pretrainer.records import RunManifest
 
 DONE = "DONE"
 LOCK = ".lock"
@@ -260,7 +261,7 @@ def start_run(runs_root: str | Path, experiment: str, stage: str, cfg_yaml: str,
             if is_done(found):  # it finished while we waited for the lock check
                 release_lock(Path(found) / LOCK)
             else:
-                update_manifest(found, resumed=read_manifest(found).get("resumed", 0) + 1)
+                update_manifest(found, resumed=read_manifest(found).resumed + 1)
                 return found, True
         _refuse_live_twin(base, stage, cfg_yaml)
         run = new_run_dir(runs_root, experiment, stage)
@@ -314,21 +315,19 @@ def require_done(run: str | Path, stage: Optional[str] = None) -> Path:
         raise RunError(f"Run {path} is incomplete (no {DONE} marker): it was interrupted or "
                        f"failed. Rerun that stage, or pass another --run")
     if stage is not None:
-        got = read_manifest(path).get("stage")
+        got = read_manifest(path).stage
         if got != stage:
             raise RunError(f"Run {path} is a '{got}' run; this step needs a '{stage}' run")
     return path
 
 
-def latest_run(runs_root: str | Path, experiment: str, stage: str,
-               where: Optional[Callable[[dict], bool]] = None) -> Path:
-    """The newest DONE run of `stage` for `experiment` (optionally filtered on its manifest)."""
+def latest_run(runs_root: str | Path, experiment: str, stage: str) -> Path:
+    """The newest DONE run of `stage` for `experiment`."""
     base = experiment_dir(runs_root, experiment)
     candidates = sorted(base.glob(f"{stage}-*"), key=lambda p: p.name, reverse=True)
     for path in candidates:
         if path.is_dir() and is_done(path):
-            if where is None or where(read_manifest(path)):
-                return path
+            return path
     hint = {"pretrain": "pretrainer pretrain", "finetune": "pretrainer finetune",
             "evaluate": "pretrainer evaluate", "deploy": "pretrainer deploy"}.get(stage, stage)
     raise RunError(f"No finished {stage} run for experiment '{experiment}' under {base}. "
@@ -391,14 +390,19 @@ def resolve(runs_root: str | Path, experiment: str, stage: str,
     if not accept:
         return require_done(run, stage)
     path = require_done(run)
-    got = read_manifest(path).get("stage")
+    got = read_manifest(path).stage
     if got not in accept:
         raise RunError(f"Run {path} is a '{got}' run; this step takes a "
                        f"{' or '.join(accept)} run")
     return path
 
 
-def read_manifest(run: Path) -> dict:
+def read_manifest(run: Path) -> RunManifest:
+    """The run's manifest (an empty record for a run without one)."""
+    return RunManifest.from_json(_manifest_json(run))
+
+
+def _manifest_json(run: Path) -> dict:
     path = Path(run) / "manifest.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -485,6 +489,6 @@ def write_lineage(run: Path, stage: str, cfg_yaml: str, *, parent: Optional[Path
 
 
 def update_manifest(run: Path, **fields: Any) -> None:
-    manifest = read_manifest(run)
+    manifest = _manifest_json(run)
     manifest.update(fields)
     atomic_write_json(Path(run) / "manifest.json", manifest)

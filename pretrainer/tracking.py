@@ -96,15 +96,15 @@ def _log(run: Path, cfg: dict) -> str:
     exp = client.get_experiment_by_name(name)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
     manifest = runs.read_manifest(run)
-    tags = {"pretrainer.stage": str(manifest.get("stage")), "pretrainer.run": run.name,
+    tags = {"pretrainer.stage": str(manifest.stage), "pretrainer.run": run.name,
             "pretrainer.experiment": str(cfg.get("experiment"))}
     for key in ("dataset_manifest_sha256", "dataset_key", "init", "mode", "pretext"):
-        if manifest.get(key) is not None:
-            tags[f"pretrainer.{key}"] = str(manifest[key])
-    parent = manifest.get("parent_run")
+        if getattr(manifest, key) is not None:
+            tags[f"pretrainer.{key}"] = str(getattr(manifest, key))
+    parent = manifest.parent
     if parent:
-        tags["pretrainer.parent_run"] = Path(parent).name
-        parent_id = runs.read_manifest(Path(parent)).get("mlflow_run_id")
+        tags["pretrainer.parent_run"] = parent.name
+        parent_id = runs.read_manifest(parent).mlflow_run_id
         if parent_id:
             tags["pretrainer.parent_run_id"] = parent_id
     mlrun = client.create_run(exp_id, run_name=run.name, tags=tags)
@@ -123,14 +123,14 @@ def _log(run: Path, cfg: dict) -> str:
                             metrics.append(Metric(k, float(v), now, step))
                         except ValueError:
                             continue
-    final = dict(manifest.get("final_metrics") or {})
+    final = dict(manifest.final_metrics)
     if (run / "metrics.json").is_file():
         final.update(json.loads((run / "metrics.json").read_text()))
     for k, v in final.items():  # final_<name> beside the per-epoch curves of the same name
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             metrics.append(Metric(f"final_{k}" if history.is_file() else k, float(v), now, 0))
-    if manifest.get("fit_seconds") is not None:
-        metrics.append(Metric("fit_seconds", float(manifest["fit_seconds"]), now, 0))
+    if manifest.fit_seconds is not None:
+        metrics.append(Metric("fit_seconds", float(manifest.fit_seconds), now, 0))
     for i in range(0, max(len(params), len(metrics)), 100):  # MLflow's batch limits
         client.log_batch(run_id, metrics=metrics[i:i + 100], params=params[i:i + 100])
     for path in sorted(run.iterdir()):

@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pretrainer"
 
 LAYERS = [
     ("base", ["errors", "console", "config", "stats", "precision", ""]),
-    ("runs", ["runs", "tracking", "scoring", "strategy", "report", "explain"]),
+    ("runs", ["records", "runs", "tracking", "scoring", "strategy", "report", "explain"]),
     ("data", ["data"]),
     ("models", ["models", "pretext"]),
     ("learning", ["train", "semi", "frozen", "baselines", "exports", "prune"]),

@@ -17,6 +17,7 @@ from typing import Optional
 
 from pretrainer import runs
 from pretrainer.data.records import StoreManifest
+from pretrainer.records import RunManifest
 
 PIPELINE_TAG = {"image": "image-classification", "text": "text-classification",
                 "tabular": "tabular-classification"}
@@ -82,8 +83,7 @@ def _evaluation_of(finetune_run: Path) -> Optional[tuple[Path, dict]]:
     """(evaluate run, metrics.json) of the newest finished evaluate run of this model."""
     exp = Path(finetune_run).parent
     for ev in sorted(exp.glob("evaluate-*"), reverse=True):
-        if runs.is_done(ev) and runs.read_manifest(ev).get("parent_run") == str(
-                Path(finetune_run).resolve()):
+        if runs.is_done(ev) and runs.read_manifest(ev).is_child_of(finetune_run):
             return ev, json.loads((ev / "metrics.json").read_text())
     return None
 
@@ -91,30 +91,29 @@ def _evaluation_of(finetune_run: Path) -> Optional[tuple[Path, dict]]:
 def _scratch_comparison(finetune_run: Path, evaluation: Optional[tuple]) -> Optional[dict]:
     """Paired bootstrap of this model vs the newest scratch model scored on the same
     test examples of the same store (what `pipeline` prints)."""
-    if evaluation is None or runs.read_manifest(finetune_run).get("init") in ("scratch",
-                                                                              "classical"):
+    if evaluation is None or runs.read_manifest(finetune_run).init in ("scratch", "classical"):
         return None
     from pretrainer.scoring import example_scores
     from pretrainer.stats import paired_bootstrap
 
     ev, metrics = evaluation
     mine = example_scores(ev)
-    key = runs.read_manifest(ev).get("dataset_manifest_sha256")
+    key = runs.read_manifest(ev).dataset_manifest_sha256
     # the scratch run of the same recipe first (pipeline also trains one on the labels
     # alone for a FixMatch recipe), else the newest scratch run
-    semi = runs.read_manifest(finetune_run).get("semi_supervised")
+    semi = runs.read_manifest(finetune_run).semi_supervised
     found = []
     for other in sorted(Path(ev).parent.glob("evaluate-*"), reverse=True):
         if other == ev or not runs.is_done(other) or not (other / "predictions.npz").is_file():
             continue
         om = runs.read_manifest(other)
-        parent = Path(om.get("parent_run") or "")
-        if (om.get("dataset_manifest_sha256") != key or not parent.is_dir()
-                or runs.read_manifest(parent).get("init") != "scratch"):
+        parent = om.parent
+        if (om.dataset_manifest_sha256 != key or parent is None or not parent.is_dir()
+                or runs.read_manifest(parent).init != "scratch"):
             continue
         theirs = example_scores(other)
         if len(theirs) == len(mine):
-            same = runs.read_manifest(parent).get("semi_supervised") == semi
+            same = runs.read_manifest(parent).semi_supervised == semi
             found.append((not same, len(found), other, parent, theirs))
     if not found:
         return None
@@ -203,8 +202,8 @@ def _usage(name: str, dataset: StoreManifest, formats: list[str]) -> list[str]:
 def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, model=None, *,
            pruning: Optional[dict] = None, chance: Optional[str] = None, cfg=None) -> str:
     ft = runs.read_manifest(finetune_run)
-    pre_run = Path(ft["parent_run"]) if ft.get("parent_run") else None
-    pre = runs.read_manifest(pre_run) if pre_run and pre_run.is_dir() else {}
+    pre_run = ft.parent
+    pre = runs.read_manifest(pre_run) if pre_run and pre_run.is_dir() else RunManifest()
     ft_cfg, pre_cfg = _config(finetune_run), _config(pre_run)
     evaluation = _evaluation_of(finetune_run)
     metrics = evaluation[1] if evaluation else None
@@ -224,7 +223,7 @@ def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, 
                         "value": round(float(metrics["f1_macro"]), 6)}]
     meta = {"license": _spdx(source.get("licence")), "library_name": "keras",
             "pipeline_tag": task,
-            "tags": ["pretrainer", "self-supervised", *([pre["pretext"]] if pre.get("pretext")
+            "tags": ["pretrainer", "self-supervised", *([pre.pretext] if pre.pretext
                                                         else []), modality],
             "datasets": [dataset.name],
             "metrics": [m["type"] for m in metric_rows] or ["accuracy"]}
@@ -245,13 +244,13 @@ def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, 
             f"classification into {len(names)} classes ("
             + ", ".join(names[:20]) + (", …" if len(names) > 20 else "") + ")")
     lines += [f"{'An' if modality == 'image' else 'A'} {modality} model for {what}, trained with pretrainer: "
-              + (f"a `{pre.get('backbone')}` backbone pretrained on {n_pool}"
-                 f" unlabeled examples with the `{pre.get('pretext')}` pretext task, then "
-                 f"finetuned ({ft.get('mode')}) on {n_train} labeled examples."
+              + (f"a `{pre.backbone}` backbone pretrained on {n_pool}"
+                 f" unlabeled examples with the `{pre.pretext}` pretext task, then "
+                 f"finetuned ({ft.mode}) on {n_train} labeled examples."
                  if pre_run else f"trained from scratch on {n_train} "
                                  f"labeled examples."), "",
               "## Model", "",
-              f"- architecture: `{ft_cfg.get('backbone', {}).get('name', pre.get('backbone'))}`"
+              f"- architecture: `{ft_cfg.get('backbone', {}).get('name', pre.backbone)}`"
               f" backbone + {'regression' if regression else 'classification'} head"
               + (f"; {params:,} parameters" if params is not None else ""),
               f"- input: {_input_line(dataset)}",
@@ -321,7 +320,7 @@ def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, 
               f"- finetune run `{Path(finetune_run).name}`"
               + (f", pretrain run `{pre_run.name}`" if pre_run else "")
               + (f", evaluate run `{evaluation[0].name}`" if evaluation else ""),
-              "- versions: " + ", ".join(f"{k} {v}" for k, v in (ft.get("versions") or {}).items()),
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in ft.versions.items()),
               f"- card written {datetime.date.today().isoformat()}", ""]
     return "\n".join(lines)
 
@@ -340,7 +339,8 @@ def _input_line(dataset: StoreManifest) -> str:
             + ", ".join(c["column"] for c in cols[:20]) + ")")
 
 
-def _hyperparameters(pre_cfg: dict, ft_cfg: dict, pre: dict, ft: dict) -> list[str]:
+def _hyperparameters(pre_cfg: dict, ft_cfg: dict, pre: RunManifest, ft: RunManifest
+                     ) -> list[str]:
     out = []
     trainer = ft_cfg.get("trainer", {})
     if pre_cfg:
@@ -350,7 +350,7 @@ def _hyperparameters(pre_cfg: dict, ft_cfg: dict, pre: dict, ft: dict) -> list[s
                 f"batch {_fmt(t.get('batch_size'))}, "
                 + (f"learning rate {_fmt(lr)}, " if lr is not None else "")
                 + f"precision {_fmt(t.get('precision'))}"]
-        health = pre.get("health") or {}
+        health = dict(pre.health)
         if health:
             out += [f"- pretext health: {_fmt(health)}"]
     f = ft_cfg.get("finetune", {})
@@ -360,11 +360,11 @@ def _hyperparameters(pre_cfg: dict, ft_cfg: dict, pre: dict, ft: dict) -> list[s
                 f"{_fmt(f.get('batch_size') or trainer.get('batch_size'))}, learning rate "
                 f"{_fmt(f.get('learning_rate'))}, augmentation `{_fmt(f.get('augment'))}`, "
                 f"label smoothing {_fmt(f.get('label_smoothing'))}"]
-    kept = ft.get("kept") or {}
+    kept = ft.kept
     if kept and kept.get("epoch") is None:  # not trained by epochs (the classical model)
         out += [f"- weights: {kept.get('rule')}"]
     elif kept:
-        out += [f"- weights kept: epoch {kept.get('epoch')} of {ft.get('epochs')} "
+        out += [f"- weights kept: epoch {kept.get('epoch')} of {ft.epochs} "
                 f"({kept.get('rule')})"]
     out += [f"- seed {_fmt(ft_cfg.get('seed'))}; the resolved configs are each run's config.yaml"]
     return out

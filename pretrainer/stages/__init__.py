@@ -26,7 +26,7 @@ def load_keras_artifact(run: Path, filename: str, shape: tuple[int, ...], hint: 
     path = Path(run) / filename
     if not path.is_file():
         raise RunError(f"{run} has no {filename}")
-    want = runs.read_manifest(run).get("artifacts", {}).get(filename)
+    want = runs.read_manifest(run).artifacts.get(filename)
     if want is not None and runs.sha256_file(path) != want:
         raise RunError(f"{path} is damaged: its sha256 differs from the one recorded in "
                        f"{Path(run) / 'manifest.json'}. Rerun the stage that wrote it")
@@ -46,7 +46,7 @@ def load_keras_artifact(run: Path, filename: str, shape: tuple[int, ...], hint: 
 def save_artifact(run: Path, filename: str, model) -> None:
     """Save a .keras artifact atomically and record its sha256 in the run's manifest."""
     path = runs.atomic_write_with(Path(run) / filename, model.save, suffix=".keras")
-    artifacts = runs.read_manifest(run).get("artifacts", {})
+    artifacts = dict(runs.read_manifest(run).artifacts)
     runs.update_manifest(run, artifacts={**artifacts, filename: runs.sha256_file(path)})
 
 
@@ -56,16 +56,16 @@ def trained_store(run: Path, fallback: str) -> str:
     current config names. A store that is gone or was rebuilt for another data config
     is a clear error; runs from before this was recorded fall back to `fallback`."""
     lineage = runs.read_manifest(run)
-    path = lineage.get("dataset_manifest")
+    path = lineage.dataset_manifest
     if not path:
         return fallback
     store = str(path).rsplit("/", 1)[0]
     if "://" not in str(path) and not Path(path).is_file():
         raise RunError(f"{run} was trained on the dataset store {store}, which is gone. "
                        f"Collect it again with the run's config ({Path(run) / 'config.yaml'})")
-    same_file = runs.any_sha256(path) == lineage.get("dataset_manifest_sha256")
+    same_file = runs.any_sha256(path) == lineage.dataset_manifest_sha256
     key = runs.dataset_key(path)
-    if not same_file and (key is None or key != lineage.get("dataset_key")):
+    if not same_file and (key is None or key != lineage.dataset_key):
         raise RunError(f"{run} was trained on the dataset store {store}, which has been "
                        f"rebuilt since for another data config; its scores would not be "
                        f"comparable. Collect it again with the run's data config (see "

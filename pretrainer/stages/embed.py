@@ -37,7 +37,7 @@ def featurizer(run_dir: Path, manifest: StoreManifest):
 
     from pretrainer.stages import load_keras_artifact
 
-    stage = runs.read_manifest(run_dir).get("stage")
+    stage = runs.read_manifest(run_dir).stage
     text = manifest.modality == "text"
     shape = None if text else tuple(manifest.shape)
     if stage == "finetune":

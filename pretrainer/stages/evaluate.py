@@ -114,7 +114,7 @@ def predict_split(model, store: Path, split: str, batch_size: int = 256,
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     import keras
 
-    if run is not None and runs.read_manifest(runs.require_done(run)).get("stage") == "pretrain":
+    if run is not None and runs.read_manifest(runs.require_done(run)).stage == "pretrain":
         store = store_path(cfg)
         return embedding_quality(cfg, runs.require_done(run, "pretrain"), store,
                                  read_manifest(store))
@@ -132,8 +132,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         result = classification_metrics(y, probs, names)
         result["majority_rate"] = majority_rate(y, manifest)
     ft_manifest = runs.read_manifest(ft_run)
-    result.update(split=split, finetune_run=str(ft_run), init=ft_manifest.get("init"),
-                  mode=ft_manifest.get("mode"), labels=ft_manifest.get("labels"))
+    result.update(split=split, finetune_run=str(ft_run), init=ft_manifest.init,
+                  mode=ft_manifest.mode, labels=ft_manifest.labels)
     out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "evaluate")
     runs.write_lineage(out, "evaluate", to_yaml(cfg), parent=ft_run,
                        dataset_manifest=join(store, MANIFEST), extra={"split": split})

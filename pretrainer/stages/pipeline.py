@@ -44,7 +44,7 @@ def _deep_arms(cfg: Config) -> list[tuple[str, Config]]:
 
 def _val_score(ft_run: Path, regression: bool) -> Optional[float]:
     """The finetune run's validation score at the epoch it kept (higher is better)."""
-    final = runs.read_manifest(ft_run).get("final_metrics", {})
+    final = runs.read_manifest(ft_run).final_metrics
     key = "val_loss" if regression else "val_accuracy"
     return None if key not in final else (-final[key] if regression else final[key])
 
@@ -83,7 +83,7 @@ def run(cfg: Config) -> dict:
                                 "val": classical["val"]}
     chosen = results[winner]["finetune"]
     dep = deploy.run(cfg, run=chosen)
-    export = runs.read_manifest(dep)["export"]
+    export = runs.read_manifest(dep).export
     runs.mark_model(cfg.paths.runs, cfg.experiment, arm=winner, why=why, finetune=chosen,
                     deploy=dep, pretrain=pre,
                     val={a: r["val"] for a, r in results.items()})

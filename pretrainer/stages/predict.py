@@ -42,11 +42,11 @@ def model_entry(cfg: Config, run: Optional[str]):
 
     run_dir = runs.resolve(cfg.paths.runs, cfg.experiment, "finetune", run,
                            accept=("deploy", "finetune"))
-    stage = runs.read_manifest(run_dir).get("stage")
+    stage = runs.read_manifest(run_dir).stage
     if stage == "deploy":
         from pretrainer.stages.serve import find_export
 
-        ft_run = Path(runs.read_manifest(run_dir)["parent_run"])
+        ft_run = runs.read_manifest(run_dir).parent
         manifest = read_manifest(trained_store(ft_run, store_path(cfg)))
         _, path = find_export(run_dir)
         savedmodel.load_text_ops()

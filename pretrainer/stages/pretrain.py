@@ -159,7 +159,7 @@ def _text_setup(cfg: Config, pretext, store, run_dir: Path):
     info(f"  WordPiece vocabulary: {len(vocab)} tokens -> {esc(vocab_file)}")
     length = cfg.backbone.sequence_length
     if cfg.backbone.fit_length:  # recorded, so a resumed run builds the same shapes
-        length = runs.read_manifest(run_dir).get("sequence_length") or fitted_length(
+        length = runs.read_manifest(run_dir).sequence_length or fitted_length(
             vocab, pipeline.texts(store, "unlabeled", batch_size=512, labels=False,
                                   cache=False), length)
         runs.update_manifest(run_dir, sequence_length=length)
