@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pretrainer import files
 from pretrainer.data.records import StoreManifest
 
 C_GRID = (0.1, 1.0, 10.0)  # logistic regression's inverse regularisation, chosen on val
@@ -202,12 +203,12 @@ def _result(modality: str, regression: bool, yt, pred, chosen: str, t0: float) -
 
 def save(result: dict, out_dir: Path) -> Path:
     """predictions.npz (scoring.write_predictions) and metrics.json."""
-    from pretrainer import runs, scoring
+    from pretrainer import scoring
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scoring.write_predictions(out_dir, result["y_true"], result["y_pred"], "mse" in result)
-    runs.atomic_write_json(out_dir / "metrics.json",
+    files.atomic_write_json(out_dir / "metrics.json",
                            {k: v for k, v in result.items()
                             if k not in ("y_true", "y_pred", "estimator")})
     return out_dir

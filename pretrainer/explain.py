@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pretrainer import files
+
 METHODS = ("integrated_gradients", "saliency")
 
 
@@ -61,7 +63,6 @@ def grid_png(images: np.ndarray, maps: np.ndarray, titles: list[str], path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pretrainer import runs
 
     n = len(images)
     cols = min(8, n)
@@ -83,5 +84,5 @@ def grid_png(images: np.ndarray, maps: np.ndarray, titles: list[str], path: Path
     fig.suptitle(f"{method.replace('_', ' ')} (top: image, true → predicted; bottom: map)",
                  fontsize=9)
     fig.tight_layout()
-    runs.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
+    files.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
     plt.close(fig)

@@ -1,28 +1,27 @@
 """Run directories: where every artifact is written, and how.
 
 runs/<experiment>/<stage>-<YYYYmmdd-HHMMSS>/ holds config.yaml, manifest.json
-(lineage), the stage's artifacts and a DONE marker written last. Every file
-goes to a temporary name in the same directory, is fsynced and then renamed
-into place, so a killed process never leaves a half-written artifact under the
-name a reader would open. Only this module decides where things are written.
+(lineage), the stage's artifacts and a DONE marker written last. Every file is
+written through pretrainer.files (temporary name, fsync, rename), so a killed process
+never leaves a half-written artifact under the name a reader would open. Only this
+module decides where things are written.
+
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from pretrainer.errors import RunError
+from pretrainer.files import any_sha256, atomic_write_json, atomic_write_text
 from pretrainer.records import RunManifest
 
 DONE = "DONE"
@@ -90,98 +89,6 @@ def release_lock(path: Path) -> None:
 def lock_run(run: Path) -> None:
     """One writer per run directory (released by mark_done or at process exit)."""
     acquire_lock(Path(run) / LOCK, f"run {run}")
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _as_umask_allows(path: Path, directory: bool = False) -> None:
-    """mkstemp/mkdtemp create 0600/0700 whatever the umask; give the artifact the mode a
-    plain open()/mkdir would (a TF Serving process or a teammate must be able to read it)."""
-    with contextlib.suppress(OSError):
-        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success fsync and rename it into place.
-
-    `suffix` keeps an extension a writer insists on (Keras wants `.keras`).
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        _as_umask_allows(tmp_path)
-        os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-
-
-def atomic_write_bytes(target: Path, data: bytes) -> Path:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-    return Path(target)
-
-
-def atomic_write_text(target: Path, text: str) -> Path:
-    return atomic_write_bytes(target, text.encode("utf-8"))
-
-
-def atomic_write_json(target: Path, obj: Any) -> Path:
-    return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def atomic_write_with(target: Path, writer: Callable[[Path], None], suffix: str = "") -> Path:
-    """Let `writer(tmp_path)` produce the file (model.save, savefig), then rename it."""
-    with atomic_path(target, suffix=suffix) as tmp:
-        writer(tmp)
-    return Path(target)
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Build a directory under a temporary name, then rename it to `target` (must not exist)."""
-    target = Path(target)
-    if target.exists():
-        raise RunError(f"{target} already exists; refusing to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        _as_umask_allows(tmp, directory=True)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def experiment_dir(runs_root: str | Path, experiment: str) -> Path:
@@ -437,19 +344,6 @@ def _resolved(path) -> Optional[str]:
     if not path:
         return None
     return str(path) if "://" in str(path) else str(Path(path).resolve())
-
-
-def any_sha256(path) -> str:
-    """sha256 of a local file, or of one on a TensorFlow filesystem (gs://...)."""
-    if "://" not in str(path):
-        return sha256_file(Path(path))
-    import tensorflow as tf
-
-    h = hashlib.sha256()
-    with tf.io.gfile.GFile(str(path), "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dataset_key(dataset_manifest) -> Optional[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrainer import runs
+from pretrainer import files
 
 PREDICTIONS = "predictions.npz"
 
@@ -17,7 +17,7 @@ def write_predictions(out_dir: Path, y_true, y_pred, regression: bool) -> Path:
     """predictions.npz: labels and predictions (class indices, or values for regression)."""
     kind = np.float32 if regression else np.int64
     y_true, y_pred = np.asarray(y_true).astype(kind), np.asarray(y_pred).astype(kind)
-    return runs.atomic_write_with(Path(out_dir) / PREDICTIONS,
+    return files.atomic_write_with(Path(out_dir) / PREDICTIONS,
                                   lambda p: np.savez(p, y_true=y_true, y_pred=y_pred),
                                   suffix=".npz")
 

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from pretrainer import files
 from pretrainer.errors import ConfigError
 
 METRICS = ("accuracy", "f1_macro", "mse", "r2", "val_accuracy", "val_loss", "loss",
@@ -130,7 +131,7 @@ def run(verb: str, config: str, overrides: list[str], runs_root: str, experiment
             state["combinations"] = [c for c in state["combinations"]
                                      if c["overrides"] != combo] + [entry]
             done[tuple(combo)] = entry
-            runs.atomic_write_json(state_file, state)
+            files.atomic_write_json(state_file, state)
     finally:
         runs.release_lock(out / runs.LOCK)
     rows = [done[tuple(c)] for c in combos]
@@ -140,7 +141,6 @@ def run(verb: str, config: str, overrides: list[str], runs_root: str, experiment
 
 def _write_table(out: Path, state: dict, verb: str, overrides: list[str], swept: list[str],
                  rows: list[dict], head: str = "") -> None:
-    from pretrainer import runs
 
     metric_keys = [k for k in dict.fromkeys(k for r in rows for k in r["metrics"])]
     header = [*swept, *metric_keys, "run"]
@@ -151,10 +151,10 @@ def _write_table(out: Path, state: dict, verb: str, overrides: list[str], swept:
         cells += [_num(r["metrics"].get(k)) for k in metric_keys]
         lines.append("| " + " | ".join([*cells, Path(r["run"]).name]) + " |")
     table = "\n".join(lines) + "\n"
-    runs.atomic_write_text(out / "sweep.md", f"# {verb} sweep: {' '.join(overrides)}\n\n"
+    files.atomic_write_text(out / "sweep.md", f"# {verb} sweep: {' '.join(overrides)}\n\n"
                            + head + table)
     state["table"] = {"columns": header, "rows": [line for line in lines[2:]]}
-    runs.atomic_write_json(out / "sweep.json", state)
+    files.atomic_write_json(out / "sweep.json", state)
 
 
 # --- searches (Optuna) -------------------------------------------------------------------
@@ -315,7 +315,7 @@ def search(verb: str, config: str, overrides: list[str], runs_root: str, experim
             echo(f"trial {n_done + 1}/{n_trials}: {' '.join(combo[len(fixed):])}")
             entry = {"overrides": combo, "params": params, "status": "running"}
             trials[:] = [t for t in trials if t["status"] == "done"] + [entry]
-            runs.atomic_write_json(state_file, state)
+            files.atomic_write_json(state_file, state)
             t0 = time.perf_counter()
             result = run_one(combo)
             metrics = summary(result)
@@ -326,7 +326,7 @@ def search(verb: str, config: str, overrides: list[str], runs_root: str, experim
                          objective=conf["metric"], value=value)
             if study_direction == direction():
                 study.tell(trial, value)
-            runs.atomic_write_json(state_file, state)
+            files.atomic_write_json(state_file, state)
     finally:
         runs.release_lock(out / runs.LOCK)
     done = [t for t in state["combinations"] if t["status"] == "done"]

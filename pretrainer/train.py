@@ -20,7 +20,8 @@ from pretrainer import errors, precision
 from pretrainer.config import TrainerConfig
 from pretrainer.console import console, esc
 from pretrainer.errors import UserError
-from pretrainer.runs import atomic_write_text, update_manifest
+from pretrainer.files import atomic_write_text
+from pretrainer.runs import update_manifest
 
 
 class TrainingError(UserError):
@@ -235,7 +236,7 @@ class KeepBest(keras.callbacks.Callback):
         value = float(value)
         best = None if self.state is None else self.state["value"]
         if best is None or (value > best if self.mode == "max" else value < best):
-            from pretrainer.runs import atomic_write_json, atomic_write_with
+            from pretrainer.files import atomic_write_json, atomic_write_with
 
             atomic_write_with(self.path, self.model.save_weights, suffix=".weights.h5")
             self.state = {"epoch": epoch + 1, "monitor": self.monitor, "value": value}

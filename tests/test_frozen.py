@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pretrainer import frozen
+from pretrainer import files, frozen
 
 
 def _blobs(n, rng, centres, spread=0.3):
@@ -85,8 +85,8 @@ def test_the_marked_model_is_the_default_until_a_newer_run(tmp_path):
     def done(name):
         p = tmp_path / "exp" / name
         p.mkdir(parents=True)
-        runs.atomic_write_json(p / "manifest.json", {"stage": name.split("-")[0]})
-        runs.atomic_write_text(p / runs.DONE, "x\n")
+        files.atomic_write_json(p / "manifest.json", {"stage": name.split("-")[0]})
+        files.atomic_write_text(p / runs.DONE, "x\n")
         return p
 
     a = done("finetune-20260101-000001")

@@ -3,9 +3,11 @@ higher layer (imports inside functions count: they are cycles deferred, not avoi
 
 The layers, lowest first (README, "Layout of the code"):
 
-- base: errors, console, config, stats, precision, the package's __init__
-- runs: run directories and what hangs off them (runs, tracking, scoring, strategy,
-  report, explain)
+- base: errors, files (atomic writes, checksums), console, config, stats, precision, the
+  package's __init__
+- runs: run directories and what hangs off them (records: the typed run manifest, runs,
+  tracking, scoring, strategy, report, explain)
+
 - data: stores, sources, tf.data readers, each modality's preprocessing
 - models: backbones, heads, pretext tasks
 - learning: the training loop, semi-supervised training, frozen-feature arms, the
@@ -22,7 +24,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "pretrainer"
 
 LAYERS = [
-    ("base", ["errors", "console", "config", "stats", "precision", ""]),
+    ("base", ["errors", "files", "console", "config", "stats", "precision", ""]),
     ("runs", ["records", "runs", "tracking", "scoring", "strategy", "report", "explain"]),
     ("data", ["data"]),
     ("models", ["models", "pretext"]),

@@ -2,14 +2,14 @@ import json
 
 import pytest
 
-from pretrainer import runs
+from pretrainer import files, runs
 from pretrainer.errors import RunError
 
 
 def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
     target = tmp_path / "a.json"
-    runs.atomic_write_json(target, {"x": 1})
-    runs.atomic_write_json(target, {"x": 2})
+    files.atomic_write_json(target, {"x": 1})
+    files.atomic_write_json(target, {"x": 2})
     assert json.loads(target.read_text()) == {"x": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
@@ -23,7 +23,7 @@ def test_failed_writer_keeps_the_old_file(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        runs.atomic_write_with(target, broken)
+        files.atomic_write_with(target, broken)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
 
@@ -48,11 +48,11 @@ def test_no_run_at_all_says_what_to_run(tmp_path):
 
 
 def test_atomic_dir_refuses_to_overwrite(tmp_path):
-    with runs.atomic_dir(tmp_path / "1") as d:
+    with files.atomic_dir(tmp_path / "1") as d:
         (d / "f").write_text("x")
     assert (tmp_path / "1" / "f").read_text() == "x"
     with pytest.raises(RunError, match="already exists"):
-        with runs.atomic_dir(tmp_path / "1"):
+        with files.atomic_dir(tmp_path / "1"):
             pass
 
 
@@ -76,8 +76,8 @@ def test_artifacts_respect_the_umask(tmp_path):
 
     old = os.umask(0o022)
     try:
-        f = runs.atomic_write_text(tmp_path / "a.txt", "x")
-        with runs.atomic_dir(tmp_path / "served") as d:
+        f = files.atomic_write_text(tmp_path / "a.txt", "x")
+        with files.atomic_dir(tmp_path / "served") as d:
             (d / "inside").write_text("y")
     finally:
         os.umask(old)

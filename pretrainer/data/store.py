@@ -23,7 +23,7 @@ from pretrainer import __version__
 from pretrainer.config import DataConfig
 from pretrainer.data.records import StoreManifest
 from pretrainer.errors import DataError
-from pretrainer.runs import any_sha256
+from pretrainer.files import any_sha256
 
 SPLITS = ("unlabeled", "train", "val", "test")
 
@@ -436,8 +436,9 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
     if src.modality == "tabular":  # standardisation statistics from the pretraining pool only
         pool = np.asarray(arrays["unlabeled"][0], np.float64)
         std = pool.std(axis=0)
-        manifest["feature_stats"] = {"mean": pool.mean(axis=0).tolist(),
-                                     "std": np.where(std > 1e-12, std, 1.0).tolist()}
+        manifest.update(feature_stats={"mean": pool.mean(axis=0).tolist(),
+                                       "std": np.where(std > 1e-12, std, 1.0).tolist()})
+
     wanted = {sh["file"] for sp in splits.values() for sh in sp["shards"]}
     for leftover in gfile.listdir(staging):  # progress file, shards of another layout
         if leftover not in wanted:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrainer import runs
+from pretrainer import files
 from pretrainer.data.records import StoreManifest
 from pretrainer.exports import sidecar
 
@@ -59,6 +59,6 @@ def export(model, target: Path, manifest: StoreManifest, quantize: str,
 
             converter.representative_dataset = rep
         blob = converter.convert()
-    runs.atomic_write_bytes(target, blob)
+    files.atomic_write_bytes(target, blob)
     sidecar.write(target, manifest, "litert", quantize=quantize)
     return target

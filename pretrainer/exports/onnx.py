@@ -12,7 +12,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from pretrainer import runs
+from pretrainer import files
 from pretrainer.data import preprocess
 from pretrainer.data.records import StoreManifest
 from pretrainer.errors import ConfigError
@@ -68,6 +68,6 @@ def export(model, target: Path, manifest: StoreManifest) -> Path:
         onnx.checker.check_model(proto)
         onnx.save(proto, str(path))
 
-    runs.atomic_write_with(target, write, suffix=".onnx")
+    files.atomic_write_with(target, write, suffix=".onnx")
     sidecar.write(target, manifest, "onnx")
     return target

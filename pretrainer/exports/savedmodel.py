@@ -21,7 +21,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pretrainer import runs
+from pretrainer import files
 from pretrainer.data import preprocess
 from pretrainer.data.records import StoreManifest
 from pretrainer.exports import sidecar
@@ -38,7 +38,7 @@ def publish(saved_model: Path, model_dir: Path) -> Path:
     target = model_dir / saved_model.name
     if target.exists():  # a concurrent deploy took this number: take the next free one
         target = model_dir / str(next_version(model_dir))
-    with runs.atomic_dir(target) as tmp:
+    with files.atomic_dir(target) as tmp:
         shutil.copytree(saved_model, tmp, dirs_exist_ok=True)
     return target
 
@@ -150,7 +150,7 @@ def export(model, target: Path, manifest: StoreManifest) -> Path:
     archive.track(model)
     for name, fn in signatures(model, manifest).items():
         archive.add_endpoint(name, fn)
-    with runs.atomic_dir(target) as tmp:
+    with files.atomic_dir(target) as tmp:
         archive.write_out(str(tmp), verbose=False)
         assets = Path(tmp) / "assets"
         assets.mkdir(exist_ok=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pretrainer import runs
+from pretrainer import files
 from pretrainer.data import preprocess
 from pretrainer.data.records import StoreManifest
 
@@ -21,7 +21,7 @@ def labels_text(names: list[str]) -> str:
 def write(artifact: Path, manifest: StoreManifest, fmt: str, **extra) -> None:
     names = list(manifest.class_names)
     if names:
-        runs.atomic_write_text(artifact.parent / "labels.txt", labels_text(names))
+        files.atomic_write_text(artifact.parent / "labels.txt", labels_text(names))
     spec = preprocess.input_spec(manifest)
     doc = {"format": fmt, "file": artifact.name, "class_names": names,
            "input": spec.get("tensor"), "outputs": spec["outputs"], **extra}
@@ -29,5 +29,5 @@ def write(artifact: Path, manifest: StoreManifest, fmt: str, **extra) -> None:
         regression = manifest.regression
         doc["outputs"] = ({"prediction": "float32 [batch]"} if regression else
                           {"probabilities": spec["outputs"]["probabilities"]})
-    runs.atomic_write_text(artifact.with_suffix(artifact.suffix + ".json"),
+    files.atomic_write_text(artifact.with_suffix(artifact.suffix + ".json"),
                            json.dumps(doc, indent=2) + "\n")

@@ -126,7 +126,7 @@ def tokenizer(vocab: list[str], sequence_length: int):
 
 
 def save_vocabulary(vocab: list[str], path: Path) -> None:
-    from pretrainer.runs import atomic_write_text
+    from pretrainer.files import atomic_write_text
 
     atomic_write_text(path, "\n".join(vocab) + "\n")
 

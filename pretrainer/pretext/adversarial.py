@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from pretrainer import files
 from pretrainer.config import BackboneConfig, PretextConfig
 from pretrainer.pretext.reconstruction import build_decoder
 
@@ -131,7 +132,6 @@ class GeneratedGrid(keras.callbacks.Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from pretrainer import runs
         from pretrainer.console import warn
 
         noise = np.random.default_rng(self.seed).normal(
@@ -145,7 +145,7 @@ class GeneratedGrid(keras.callbacks.Callback):
             if img is not None:
                 ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None,
                           vmin=0, vmax=1)
-        runs.atomic_write_with(self.folder / f"generated-epoch{epoch + 1:03d}.png",
+        files.atomic_write_with(self.folder / f"generated-epoch{epoch + 1:03d}.png",
                                lambda p: fig.savefig(p, format="png", dpi=80), suffix=".png")
         plt.close(fig)
         acc = (logs or {}).get("d_accuracy")

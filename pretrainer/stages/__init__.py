@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from pretrainer import runs, tracking  # noqa: F401  (tracking: the on-done MLflow hook)
+from pretrainer import files, runs, tracking  # noqa: F401  (tracking: the on-done MLflow hook)
 from pretrainer.errors import RunError
 
 
@@ -27,7 +27,7 @@ def load_keras_artifact(run: Path, filename: str, shape: tuple[int, ...], hint: 
     if not path.is_file():
         raise RunError(f"{run} has no {filename}")
     want = runs.read_manifest(run).artifacts.get(filename)
-    if want is not None and runs.sha256_file(path) != want:
+    if want is not None and files.sha256_file(path) != want:
         raise RunError(f"{path} is damaged: its sha256 differs from the one recorded in "
                        f"{Path(run) / 'manifest.json'}. Rerun the stage that wrote it")
     try:
@@ -45,9 +45,9 @@ def load_keras_artifact(run: Path, filename: str, shape: tuple[int, ...], hint: 
 
 def save_artifact(run: Path, filename: str, model) -> None:
     """Save a .keras artifact atomically and record its sha256 in the run's manifest."""
-    path = runs.atomic_write_with(Path(run) / filename, model.save, suffix=".keras")
+    path = files.atomic_write_with(Path(run) / filename, model.save, suffix=".keras")
     artifacts = dict(runs.read_manifest(run).artifacts)
-    runs.update_manifest(run, artifacts={**artifacts, filename: runs.sha256_file(path)})
+    runs.update_manifest(run, artifacts={**artifacts, filename: files.sha256_file(path)})
 
 
 def trained_store(run: Path, fallback: str) -> str:
@@ -63,7 +63,7 @@ def trained_store(run: Path, fallback: str) -> str:
     if "://" not in str(path) and not Path(path).is_file():
         raise RunError(f"{run} was trained on the dataset store {store}, which is gone. "
                        f"Collect it again with the run's config ({Path(run) / 'config.yaml'})")
-    same_file = runs.any_sha256(path) == lineage.dataset_manifest_sha256
+    same_file = files.any_sha256(path) == lineage.dataset_manifest_sha256
     key = runs.dataset_key(path)
     if not same_file and (key is None or key != lineage.dataset_key):
         raise RunError(f"{run} was trained on the dataset store {store}, which has been "

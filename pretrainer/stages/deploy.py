@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from pretrainer import runs
+from pretrainer import files, runs
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, styled, table, warn
 from pretrainer.data import pipeline
@@ -113,7 +113,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
          + ", ".join(esc(p) for p in artifacts.values()))
     checks = {fmt: parity.check(fmt, path, manifest, x, y, reference, dcfg)
               for fmt, path in artifacts.items()}
-    runs.atomic_write_json(export / "parity.json", {**checks, **({"pruning": pruning}
+    files.atomic_write_json(export / "parity.json", {**checks, **({"pruning": pruning}
                                                                  if pruning else {})})
     rows = [[fmt + (f" ({p['quantize']})" if p["quantize"] not in (None, "none") else ""),
              f"{p['max_abs_diff']:.2e}", f"{p['label_agreement']:.2%}",
@@ -126,7 +126,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                         ["format", "max |diff|", "labels agree", "acc Δ pts", "p50 ms",
                          "p95 ms", "size MB", "ok"], rows))
     chance = chance_level(y, reference)
-    runs.atomic_write_text(export / "MODEL_CARD.md",
+    files.atomic_write_text(export / "MODEL_CARD.md",
                            card.render(dcfg.name, manifest, ft_run, checks, model,
                                        pruning=pruning, chance=chance, cfg=cfg))
     failed = [fmt for fmt, p in checks.items() if not p["passed"]]

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from pretrainer import runs
+from pretrainer import files, runs
 from pretrainer.config import Config
 from pretrainer.console import esc, info, warn
 from pretrainer.data import inputs as user_inputs
@@ -132,7 +132,7 @@ def run(cfg: Config, source: Optional[str] = None, run: Optional[str] = None,
         raise RunError(f"{out} exists and is not an embed output; choose another -o")
     building = out.with_name(f".{out.name}.new")
     shutil.rmtree(building, ignore_errors=True)
-    with runs.atomic_dir(building) as tmp:
+    with files.atomic_dir(building) as tmp:
         tmp = Path(tmp)
         np.save(tmp / "embeddings.npy", emb)
         np.savetxt(tmp / "tensors.tsv", emb, delimiter="\t", fmt="%.6g")

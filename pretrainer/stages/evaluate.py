@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from pretrainer import runs, scoring
+from pretrainer import files, runs, scoring
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, table
 from pretrainer.data import pipeline
@@ -137,18 +137,18 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "evaluate")
     runs.write_lineage(out, "evaluate", to_yaml(cfg), parent=ft_run,
                        dataset_manifest=join(store, MANIFEST), extra={"split": split})
-    runs.atomic_write_json(out / "metrics.json", result)
+    files.atomic_write_json(out / "metrics.json", result)
     save_predictions(out, y, probs, regression)
     if regression:
         shown = ("mse", "mae", "r2")
-        runs.atomic_write_text(out / "report.md", _regression_report(result))
+        files.atomic_write_text(out / "report.md", _regression_report(result))
     else:
         shown = ("accuracy", "majority_rate", "precision_macro", "recall_macro", "f1_macro",
                  "f1_weighted")
         _confusion_png(np.array(result["confusion_matrix"]), names,
                        out / "plots" / "confusion_matrix.png")
         explained = _explain(cfg, model, x, y, probs, names, out, manifest.modality)
-        runs.atomic_write_text(out / "report.md", _report(result, names, explained))
+        files.atomic_write_text(out / "report.md", _report(result, names, explained))
     runs.mark_done(out)
     console.print(table(
         f"evaluate ({result['init']}, {result['labels']} labels) on {split}: {len(y)} examples",
@@ -172,7 +172,7 @@ def _confusion_png(cm: np.ndarray, names: list[str], path: Path) -> None:
         ax=ax, cmap="Blues", colorbar=False, values_format=".2f", xticks_rotation=45)
     ax.set_title("confusion matrix (rows normalised)")
     fig.tight_layout()
-    runs.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
+    files.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
     plt.close(fig)
 
 
@@ -193,7 +193,7 @@ def _explain(cfg: Config, model, x, y, probs, names: list[str], out: Path,
     titles = [f"{names[y[i]]} → {names[pred[i]]} ({probs[i, pred[i]]:.2f})" for i in idx]
     rel = f"plots/{method}.png"
     grid_png(x[idx], maps, titles, out / rel, method)
-    runs.atomic_write_json(out / "explain.json", {
+    files.atomic_write_json(out / "explain.json", {
         "method": method, "target": "predicted class",
         "examples": [{"index": int(i), "true": names[y[i]], "predicted": names[pred[i]],
                       "probability": float(probs[i, pred[i]])} for i in idx]})
@@ -270,7 +270,7 @@ def embedding_quality(cfg: Config, pretrain_run: Path, store, manifest: StoreMan
     out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "evaluate")
     runs.write_lineage(out, "evaluate", to_yaml(cfg), parent=pretrain_run,
                        dataset_manifest=join(store, MANIFEST), extra={"kind": "embedding"})
-    runs.atomic_write_json(out / "metrics.json", result)
+    files.atomic_write_json(out / "metrics.json", result)
     runs.mark_done(out)
     console.print(table(f"embedding quality of {pretrain_run.name} ({result['labels']} labels, "
                         f"{result['samples']} {cfg.evaluate.split} examples)", ["metric", "value"],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrainer import runs
+from pretrainer import files, runs
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import esc, info
 from pretrainer.data import pipeline
@@ -128,7 +128,7 @@ def _save_reconstructions(model, val_ds, path: Path, n: int = 8) -> None:
             ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
             ax.axis("off")
     fig.suptitle("input (top) / reconstruction (bottom)", fontsize=8)
-    runs.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
+    files.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
     plt.close(fig)
 
 

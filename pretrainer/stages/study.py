@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from pretrainer import runs, scoring
+from pretrainer import files, runs, scoring
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, table
 from pretrainer.stages import collect, evaluate, finetune, pretrain
@@ -98,24 +98,24 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
                     "accuracy": metrics.get("accuracy"), "f1_macro": metrics.get("f1_macro"),
                     "mse": metrics.get("mse"), "finetune_run": str(ft),
                     "evaluate_run": str(ev)})
-                runs.atomic_write_json(out / "study.json", state)  # a kill keeps every cell so far
+                files.atomic_write_json(out / "study.json", state)  # a kill keeps every cell so far
             if cfg.study.frozen and not all((fraction, seed, f"frozen_{a}") in finished
                                             for a in frozen_arms):
                 c = _cell(cfg, fraction, seed, out)
                 collect.run(c, share_from=base_store)
                 state["cells"] += _frozen_cells(c, pre, fraction, seed, out, shared)
-                runs.atomic_write_json(out / "study.json", state)
+                files.atomic_write_json(out / "study.json", state)
             if cfg.study.classical and (fraction, seed, "classical") not in finished:
                 c = _cell(cfg, fraction, seed, out)
                 collect.run(c, share_from=base_store)
                 state["cells"].append(_classical_cell(c, fraction, seed, out))
-                runs.atomic_write_json(out / "study.json", state)
+                files.atomic_write_json(out / "study.json", state)
     summary = summarise(state["cells"])
     state["summary"] = summary
     state["comparisons"] = comparisons = compare(state["cells"])
-    runs.atomic_write_json(out / "study.json", state)
+    files.atomic_write_json(out / "study.json", state)
     _plot(summary, out / "label_efficiency.png")
-    runs.atomic_write_text(out / "study.md", _markdown(cfg, pre, summary, comparisons))
+    files.atomic_write_text(out / "study.md", _markdown(cfg, pre, summary, comparisons))
     runs.mark_done(out)
     metric = _metric(summary)
     rows = [[f"{s['fraction']:g}", str(s["labels"]), s["arm"],
@@ -285,7 +285,7 @@ def _plot(summary: list[dict], path: Path) -> None:
     ax.set_title("label efficiency (mean ± std over seeds)")
     ax.legend()
     fig.tight_layout()
-    runs.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
+    files.atomic_write_with(path, lambda p: fig.savefig(p, format="png", dpi=100), suffix=".png")
     plt.close(fig)
 
 

@@ -144,16 +144,17 @@ def test_two_collects_of_one_new_store_take_turns(tmp_path):
 def test_kill_during_a_keras_save_keeps_the_previous_artifact(tmp_path):
     code = f"""
 import os, signal, keras
+from pretrainer import files
 from pretrainer import runs
 target = {str(tmp_path / 'model.keras')!r}
 m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-runs.atomic_write_with(target, m.save, suffix=".keras")
+files.atomic_write_with(target, m.save, suffix=".keras")
 def dying(path):
     m.save(path)
     with open(path, "r+b") as f:
         f.truncate(100)  # half-written ...
     os.kill(os.getpid(), signal.SIGKILL)  # ... and killed
-runs.atomic_write_with(target, dying, suffix=".keras")
+files.atomic_write_with(target, dying, suffix=".keras")
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL
