@@ -10,6 +10,7 @@ module decides where things are written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -17,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -95,8 +97,13 @@ def experiment_dir(runs_root: str | Path, experiment: str) -> Path:
     return Path(runs_root) / experiment
 
 
-def new_run_dir(runs_root: str | Path, experiment: str, stage: str) -> Path:
-    """Create runs/<experiment>/<stage>-<stamp>/ (a suffix keeps same-second runs apart)."""
+CHECKPOINT = "ckpt/checkpoint"  # a training run's progress: what a rerun resumes from
+
+
+def new_run_dir(runs_root: str | Path, experiment: str, stage: str,
+                progress: str = CHECKPOINT) -> Path:
+    """Create runs/<experiment>/<stage>-<stamp>/ (a suffix keeps same-second runs apart).
+    `progress`: the file whose presence makes the unfinished run worth keeping."""
     base = experiment_dir(runs_root, experiment)
     base.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -105,38 +112,72 @@ def new_run_dir(runs_root: str | Path, experiment: str, stage: str) -> Path:
         path = base / name
         try:
             path.mkdir()
-            _NEW_RUNS.append(path)
+            _NEW_RUNS[path] = progress
             return path
         except FileExistsError:
             continue
     raise RunError(f"could not create a new {stage} run under {base}")
 
 
-_NEW_RUNS: list[Path] = []  # run directories this process created
+_NEW_RUNS: dict[Path, str] = {}  # run directories this process created -> progress file
 
 
-def discard_unstarted() -> list[Path]:
-    """Remove the run directories this process created that hold nothing a rerun could use
-    (no DONE, no checkpoint): a stage that failed a precondition leaves no empty run."""
+def discard_unstarted(only: Optional[Path] = None) -> list[Path]:
+    """Remove the run directories this process created (or only `only`) that hold nothing
+    a rerun could use (no DONE, no progress file): a stage that failed a precondition or
+    was interrupted before its first checkpoint leaves no empty run."""
     removed = []
-    for run in list(_NEW_RUNS):
-        if run.is_dir() and not is_done(run) and not (run / "ckpt" / "checkpoint").is_file():
+    for run, progress in list(_NEW_RUNS.items()):
+        if only is not None and run != only:
+            continue
+        if run.is_dir() and not is_done(run) and not (run / progress).is_file():
             release_lock(run / LOCK)
             shutil.rmtree(run, ignore_errors=True)
             removed.append(run)
-        _NEW_RUNS.remove(run)
+        del _NEW_RUNS[run]
     return removed
 
 
-def resumable_run(runs_root: str | Path, experiment: str, stage: str,
-                  cfg_yaml: str) -> Optional[Path]:
-    """The newest run of `stage` with this exact config if it is unfinished and checkpointed.
+@dataclass(frozen=True)
+class OpenRun:
+    path: Path
+    resumed: bool = False
 
-    This is what makes "run the same command again" resume a killed run.
+
+@contextlib.contextmanager
+def opened(runs_root: str | Path, experiment: str, stage: str, cfg_yaml: str, *,
+           progress: Optional[str] = None, keep: Optional[str] = None,
+           **lineage: Any) -> Iterator[OpenRun]:
+    """The one lifecycle of a run directory, for every stage, study and pipeline arm.
+
+    Entering finds the unfinished run of `stage` with this exact config that holds
+    `progress` (a file a rerun continues from: a training checkpoint, a study's done
+    cells) and resumes it, or creates a new run; either way locked (one writer) and
+    with its lineage written. Leaving normally runs the on-done hooks (MLflow) and writes
+    DONE; leaving by an exception removes the run if it holds nothing a rerun could use.
+    `progress=None`: never resumed (evaluate, deploy: each call is a new run). `keep`: a
+    file that keeps a failed run for the user to look at (deploy's parity.json: the
+    exports that failed their check), besides `progress`.
+    """
+    path, resumed = start_run(runs_root, experiment, stage, cfg_yaml, progress=progress,
+                              keep=keep, **lineage)
+    try:
+        yield OpenRun(path, resumed)
+    except BaseException:
+        discard_unstarted(only=path)
+        raise
+    mark_done(path)
+
+
+def resumable_run(runs_root: str | Path, experiment: str, stage: str,
+                  cfg_yaml: str, progress: str = CHECKPOINT) -> Optional[Path]:
+    """The newest run of `stage` with this exact config if it is unfinished and holds
+    `progress` (a checkpoint). This is what makes "run the same command again" resume
+    a killed run.
     """
     path = next(_runs_with_config(experiment_dir(runs_root, experiment), stage, cfg_yaml),
                 None)
-    if path is None or is_done(path) or not (path / "ckpt" / "checkpoint").is_file():
+    if path is None or is_done(path) or not (path / progress).is_file():
         return None
     return path
 
@@ -152,17 +193,25 @@ def _runs_with_config(base: Path, stage: str, cfg_yaml: str) -> Iterator[Path]:
 
 
 def start_run(runs_root: str | Path, experiment: str, stage: str, cfg_yaml: str,
+              progress: Optional[str] = CHECKPOINT, keep: Optional[str] = None,
               **lineage: Any) -> tuple[Path, bool]:
     """(run directory, resumed?): resume the same unfinished run, or create a new one.
 
     Finding and creating happen under one lock per experiment and stage, and a run
     with this config that a live process holds is refused before its first checkpoint
-    too: two identical commands never train two runs side by side."""
+    too: two identical commands never train two runs side by side. With `progress`
+    None, always a new run (locked, lineage written)."""
+    if progress is None:
+        run = new_run_dir(runs_root, experiment, stage, progress=keep or DONE)
+
+        lock_run(run)
+        write_lineage(run, stage, cfg_yaml, **lineage)
+        return run, False
     base = experiment_dir(runs_root, experiment)
     creating = base / f".{stage}-start.lock"
     acquire_lock(creating, f"the start of a {stage} run in {base}", wait=True)
     try:
-        found = resumable_run(runs_root, experiment, stage, cfg_yaml)
+        found = resumable_run(runs_root, experiment, stage, cfg_yaml, progress)
         if found is not None:
             lock_run(found)  # a live process still writing it: a clear error, exit 2
             if is_done(found):  # it finished while we waited for the lock check
@@ -171,8 +220,9 @@ def start_run(runs_root: str | Path, experiment: str, stage: str, cfg_yaml: str,
                 update_manifest(found, resumed=read_manifest(found).resumed + 1)
                 return found, True
         _refuse_live_twin(base, stage, cfg_yaml)
-        run = new_run_dir(runs_root, experiment, stage)
+        run = new_run_dir(runs_root, experiment, stage, progress=progress)
         lock_run(run)
+
         write_lineage(run, stage, cfg_yaml, **lineage)
         return run, False
     finally:

@@ -48,7 +48,9 @@ def settings(run: Path) -> Optional[dict]:
     import yaml
 
     cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if (cfg.get("tracking") or {}).get("backend", "none") == "none":
+    if not isinstance(cfg, dict) or (cfg.get("tracking") or {}).get("backend",
+                                                                     "none") == "none":
+
         return None
     return cfg
 

@@ -146,7 +146,8 @@ def test_static_batches_make_every_repeated_batch_whole(sorted_store):
     and an unshuffled pass drops its partial last batch; a split smaller than one batch is a
     clear error; fit refuses an input whose shapes are still dynamic."""
     from pretrainer.errors import DataError
-    from pretrainer.train import TrainingError, _require_static
+    from pretrainer.train import TrainingError
+    from pretrainer.train.loop import _require_static
 
     pipeline.set_static_batches(True)
     try:

@@ -134,3 +134,39 @@ def test_a_live_run_with_the_same_config_is_refused_before_its_first_checkpoint(
     time.sleep(0.1)
     again, resumed = runs.start_run(tmp_path, "exp", "pretrain", "x: 1\n")
     assert again not in (run, other) and not resumed  # dead, never checkpointed: a new run
+
+
+def test_an_opened_run_is_done_on_success_and_gone_when_it_fails_before_any_progress(
+        tmp_path):
+    with runs.opened(tmp_path, "exp", "evaluate", "seed: 0\n", extra={"split": "test"}) as r:
+        assert (r.path / ".lock").is_file() and not r.resumed
+        assert runs.read_manifest(r.path).stage == "evaluate"
+    assert runs.is_done(r.path) and str((r.path / ".lock").resolve()) not in runs._HELD
+
+    with pytest.raises(KeyboardInterrupt):
+        with runs.opened(tmp_path, "exp", "evaluate", "seed: 0\n") as failed:
+            raise KeyboardInterrupt
+    assert not failed.path.exists()  # nothing a rerun could use: no empty run left
+
+
+def test_a_failed_run_that_holds_its_keep_file_stays_for_the_user(tmp_path):
+    """deploy: exports that failed their parity check stay, without DONE."""
+    with pytest.raises(RuntimeError):
+        with runs.opened(tmp_path, "exp", "deploy", "seed: 0\n", keep="export/parity.json") as r:
+            files.atomic_write_json(r.path / "export" / "parity.json", {"passed": False})
+            raise RuntimeError("parity")
+    assert (r.path / "export" / "parity.json").is_file() and not runs.is_done(r.path)
+
+
+def test_a_killed_run_with_progress_is_resumed_by_the_same_config_only(tmp_path):
+    """A study keeps its done cells in study.json: the same command continues it."""
+    with pytest.raises(KeyboardInterrupt):
+        with runs.opened(tmp_path, "exp", "study", "seed: 1\n", progress="study.json") as first:
+            files.atomic_write_json(first.path / "study.json", {"cells": [1]})
+            raise KeyboardInterrupt
+    runs.release_lock(first.path / ".lock")  # (the killed process's lock died with it)
+    with runs.opened(tmp_path, "exp", "study", "seed: 2\n", progress="study.json") as other:
+        assert not other.resumed and other.path != first.path
+    with runs.opened(tmp_path, "exp", "study", "seed: 1\n", progress="study.json") as again:
+        assert again.resumed and again.path == first.path
+    assert runs.is_done(first.path) and runs.read_manifest(first.path).resumed == 1

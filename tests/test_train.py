@@ -83,7 +83,7 @@ class _Crash(keras.callbacks.Callback):
 
 
 def test_resume_continues_from_the_last_checkpoint_with_the_same_step_count(tmp_path):
-    from pretrainer import train
+    from pretrainer.train import checkpoint as train
 
     trainer = TrainerConfig(verbose=False, checkpoint_every=3, steps_per_execution=1)
     model, ds = _deterministic_setup()

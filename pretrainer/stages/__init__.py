@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from pretrainer import files, runs, tracking  # noqa: F401  (tracking: the on-done MLflow hook)
 from pretrainer.errors import RunError
@@ -73,9 +75,18 @@ def trained_store(run: Path, fallback: str) -> str:
     return store
 
 
-def open_run(runs_root: str, experiment: str, stage: str, strategy, cfg_yaml: str,
-             **lineage) -> tuple[Path, bool, bool, Optional[Path]]:
-    """(run dir, resumed, is chief, checkpoint run to restore from) for this process.
+@dataclass(frozen=True)
+class TrainingRun:
+    path: Path  # the run directory (a multi-worker worker: its scratch directory)
+    resumed: bool
+    chief: bool  # writes the run's artifacts
+    restore_from: Optional[Path] = None  # a worker resuming: the chief's run
+
+
+@contextlib.contextmanager
+def training_run(runs_root: str, experiment: str, stage: str, strategy, cfg_yaml: str,
+                 **lineage) -> Iterator[TrainingRun]:
+    """runs.opened for a training stage (resumed from its checkpoint), per process.
 
     Only the chief of a multi-worker cluster writes the run's artifacts; the other
     workers train in a scratch directory (their checkpoints go there) and, when
@@ -84,14 +95,17 @@ def open_run(runs_root: str, experiment: str, stage: str, strategy, cfg_yaml: st
     from pretrainer.strategy import is_chief, is_multi_worker, worker_index
 
     if not is_multi_worker(strategy) or is_chief():
-        run, resumed = runs.start_run(runs_root, experiment, stage, cfg_yaml, **lineage)
-        return run, resumed, True, None
+        with runs.opened(runs_root, experiment, stage, cfg_yaml, progress=runs.CHECKPOINT,
+                         **lineage) as opened:
+            yield TrainingRun(opened.path, opened.resumed, True)
+        return
     scratch = Path(tempfile.mkdtemp(prefix=f"pretrainer-{stage}-worker{worker_index()}-"))
     # its checkpoints matter only while this process trains: gone when it exits (they
     # piled up in /tmp, one folder per worker and run)
     atexit.register(shutil.rmtree, scratch, True)
     chief_run = runs.resumable_run(runs_root, experiment, stage, cfg_yaml)
-    return scratch, chief_run is not None, False, chief_run
+    yield TrainingRun(scratch, chief_run is not None, False, chief_run)
+
 
 
 def weights_checksum(model) -> float:

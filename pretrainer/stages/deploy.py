@@ -20,6 +20,7 @@ from pretrainer import files, runs
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, styled, table, warn
 from pretrainer.data import pipeline
+from pretrainer.data.records import StoreManifest
 from pretrainer.data.store import MANIFEST, join
 from pretrainer.errors import ConfigError, ParityError
 from pretrainer.exports import card, litert, onnx, parity, savedmodel
@@ -87,9 +88,20 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         raise ConfigError("text models export as saved_model only: LiteRT and ONNX cannot "
                           "carry the WordPiece tokenizer's ops. Use deploy=text")
     model = float32_copy(model)
-    out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "deploy")
-    runs.write_lineage(out, "deploy", to_yaml(cfg), parent=ft_run,
-                       dataset_manifest=join(store, MANIFEST))
+    with runs.opened(cfg.paths.runs, cfg.experiment, "deploy", to_yaml(cfg), parent=ft_run,
+                     dataset_manifest=join(store, MANIFEST),
+                     keep="export/parity.json") as opened:  # kept when parity fails
+        _export_and_check(cfg, opened.path, ft_run, model, store, manifest)
+    info(f"[green]deploy done[/green]: {esc(opened.path / 'export')}")
+    keras.backend.clear_session()
+    return opened.path
+
+
+def _export_and_check(cfg: Config, out: Path, ft_run: Path, model, store,
+                      manifest: StoreManifest) -> None:
+    """Export each format into `out`/export, check it against Keras in its own runtime,
+    write the model card and publish the SavedModel; ParityError when a check fails."""
+    dcfg = cfg.deploy
     export = out / "export"
     x, y, reference = predict_split(model, store, "test", limit=dcfg.parity_samples)
     pruning = None
@@ -145,7 +157,3 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         published = publish(artifacts["saved_model"], serving_base(cfg) / dcfg.name)
         runs.update_manifest(out, serving=str(published))
         info(f"TF Serving model base path: {esc(published.parent)} (version {published.name})")
-    runs.mark_done(out)
-    info(f"[green]deploy done[/green]: {esc(export)}")
-    keras.backend.clear_session()
-    return out

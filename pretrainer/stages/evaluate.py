@@ -134,22 +134,21 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     ft_manifest = runs.read_manifest(ft_run)
     result.update(split=split, finetune_run=str(ft_run), init=ft_manifest.init,
                   mode=ft_manifest.mode, labels=ft_manifest.labels)
-    out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "evaluate")
-    runs.write_lineage(out, "evaluate", to_yaml(cfg), parent=ft_run,
-                       dataset_manifest=join(store, MANIFEST), extra={"split": split})
-    files.atomic_write_json(out / "metrics.json", result)
-    save_predictions(out, y, probs, regression)
-    if regression:
-        shown = ("mse", "mae", "r2")
-        files.atomic_write_text(out / "report.md", _regression_report(result))
-    else:
-        shown = ("accuracy", "majority_rate", "precision_macro", "recall_macro", "f1_macro",
-                 "f1_weighted")
-        _confusion_png(np.array(result["confusion_matrix"]), names,
-                       out / "plots" / "confusion_matrix.png")
-        explained = _explain(cfg, model, x, y, probs, names, out, manifest.modality)
-        files.atomic_write_text(out / "report.md", _report(result, names, explained))
-    runs.mark_done(out)
+    with runs.opened(cfg.paths.runs, cfg.experiment, "evaluate", to_yaml(cfg), parent=ft_run,
+                     dataset_manifest=join(store, MANIFEST), extra={"split": split}) as opened:
+        out = opened.path
+        files.atomic_write_json(out / "metrics.json", result)
+        save_predictions(out, y, probs, regression)
+        if regression:
+            shown = ("mse", "mae", "r2")
+            files.atomic_write_text(out / "report.md", _regression_report(result))
+        else:
+            shown = ("accuracy", "majority_rate", "precision_macro", "recall_macro",
+                     "f1_macro", "f1_weighted")
+            _confusion_png(np.array(result["confusion_matrix"]), names,
+                           out / "plots" / "confusion_matrix.png")
+            explained = _explain(cfg, model, x, y, probs, names, out, manifest.modality)
+            files.atomic_write_text(out / "report.md", _report(result, names, explained))
     console.print(table(
         f"evaluate ({result['init']}, {result['labels']} labels) on {split}: {len(y)} examples",
         ["metric", "value"], [[k, f"{result[k]:.4f}"] for k in shown]))
@@ -267,11 +266,12 @@ def embedding_quality(cfg: Config, pretrain_run: Path, store, manifest: StoreMan
               "knn_accuracy": float((knn.predict(x_te) == y_te).mean()),
               "linear_probe_accuracy": float((probe.predict(x_te) == y_te).mean()),
               "feature_dim": int(x_tr.shape[1])}
-    out = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "evaluate")
-    runs.write_lineage(out, "evaluate", to_yaml(cfg), parent=pretrain_run,
-                       dataset_manifest=join(store, MANIFEST), extra={"kind": "embedding"})
-    files.atomic_write_json(out / "metrics.json", result)
-    runs.mark_done(out)
+    with runs.opened(cfg.paths.runs, cfg.experiment, "evaluate", to_yaml(cfg),
+                     parent=pretrain_run, dataset_manifest=join(store, MANIFEST),
+                     extra={"kind": "embedding"}) as opened:
+        out = opened.path
+        files.atomic_write_json(out / "metrics.json", result)
+
     console.print(table(f"embedding quality of {pretrain_run.name} ({result['labels']} labels, "
                         f"{result['samples']} {cfg.evaluate.split} examples)", ["metric", "value"],
                         [[f"kNN accuracy (k={k})", f"{result['knn_accuracy']:.4f}"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +15,7 @@ from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import ConfigError, DataError
 from pretrainer.models import build_backbone
 from pretrainer.models.heads import classifier, normalizer, regressor, text_classifier
-from pretrainer.stages import load_keras_artifact, open_run, save_artifact
+from pretrainer.stages import load_keras_artifact, save_artifact, training_run
 from pretrainer.stages.collect import ensure_store
 from pretrainer.strategy import is_multi_worker
 from pretrainer.train import (
@@ -41,14 +42,55 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
               if ft.init == "pretrained" or prior_features else None)
     store = ensure_store(cfg)
     manifest = read_manifest(store)
-    text = manifest.modality == "text"
+    _check(cfg, store, manifest)
+    strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest.modality,
+                                                  "backbone": cfg.backbone.name})
+    if ft.semi_supervised != "none" and is_multi_worker(strategy):
+        raise ConfigError("finetune.semi_supervised=fixmatch runs on one machine (cpu, gpu, "
+                          "mirrored or tpu), not multi_worker")
+    with training_run(cfg.paths.runs, cfg.experiment, "finetune", strategy, to_yaml(cfg),
+                      parent=parent, dataset_manifest=join(store, MANIFEST),
+                      extra={"init": ft.init, "mode": ft.mode, "labels": manifest.count("train"),
+                             "strategy": why, "seed": cfg.seed,
+                             "semi_supervised": ft.semi_supervised}) as tr:
+        source = (f"backbone from {parent}" if ft.init == "pretrained" else "ImageNet backbone"
+                  if ft.init == "public" else "backbone from scratch"
+                  + (f", prior from {parent}" if parent else ""))
+        info(f"[bold]finetune[/bold] ({ft.init}, {ft.mode}): {esc(source)} -> {esc(tr.path)} "
+             f"[dim]({why}{', resuming' if tr.resumed else ''})[/dim]")
+        plan = _plan(cfg, store, manifest)
+        with strategy.scope():
+            built = _build(cfg, parent, store, manifest, tr.path, plan)
+        callbacks = list(built.callbacks)
+        monitor, mode = ("val_loss", "min") if manifest.regression else ("val_accuracy", "max")
+        # the best validation epoch, not the last (finetunes on few labels overfit); EMA
+        # runs end on the average of the weights, which is what they are for: keep the last
+        keep_best = (KeepBest(tr.path, monitor, mode)
+                     if ft.keep == "best" and plan.val_ds is not None
+                     and ft.ema_momentum is None else None)
+        if keep_best is not None:
+            callbacks.append(keep_best)
+        history = fit(built.trained, lambda start: _train_data(cfg, store, plan, start),
+                      steps_per_epoch=plan.steps_per_epoch, batch_size=plan.batch_size,
+                      val_batch_size=plan.val_batch_size, epochs=ft.epochs or cfg.trainer.epochs,
+                      run_dir=tr.path, trainer=cfg.trainer, title=f"finetune[{ft.init}]",
+                      val_ds=plan.val_ds, validation_steps=plan.val_steps, monitor=monitor,
+                      mode=mode, restore_from=tr.restore_from,
+                      class_weight=built.class_weight, extra_callbacks=tuple(callbacks))
+        if tr.chief:  # a worker's scratch dir is not a run: the chief writes it
+            _finish(cfg, tr.path, built, history, keep_best, monitor, manifest)
+    keras.backend.clear_session()
+    return tr.path
+
+
+def _check(cfg: Config, store, manifest: StoreManifest) -> None:
+    """Settings that cannot train on this store: one line each, before any run exists."""
+    ft = cfg.finetune
+    text, tabular = manifest.modality == "text", manifest.modality == "tabular"
     if manifest.count("train") == 0:
         raise DataError(f"{store} holds no labeled examples (an unlabeled-only source): use it "
                         f"to pretrain, then finetune with a labeled data config and --run")
-    shape = tuple(manifest.shape)
-    tabular = manifest.modality == "tabular"
-    regression = manifest.regression
-    if not regression:
+    if not manifest.regression:
         _warn_few_labels(manifest, cfg)
     if ft.init == "public" and (text or tabular):
         raise ConfigError(f"finetune.init=public provides ImageNet image backbones; this store "
@@ -60,160 +102,174 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     if ft.wide != "none" and not text:
         raise ConfigError(f"finetune.wide={ft.wide} is for text classifiers; this store holds "
                           f"{manifest.modality} data. Set finetune.wide=none")
-    semi = ft.semi_supervised != "none"
-    if semi and (text or tabular or regression or manifest.count("unlabeled") == 0):
+    if ft.semi_supervised != "none" and (text or tabular or manifest.regression
+                                         or manifest.count("unlabeled") == 0):
         raise ConfigError("finetune.semi_supervised=fixmatch needs image classification data "
                           "with an unlabeled split; set finetune.semi_supervised=none")
-    strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest.modality,
-                                                  "backbone": cfg.backbone.name})
-    if semi and is_multi_worker(strategy):
-        raise ConfigError("finetune.semi_supervised=fixmatch runs on one machine (cpu, gpu, "
-                          "mirrored or tpu), not multi_worker")
-    n_labels = manifest.count("train")
-    run_dir, resumed, chief, restore_from = open_run(
-        cfg.paths.runs, cfg.experiment, "finetune", strategy, to_yaml(cfg), parent=parent,
-        dataset_manifest=join(store, MANIFEST),
-        extra={"init": ft.init, "mode": ft.mode, "labels": n_labels, "strategy": why,
-               "seed": cfg.seed, "semi_supervised": ft.semi_supervised})
-    source = (f"backbone from {parent}" if ft.init == "pretrained" else "ImageNet backbone"
-              if ft.init == "public" else "backbone from scratch"
-              + (f", prior from {parent}" if parent else ""))
-    info(f"[bold]finetune[/bold] ({ft.init}, {ft.mode}): {esc(source)} -> {esc(run_dir)} "
-         f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the finetune's loop is sized by, derived once from the config and the store."""
+
+    batch_size: int
+    steps_per_epoch: int
+    read: dict  # pipeline.examples options shared by the train and val streams
+    scaled: bool  # per-variable learning rates (gradual, or a backbone multiplier)
+    val_ds: object = None
+    val_steps: Optional[int] = None
+    val_batch_size: Optional[int] = None
+
+
+def _plan(cfg: Config, store, manifest: StoreManifest) -> _Plan:
+    ft = cfg.finetune
     bs = ft.batch_size or cfg.trainer.batch_size
     scaled = ft.mode == "gradual" or (ft.mode == "full" and ft.backbone_lr_multiplier != 1)
+    per_execution = 1 if scaled else cfg.trainer.steps_per_execution
     steps_per_epoch = ft.steps_per_epoch
     if not steps_per_epoch:  # one pass, or a little more when that runs whole executions
-        steps_per_epoch, note = epoch_steps(pipeline.steps(store, "train", bs),
-                                            1 if scaled else cfg.trainer.steps_per_execution)
+        steps_per_epoch, note = epoch_steps(pipeline.steps(store, "train", bs), per_execution)
         if note:
             info(f"  finetune: {note}")
-    with strategy.scope():
-        if text:
-            backbone, tok = _text_backbone(cfg, parent, store, run_dir)
-        elif ft.init == "public":
-            backbone = _public_backbone(cfg, shape)
-        else:
-            pretrained = (load_keras_artifact(parent, "backbone.keras", shape, "pretrain on "
-                                              "this dataset, or use finetune.init=scratch")
-                          if parent else None)
-            backbone = (pretrained if ft.init == "pretrained"
-                        else build_backbone(shape, cfg.backbone))
-        if ft.mode == "linear_probe":
-            backbone.trainable = False
-        norm = normalizer(manifest.feature_stats) if tabular else None
-        if text:
-            wide = (_wide_ngrams(store, backbone, tok, ft.wide_max_tokens)
-                    if ft.wide == "ngrams" else None)
-            model = text_classifier(backbone, tok, manifest.num_classes, dropout=ft.dropout,
-                                    wide=wide, l2=ft.head_l2)
-            loss, metrics = ft.loss, ["accuracy"]
-        elif regression:
-            model = regressor(backbone, hidden=ft.head_units, dropout=ft.dropout,
-                              normalizer=norm)
-            loss, metrics = "mse", ["mae"]
-        else:
-            model = classifier(backbone, manifest.num_classes, hidden=ft.head_units,
-                               dropout=ft.dropout, normalizer=norm,
-                               feature_norm=ft.feature_norm)
-            loss, metrics = ft.loss, ["accuracy"]
-        if ft.label_smoothing > 0 and not regression:  # needs one-hot targets
-            loss = keras.losses.CategoricalCrossentropy(label_smoothing=ft.label_smoothing)
-        class_weight = _class_weight(ft, manifest) if not regression else None
-        trained = model
-        if semi:
-            from pretrainer.semi import Consistency, propagation_prior
-
-            prior = None
-            if ft.prior == "propagation" and parent is None:
-                info("  finetune: finetune.prior=propagation needs pretrained features; this "
-                     f"{ft.init} run trains without the prior")
-            elif ft.prior == "propagation":
-                prior, facts = propagation_prior(pretrained, store, manifest.num_classes)
-                shown = (f", val accuracy {facts['val_accuracy']:.2%}"
-                         if facts["val_accuracy"] is not None else "")
-                info(f"  prior pseudo-labels: labels spread over a {facts['graph_k']}-NN graph "
-                     f"of {facts['pool']:,} pool embeddings, C={facts['C']:g}{shown} "
-                     f"({facts['seconds']:.0f} s)")
-                runs.update_manifest(run_dir, prior=facts)
-            trained = Consistency(model, threshold=ft.confidence, weight=ft.unlabeled_weight,
-                                  class_weight=class_weight, align=ft.distribution_alignment,
-                                  prior=prior, prior_weight=ft.prior_weight,
-                                  prior_steps=int(ft.prior_decay * steps_per_epoch
-                                                  * (ft.epochs or cfg.trainer.epochs)))
-            class_weight = None  # applied inside Consistency's train_step
-        lr = _learning_rate(ft, steps_per_epoch, cfg)
-        ema = ({"use_ema": True, "ema_momentum": ft.ema_momentum}
-               if ft.ema_momentum is not None else {})
-        optimizer = (keras.optimizers.SGD(lr, **ema) if ft.optimizer == "sgd"
-                     else keras.optimizers.Adam(lr, **ema))
-        trained.compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                        **compile_kwargs(cfg.trainer))
-    one_hot = (ft.loss == "categorical_crossentropy" or ft.label_smoothing > 0) and not regression
+    one_hot = ((ft.loss == "categorical_crossentropy" or ft.label_smoothing > 0)
+               and not manifest.regression)
     read = dict(one_hot=one_hot, cache=cfg.data.cache, standardize=False,
                 shuffle_buffer=cfg.data.shuffle_buffer)
+    if manifest.count("val") == 0:
+        return _Plan(bs, steps_per_epoch, read, scaled, val_batch_size=bs)
+    # (the validation steps a multiple of steps/execution)
+    vbs = pipeline.validation_batch(store, "val", bs, steps_per_epoch, per_execution)
+    return _Plan(bs, steps_per_epoch, read, scaled,
+                 val_ds=pipeline.examples(store, "val", batch_size=vbs, repeat=True, **read),
+                 val_steps=pipeline.steps(store, "val", vbs), val_batch_size=vbs)
 
-    def train_data(start_batch: int):
-        """The training stream from batch `start_batch` on (exact resume)."""
-        ds = pipeline.examples(store, "train", batch_size=bs, shuffle=True, repeat=True,
-                               seed=cfg.seed, augment=ft.augment, start_batch=start_batch,
-                               **read)
-        if not semi:
-            return ds
-        from pretrainer.semi import unlabeled_views, zip_views
 
-        return zip_views(ds, unlabeled_views(
-            store, batch_size=bs * ft.unlabeled_ratio, weak=ft.augment, seed=cfg.seed,
-            cache=cfg.data.cache, start_batch=start_batch,
-            shuffle_buffer=cfg.data.shuffle_buffer))
-    val_ds, val_steps, vbs = None, None, bs
-    if manifest.count("val") > 0:  # (its steps a multiple of steps/execution)
-        vbs = pipeline.validation_batch(store, "val", bs, steps_per_epoch,
-                                        1 if scaled else cfg.trainer.steps_per_execution)
-        val_ds = pipeline.examples(store, "val", batch_size=vbs, repeat=True, **read)
-        val_steps = pipeline.steps(store, "val", vbs)
+def _train_data(cfg: Config, store, plan: _Plan, start_batch: int):
+    """The training stream from batch `start_batch` on (exact resume)."""
+    ft = cfg.finetune
+    ds = pipeline.examples(store, "train", batch_size=plan.batch_size, shuffle=True,
+                           repeat=True, seed=cfg.seed, augment=ft.augment,
+                           start_batch=start_batch, **plan.read)
+    if ft.semi_supervised == "none":
+        return ds
+    from pretrainer.semi import unlabeled_views, zip_views
+
+    return zip_views(ds, unlabeled_views(
+        store, batch_size=plan.batch_size * ft.unlabeled_ratio, weak=ft.augment,
+        seed=cfg.seed, cache=cfg.data.cache, start_batch=start_batch,
+        shuffle_buffer=cfg.data.shuffle_buffer))
+
+
+@dataclass(frozen=True)
+class _Built:
+    model: object  # the classifier (what is saved)
+    trained: object  # what fit trains: the model, or FixMatch's wrapper around it
+    class_weight: Optional[dict]
+    callbacks: tuple = ()
+
+
+def _build(cfg: Config, parent: Optional[Path], store, manifest: StoreManifest,
+           run_dir: Path, plan: _Plan) -> _Built:
+    """Backbone (pretrained, public or new) + head, compiled (inside the strategy's scope)."""
+    import keras
+
+    ft = cfg.finetune
+    text, regression = manifest.modality == "text", manifest.regression
+    pretrained = None
+    if text:
+        backbone, tok = _text_backbone(cfg, parent, store, run_dir)
+    elif ft.init == "public":
+        backbone = _public_backbone(cfg, manifest.shape)
+    else:
+        pretrained = (load_keras_artifact(parent, "backbone.keras", manifest.shape,
+                                          "pretrain on this dataset, or use "
+                                          "finetune.init=scratch") if parent else None)
+        backbone = (pretrained if ft.init == "pretrained"
+                    else build_backbone(manifest.shape, cfg.backbone))
+    if ft.mode == "linear_probe":
+        backbone.trainable = False
+    norm = normalizer(manifest.feature_stats) if manifest.modality == "tabular" else None
+    if text:
+        wide = (_wide_ngrams(store, backbone, tok, ft.wide_max_tokens)
+                if ft.wide == "ngrams" else None)
+        model = text_classifier(backbone, tok, manifest.num_classes, dropout=ft.dropout,
+                                wide=wide, l2=ft.head_l2)
+        loss, metrics = ft.loss, ["accuracy"]
+    elif regression:
+        model = regressor(backbone, hidden=ft.head_units, dropout=ft.dropout, normalizer=norm)
+        loss, metrics = "mse", ["mae"]
+    else:
+        model = classifier(backbone, manifest.num_classes, hidden=ft.head_units,
+                           dropout=ft.dropout, normalizer=norm, feature_norm=ft.feature_norm)
+        loss, metrics = ft.loss, ["accuracy"]
+    if ft.label_smoothing > 0 and not regression:  # needs one-hot targets
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=ft.label_smoothing)
+    class_weight = _class_weight(ft, manifest) if not regression else None
+    trained = model
+    if ft.semi_supervised != "none":
+        trained = _consistency(cfg, model, pretrained, parent, store, manifest, run_dir,
+                               plan, class_weight)
+        class_weight = None  # applied inside Consistency's train_step
+    lr = _learning_rate(ft, plan.steps_per_epoch, cfg)
+    ema = ({"use_ema": True, "ema_momentum": ft.ema_momentum}
+           if ft.ema_momentum is not None else {})
+    optimizer = (keras.optimizers.SGD(lr, **ema) if ft.optimizer == "sgd"
+                 else keras.optimizers.Adam(lr, **ema))
+    trained.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                    **compile_kwargs(cfg.trainer))
     callbacks = []
     if ft.mode == "full" and ft.backbone_lr_multiplier != 1.0:
         callbacks.append(ScaledUpdates(backbone.trainable_variables, ft.backbone_lr_multiplier))
     if ft.mode == "gradual":
         callbacks.append(GradualUnfreeze(backbone_blocks(backbone), ft.unfreeze_every))
-    monitor, mode = ("val_loss", "min") if regression else ("val_accuracy", "max")
-    # the best validation epoch, not the last (finetunes on few labels overfit); EMA runs
-    # end on the average of the weights, which is what they are for: keep the last
-    keep_best = (KeepBest(run_dir, monitor, mode) if ft.keep == "best" and val_ds is not None
-                 and ft.ema_momentum is None else None)
-    if keep_best is not None:
-        callbacks.append(keep_best)
-    history = fit(trained, train_data, steps_per_epoch=steps_per_epoch, batch_size=bs,
-                  val_batch_size=vbs,
-                  epochs=ft.epochs or cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
-                  title=f"finetune[{ft.init}]", val_ds=val_ds, validation_steps=val_steps,
-                  monitor="val_loss" if regression else "val_accuracy",
-                  mode="min" if regression else "max", restore_from=restore_from,
-                  class_weight=class_weight, extra_callbacks=tuple(callbacks))
-    if not chief:  # the chief writes the run; this worker's scratch dir is not a run
-        keras.backend.clear_session()
-        return run_dir
-    kept = keep_best.restore(trained) if keep_best is not None else None
+    return _Built(model, trained, class_weight, tuple(callbacks))
+
+
+def _consistency(cfg: Config, model, pretrained, parent, store, manifest: StoreManifest,
+                 run_dir: Path, plan: _Plan, class_weight):
+    """FixMatch around `model`, with the label-propagation prior when asked for."""
+    from pretrainer.semi import Consistency, propagation_prior
+
+    ft = cfg.finetune
+    prior = None
+    if ft.prior == "propagation" and parent is None:
+        info("  finetune: finetune.prior=propagation needs pretrained features; this "
+             f"{ft.init} run trains without the prior")
+    elif ft.prior == "propagation":
+        prior, facts = propagation_prior(pretrained, store, manifest.num_classes)
+        shown = (f", val accuracy {facts['val_accuracy']:.2%}"
+                 if facts["val_accuracy"] is not None else "")
+        info(f"  prior pseudo-labels: labels spread over a {facts['graph_k']}-NN graph "
+             f"of {facts['pool']:,} pool embeddings, C={facts['C']:g}{shown} "
+             f"({facts['seconds']:.0f} s)")
+        runs.update_manifest(run_dir, prior=facts)
+    return Consistency(model, threshold=ft.confidence, weight=ft.unlabeled_weight,
+                       class_weight=class_weight, align=ft.distribution_alignment,
+                       prior=prior, prior_weight=ft.prior_weight,
+                       prior_steps=int(ft.prior_decay * plan.steps_per_epoch
+                                       * (ft.epochs or cfg.trainer.epochs)))
+
+
+def _finish(cfg: Config, run_dir: Path, built: _Built, history: dict, keep_best,
+            monitor: str, manifest: StoreManifest) -> None:
+    """Keep the chosen epoch's weights, save the model and its final metrics."""
+    kept = keep_best.restore(built.trained) if keep_best is not None else None
     epochs_run = len(history["loss"])
     kept_epoch = kept["epoch"] if kept else epochs_run
-    save_artifact(run_dir, "model.keras", model)
+    save_artifact(run_dir, "model.keras", built.model)
     final = {k: float(v[kept_epoch - 1]) for k, v in history.items()}
     runs.update_manifest(run_dir, final_metrics=final, epochs=epochs_run,
-                         steps=optimizer_step(trained),
+                         steps=optimizer_step(built.trained),
                          kept={"epoch": kept_epoch, "rule": (f"best {monitor}" if kept
                                                              else "last epoch")})
     if kept and kept_epoch != epochs_run:
         info(f"  kept the weights of epoch {kept_epoch}/{epochs_run} (best {monitor} "
              f"{kept['value']:.4f}; finetune.keep=last keeps the last)")
-    runs.mark_done(run_dir)
     shown = f"val_accuracy {final['val_accuracy']:.4f}" if "val_accuracy" in final else ""
     info(f"[green]finetune done[/green]: {esc(run_dir / 'model.keras')}  {shown}")
-    if regression and cfg.backbone.name == "mlp" and not cfg.backbone.filters \
+    if manifest.regression and cfg.backbone.name == "mlp" and not cfg.backbone.filters \
             and cfg.backbone.latent_dim == 0:
-        _print_linear(model, manifest, run_dir)
-    keras.backend.clear_session()
-    return run_dir
+        _print_linear(built.model, manifest, run_dir)
 
 
 FEW_LABELS = 5  # per class: below this a labeled split is more a draw than a budget

@@ -149,17 +149,17 @@ def _classical_run(cfg: Config, classical: dict, store, manifest: StoreManifest)
     from pretrainer.stages import save_artifact
 
     model = baselines.keras_model(classical, manifest)
-    run_dir, _ = runs.start_run(cfg.paths.runs, cfg.experiment, "finetune", to_yaml(cfg),
-                                dataset_manifest=join(store, MANIFEST),
-                                extra={"init": "classical", "mode": classical["name"],
-                                       "labels": manifest.count("train"),
-                                       "seed": cfg.seed, "semi_supervised": "none"})
-    save_artifact(run_dir, "model.keras", model)
-    runs.update_manifest(run_dir, final_metrics={"val_accuracy": classical["val"]},
-                         kept={"rule": f"scikit-learn {classical['chosen']}"})
-    runs.mark_done(run_dir)
-    info(f"[green]classical model as Keras[/green]: {esc(run_dir / 'model.keras')}")
-    return run_dir
+    with runs.opened(cfg.paths.runs, cfg.experiment, "finetune", to_yaml(cfg),
+                     dataset_manifest=join(store, MANIFEST),
+                     extra={"init": "classical", "mode": classical["name"],
+                            "labels": manifest.count("train"),
+                            "seed": cfg.seed, "semi_supervised": "none"}) as opened:
+        save_artifact(opened.path, "model.keras", model)
+        runs.update_manifest(opened.path, final_metrics={"val_accuracy": classical["val"]},
+                             kept={"rule": f"scikit-learn {classical['chosen']}"})
+    info(f"[green]classical model as Keras[/green]: {esc(opened.path / 'model.keras')}")
+    return opened.path
+
 
 
 def _print_table(cfg: Config, results: dict, frozen: list[dict], classical: Optional[dict],

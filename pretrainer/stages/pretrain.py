@@ -16,7 +16,7 @@ from pretrainer.models import build_backbone
 from pretrainer.pretext import get_pretext
 from pretrainer.pretext.adversarial import GeneratedGrid
 from pretrainer.pretext.health import EmbeddingRank
-from pretrainer.stages import open_run, save_artifact, weights_checksum
+from pretrainer.stages import save_artifact, training_run, weights_checksum
 from pretrainer.stages.collect import ensure_store
 from pretrainer.strategy import is_multi_worker, worker_index
 from pretrainer.train import compile_kwargs, epoch_steps, fit, optimizer_step, setup
@@ -34,17 +34,29 @@ def run(cfg: Config) -> Path:
     strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest.modality,
                                                   "backbone": cfg.backbone.name,
                                                   "pretext": cfg.pretext.name})
-    run_dir, resumed, chief, restore_from = open_run(
-        cfg.paths.runs, cfg.experiment, "pretrain", strategy, to_yaml(cfg),
-        dataset_manifest=join(store, MANIFEST),
-        extra={"strategy": why, "seed": cfg.seed, "pretext": cfg.pretext.name,
-               "backbone": cfg.backbone.name})
-    info(f"[bold]pretrain[/bold]: {cfg.pretext.name} on {cfg.backbone.name} -> {esc(run_dir)} "
-         f"[dim]({why}{', resuming' if resumed else ''})[/dim]")
-    shape = tuple(manifest.shape)
+    with training_run(cfg.paths.runs, cfg.experiment, "pretrain", strategy, to_yaml(cfg),
+                      dataset_manifest=join(store, MANIFEST),
+                      extra={"strategy": why, "seed": cfg.seed, "pretext": cfg.pretext.name,
+                             "backbone": cfg.backbone.name}) as tr:
+        info(f"[bold]pretrain[/bold]: {cfg.pretext.name} on {cfg.backbone.name} -> "
+             f"{esc(tr.path)} [dim]({why}{', resuming' if tr.resumed else ''})[/dim]")
+        model, backbone, history, val_ds = _train(cfg, pretext, store, manifest, strategy, tr)
+        if is_multi_worker(strategy):
+            info(f"worker {worker_index()}: {optimizer_step(model)} steps, final weights "
+                 f"checksum {weights_checksum(model):.6f}")
+        if tr.chief:  # a worker's scratch dir is not a run: the chief writes it
+            _finish(pretext, tr.path, model, backbone, history, val_ds, manifest)
+    keras.backend.clear_session()
+    return tr.path
+
+
+def _train(cfg: Config, pretext, store, manifest, strategy, tr):
+    """Build the pretext model on a new backbone and train it; (model, backbone,
+    history, validation stream or None)."""
+    shape = manifest.shape
     bcfg, targets, prepare = cfg.backbone, pretext.targets, None
     if manifest.modality == "text":
-        bcfg, targets, prepare = _text_setup(cfg, pretext, store, run_dir)
+        bcfg, targets, prepare = _text_setup(cfg, pretext, store, tr.path)
         shape = (bcfg.sequence_length,)
     with strategy.scope():
         backbone = build_backbone(shape, bcfg)
@@ -78,17 +90,17 @@ def run(cfg: Config) -> Path:
         sample = next(iter(probe))[0]
         extra.append(EmbeddingRank(backbone, sample[:256]))
     if pretext.samples == "generated":
-        extra.append(GeneratedGrid(run_dir / "plots", seed=cfg.seed))
+        extra.append(GeneratedGrid(tr.path / "plots", seed=cfg.seed))
     history = fit(model, train_data, steps_per_epoch=steps_per_epoch, val_batch_size=vbs,
-                  epochs=cfg.trainer.epochs, run_dir=run_dir, trainer=cfg.trainer,
+                  epochs=cfg.trainer.epochs, run_dir=tr.path, trainer=cfg.trainer,
                   title="pretrain", val_ds=val_ds, validation_steps=val_steps,
-                  restore_from=restore_from, extra_callbacks=tuple(extra), batch_size=bs)
-    if is_multi_worker(strategy):
-        info(f"worker {worker_index()}: {optimizer_step(model)} steps, final weights "
-             f"checksum {weights_checksum(model):.6f}")
-    if not chief:  # the chief writes the run; this worker's scratch dir is not a run
-        keras.backend.clear_session()
-        return run_dir
+                  restore_from=tr.restore_from, extra_callbacks=tuple(extra), batch_size=bs)
+    return model, backbone, history, val_ds
+
+
+def _finish(pretext, run_dir: Path, model, backbone, history: dict, val_ds,
+            manifest) -> None:
+    """Save the backbone; record the pretext's health (its own measure of learning)."""
     save_artifact(run_dir, "backbone.keras", backbone)
     health_key = (pretext.health if pretext.health == "effective_rank" or val_ds is None
                   else f"val_{pretext.health}")
@@ -102,11 +114,8 @@ def run(cfg: Config) -> Path:
     runs.update_manifest(run_dir, health={health_key: health},
                          final_loss=float(history["loss"][-1]), epochs=len(history["loss"]),
                          steps=optimizer_step(model))
-    runs.mark_done(run_dir)
     info(f"[green]pretrain done[/green]: {esc(run_dir / 'backbone.keras')}"
          + (f"  ({health_key} {health:.2f})" if health is not None else ""))
-    keras.backend.clear_session()
-    return run_dir
 
 
 def _save_reconstructions(model, val_ds, path: Path, n: int = 8) -> None:

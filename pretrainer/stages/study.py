@@ -24,24 +24,6 @@ from pretrainer.console import console, esc, info, table
 from pretrainer.stages import collect, evaluate, finetune, pretrain
 
 
-def _study_dir(cfg: Config) -> tuple[Path, dict]:
-    """The unfinished study with this exact config, or a new one."""
-    cfg_yaml = to_yaml(cfg)
-    base = runs.experiment_dir(cfg.paths.runs, cfg.experiment)
-    for path in sorted(base.glob("study-*"), reverse=True):
-        if (path / "config.yaml").is_file() and (path / "config.yaml").read_text() == cfg_yaml:
-            if runs.is_done(path):
-                break
-            runs.lock_run(path)
-            done = json.loads((path / "study.json").read_text()) if (
-                path / "study.json").is_file() else {"cells": []}
-            return path, done
-    path = runs.new_run_dir(cfg.paths.runs, cfg.experiment, "study")
-    runs.lock_run(path)
-    runs.write_lineage(path, "study", cfg_yaml)
-    return path, {"cells": []}
-
-
 def _arms(cfg: Config) -> list[tuple[str, str, str, str]]:
     """(arm name, finetune.init, finetune.mode, finetune.semi_supervised).
 
@@ -61,7 +43,29 @@ def _arms(cfg: Config) -> list[tuple[str, str, str, str]]:
 
 
 def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
-    out, state = _study_dir(cfg)
+    """Every cell (label budget x seed x arm), then the summary; a rerun of the same
+    command continues a killed study from its study.json (the cells finished so far)."""
+    with runs.opened(cfg.paths.runs, cfg.experiment, "study", to_yaml(cfg),
+                     progress="study.json") as opened:
+        out = opened.path
+        state = (json.loads((out / "study.json").read_text()) if opened.resumed
+                 else {"cells": []})
+        summary, comparisons = _study(cfg, out, state, pretrain_run)
+    metric = _metric(summary)
+    rows = [[f"{s['fraction']:g}", str(s["labels"]), s["arm"],
+             _pm(s), str(s["n"])] for s in summary]
+    console.print(table(f"study: test {metric} by labeled fraction", ["fraction", "labels",
+                        "init", f"{metric} (mean ± std)", "seeds"], rows))
+    for c in comparisons:
+        what = c["arm"] if " - " in c["arm"] else f"{c['arm']} - scratch"
+        info(f"  {c['fraction']:g}: {esc(what)}: {esc(c['verdict'])}")
+    info(f"[green]study done[/green]: {esc(out / 'study.md')}")
+    return out
+
+
+def _study(cfg: Config, out: Path, state: dict, pretrain_run: Optional[str]
+           ) -> tuple[list[dict], list[dict]]:
+    """Run the cells `state` lacks, writing study.json after each; (summary, comparisons)."""
     # data.labels_per_class, when given, is the one label budget studied (per class)
     per_class = cfg.data.labels_per_class
     levels = [per_class] if per_class is not None else list(cfg.study.fractions)
@@ -72,6 +76,7 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
     pre = (runs.require_done(pretrain_run, "pretrain") if pretrain_run
            else (Path(state["pretrain_run"]) if state.get("pretrain_run") else pretrain.run(cfg)))
     state["pretrain_run"] = str(pre)
+    files.atomic_write_json(out / "study.json", state)  # a rerun reuses this pretrain run
     finished = {(c["fraction"], c["seed"], c["arm"]) for c in state["cells"]}
     if finished:
         info(f"  resuming: {len(finished)} finished cell(s) are kept")
@@ -116,17 +121,7 @@ def run(cfg: Config, pretrain_run: Optional[str] = None) -> Path:
     files.atomic_write_json(out / "study.json", state)
     _plot(summary, out / "label_efficiency.png")
     files.atomic_write_text(out / "study.md", _markdown(cfg, pre, summary, comparisons))
-    runs.mark_done(out)
-    metric = _metric(summary)
-    rows = [[f"{s['fraction']:g}", str(s["labels"]), s["arm"],
-             _pm(s), str(s["n"])] for s in summary]
-    console.print(table(f"study: test {metric} by labeled fraction", ["fraction", "labels",
-                        "init", f"{metric} (mean ± std)", "seeds"], rows))
-    for c in comparisons:
-        what = c["arm"] if " - " in c["arm"] else f"{c['arm']} - scratch"
-        info(f"  {c['fraction']:g}: {esc(what)}: {esc(c['verdict'])}")
-    info(f"[green]study done[/green]: {esc(out / 'study.md')}")
-    return out
+    return summary, comparisons
 
 
 def _cell(cfg: Config, fraction, seed: int, out: Path) -> Config:

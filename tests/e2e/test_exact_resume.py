@@ -9,6 +9,7 @@ import pytest
 from pretrainer import train
 from pretrainer.config import compose
 from pretrainer.stages import finetune, pretrain
+from pretrainer.train.checkpoint import StepCheckpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -20,14 +21,14 @@ TINY = ["data.max_samples=300", "data.max_test=60", "trainer.epochs=2", "finetun
 def _crash_at(monkeypatch, step):
     """Die at optimizer step `step` (checkpoints every 4 steps: the last few steps are lost,
     as with kill -9)."""
-    real = train.StepCheckpoint.on_train_batch_end
+    real = StepCheckpoint.on_train_batch_end
 
     def dying(self, batch, logs=None):
         real(self, batch, logs)
         if train.optimizer_step(self.model) == step:
             raise RuntimeError(f"killed at step {step}")
 
-    monkeypatch.setattr(train.StepCheckpoint, "on_train_batch_end", dying)
+    monkeypatch.setattr(StepCheckpoint, "on_train_batch_end", dying)
 
 
 def _weights(path):
