@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from pretrainer.config import TrainerConfig
-from pretrainer.train import TrainingError, fit
+from pretrainer.train import TrainingError, TrainingPlan, fit
 
 
 def _data(n=256, seed=0):
@@ -29,8 +29,8 @@ def test_fit_lowers_loss_and_writes_history_and_tensorboard(tmp_path):
     x, y = _data()
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).repeat()
     val = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(32).repeat()
-    hist = fit(_model(), ds, steps_per_epoch=8, epochs=4, run_dir=tmp_path,
-               trainer=TrainerConfig(verbose=False), title="t", val_ds=val, validation_steps=2)
+    hist = fit(_model(), ds, plan=TrainingPlan(8, 4, validation_steps=2), run_dir=tmp_path,
+               trainer=TrainerConfig(verbose=False), title="t", val_ds=val)
     assert hist["loss"][-1] < hist["loss"][0]
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
@@ -43,7 +43,7 @@ def test_nan_loss_is_a_clear_error(tmp_path):
     x[5] = 3e38  # overflows float32 inside the first layer: Inf, then NaN
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).repeat()
     with pytest.raises(TrainingError, match="NaN"):
-        fit(_model(), ds, steps_per_epoch=8, epochs=2, run_dir=tmp_path,
+        fit(_model(), ds, plan=TrainingPlan(8, 2), run_dir=tmp_path,
             trainer=TrainerConfig(verbose=False), title="t")
 
 
@@ -62,7 +62,7 @@ def test_a_sigterm_swallowed_before_training_stops_the_loop_at_its_first_step(
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).repeat()
     model = _model()
     with pytest.raises(Preempted, match="stopped by SIGTERM at step 0/16"):
-        fit(model, ds, steps_per_epoch=8, epochs=2, run_dir=tmp_path,
+        fit(model, ds, plan=TrainingPlan(8, 2), run_dir=tmp_path,
             trainer=TrainerConfig(verbose=False), title="t")
     assert (tmp_path / "ckpt" / "checkpoint").is_file()
     assert int(model.optimizer.iterations.numpy()) == 0
@@ -87,7 +87,7 @@ def test_resume_continues_from_the_last_checkpoint_with_the_same_step_count(tmp_
 
     trainer = TrainerConfig(verbose=False, checkpoint_every=3, steps_per_execution=1)
     model, ds = _deterministic_setup()
-    fit(model, ds, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "straight",
+    fit(model, ds, plan=TrainingPlan(6, 3), run_dir=tmp_path / "straight",
         trainer=trainer, title="t")
     assert int(model.optimizer.iterations) == 18
     straight = model.get_weights()
@@ -102,12 +102,12 @@ def test_resume_continues_from_the_last_checkpoint_with_the_same_step_count(tmp_
     keras.Model.fit = crashing_fit
     try:
         with pytest.raises(RuntimeError, match="step 8"):
-            fit(model, ds, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "crashed",
+            fit(model, ds, plan=TrainingPlan(6, 3), run_dir=tmp_path / "crashed",
                 trainer=trainer, title="t")
     finally:
         keras.Model.fit = real_fit
     model, ds = _deterministic_setup()  # a new process would start from fresh weights
-    fit(model, ds, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "crashed", trainer=trainer,
+    fit(model, ds, plan=TrainingPlan(6, 3), run_dir=tmp_path / "crashed", trainer=trainer,
         title="t")
     assert int(model.optimizer.iterations) == 18
     assert train._restore(model, tf.train.CheckpointManager(
@@ -148,14 +148,14 @@ class _CrashAt(keras.callbacks.Callback):
 def test_resume_mid_epoch_ends_with_identical_weights_and_history(tmp_path, damage, capsys):
     trainer = TrainerConfig(verbose=False, checkpoint_every=4, steps_per_execution=1)  # ckpts at 4, 6, 10, ...
     model, stream = _dropout_setup()
-    fit(model, stream, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "straight",
+    fit(model, stream, plan=TrainingPlan(6, 3), run_dir=tmp_path / "straight",
         trainer=trainer, title="t")
     straight = model.get_weights()
 
     model, stream = _dropout_setup()
     with pytest.raises(RuntimeError, match="step 11"):
-        fit(model, stream, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "crashed",
-            trainer=trainer, title="t", extra_callbacks=(_CrashAt(11),))
+        fit(model, stream, plan=TrainingPlan(6, 3), run_dir=tmp_path / "crashed",
+            trainer=trainer, title="t", callbacks=(_CrashAt(11),))
     ckpt = tmp_path / "crashed" / "ckpt"
     assert "ckpt-10" in (ckpt / "checkpoint").read_text()  # mid-epoch 2
     if damage == "latest":  # e.g. a kill or a full disk while it was written
@@ -169,7 +169,7 @@ def test_resume_mid_epoch_ends_with_identical_weights_and_history(tmp_path, dama
     (ckpt / "ckpt-11_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x")
     model, stream = _dropout_setup()  # a new process would start from fresh weights
     capsys.readouterr()
-    fit(model, stream, steps_per_epoch=6, epochs=3, run_dir=tmp_path / "crashed",
+    fit(model, stream, plan=TrainingPlan(6, 3), run_dir=tmp_path / "crashed",
         trainer=trainer, title="t")
     out = " ".join(capsys.readouterr().out.split())  # (Rich wraps long paths)
     repaired = "rebuilt it from the checkpoints present (newest ckpt-10)" in out
@@ -267,3 +267,14 @@ def test_precision_auto_is_bf16_only_for_conv_image_models_on_cpus_with_bf16_uni
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"amx_bf16"})
     monkeypatch.setattr(precision, "_has_gpu", lambda: True)
     assert precision.resolve("auto", conv)[0] == "float32"
+
+
+def test_a_resumed_run_finishes_its_epoch_then_runs_whole_epochs():
+    from pretrainer.train.loop import _segments
+
+    plan = TrainingPlan(steps_per_epoch=6, epochs=3)
+    assert plan.total_steps == 18
+    assert _segments(0, plan) == [(0, 0, 3, 6)]
+    assert _segments(8, plan) == [(8, 1, 2, 4), (12, 2, 3, 6)]  # 4 steps left in epoch 2
+    assert _segments(12, plan) == [(12, 2, 3, 6)]
+    assert _segments(18, plan) == []  # (a finished run restarted: nothing to do)

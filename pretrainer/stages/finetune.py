@@ -22,6 +22,7 @@ from pretrainer.train import (
     GradualUnfreeze,
     KeepBest,
     ScaledUpdates,
+    TrainingPlan,
     backbone_blocks,
     compile_kwargs,
     epoch_steps,
@@ -62,7 +63,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         with strategy.scope():
             built = _build(cfg, parent, store, manifest, tr.path, plan)
         callbacks = list(built.callbacks)
-        monitor, mode = ("val_loss", "min") if manifest.regression else ("val_accuracy", "max")
+        monitor, mode = plan.training.monitor, plan.training.mode
         # the best validation epoch, not the last (finetunes on few labels overfit); EMA
         # runs end on the average of the weights, which is what they are for: keep the last
         keep_best = (KeepBest(tr.path, monitor, mode)
@@ -71,12 +72,10 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
         if keep_best is not None:
             callbacks.append(keep_best)
         history = fit(built.trained, lambda start: _train_data(cfg, store, plan, start),
-                      steps_per_epoch=plan.steps_per_epoch, batch_size=plan.batch_size,
-                      val_batch_size=plan.val_batch_size, epochs=ft.epochs or cfg.trainer.epochs,
-                      run_dir=tr.path, trainer=cfg.trainer, title=f"finetune[{ft.init}]",
-                      val_ds=plan.val_ds, validation_steps=plan.val_steps, monitor=monitor,
-                      mode=mode, restore_from=tr.restore_from,
-                      class_weight=built.class_weight, extra_callbacks=tuple(callbacks))
+                      plan.training, run_dir=tr.path, trainer=cfg.trainer,
+                      title=f"finetune[{ft.init}]", val_ds=plan.val_ds,
+                      restore_from=tr.restore_from, class_weight=built.class_weight,
+                      callbacks=tuple(callbacks))
         if tr.chief:  # a worker's scratch dir is not a run: the chief writes it
             _finish(cfg, tr.path, built, history, keep_best, monitor, manifest)
     keras.backend.clear_session()
@@ -112,13 +111,10 @@ def _check(cfg: Config, store, manifest: StoreManifest) -> None:
 class _Plan:
     """What the finetune's loop is sized by, derived once from the config and the store."""
 
-    batch_size: int
-    steps_per_epoch: int
     read: dict  # pipeline.examples options shared by the train and val streams
     scaled: bool  # per-variable learning rates (gradual, or a backbone multiplier)
+    training: TrainingPlan  # what fit is sized by
     val_ds: object = None
-    val_steps: Optional[int] = None
-    val_batch_size: Optional[int] = None
 
 
 def _plan(cfg: Config, store, manifest: StoreManifest) -> _Plan:
@@ -135,19 +131,24 @@ def _plan(cfg: Config, store, manifest: StoreManifest) -> _Plan:
                and not manifest.regression)
     read = dict(one_hot=one_hot, cache=cfg.data.cache, standardize=False,
                 shuffle_buffer=cfg.data.shuffle_buffer)
+    epochs = ft.epochs or cfg.trainer.epochs
+    monitor, mode = ("val_loss", "min") if manifest.regression else ("val_accuracy", "max")
     if manifest.count("val") == 0:
-        return _Plan(bs, steps_per_epoch, read, scaled, val_batch_size=bs)
+        return _Plan(read, scaled, TrainingPlan(
+            steps_per_epoch, epochs, batch_size=bs, val_batch_size=bs, monitor=monitor,
+            mode=mode))
     # (the validation steps a multiple of steps/execution)
     vbs = pipeline.validation_batch(store, "val", bs, steps_per_epoch, per_execution)
-    return _Plan(bs, steps_per_epoch, read, scaled,
-                 val_ds=pipeline.examples(store, "val", batch_size=vbs, repeat=True, **read),
-                 val_steps=pipeline.steps(store, "val", vbs), val_batch_size=vbs)
+    return _Plan(read, scaled, TrainingPlan(
+        steps_per_epoch, epochs, batch_size=bs, validation_steps=pipeline.steps(store, "val", vbs),
+        val_batch_size=vbs, monitor=monitor, mode=mode),
+        val_ds=pipeline.examples(store, "val", batch_size=vbs, repeat=True, **read))
 
 
 def _train_data(cfg: Config, store, plan: _Plan, start_batch: int):
     """The training stream from batch `start_batch` on (exact resume)."""
     ft = cfg.finetune
-    ds = pipeline.examples(store, "train", batch_size=plan.batch_size, shuffle=True,
+    ds = pipeline.examples(store, "train", batch_size=plan.training.batch_size, shuffle=True,
                            repeat=True, seed=cfg.seed, augment=ft.augment,
                            start_batch=start_batch, **plan.read)
     if ft.semi_supervised == "none":
@@ -155,7 +156,7 @@ def _train_data(cfg: Config, store, plan: _Plan, start_batch: int):
     from pretrainer.semi import unlabeled_views, zip_views
 
     return zip_views(ds, unlabeled_views(
-        store, batch_size=plan.batch_size * ft.unlabeled_ratio, weak=ft.augment,
+        store, batch_size=plan.training.batch_size * ft.unlabeled_ratio, weak=ft.augment,
         seed=cfg.seed, cache=cfg.data.cache, start_batch=start_batch,
         shuffle_buffer=cfg.data.shuffle_buffer))
 
@@ -210,7 +211,7 @@ def _build(cfg: Config, parent: Optional[Path], store, manifest: StoreManifest,
         trained = _consistency(cfg, model, pretrained, parent, store, manifest, run_dir,
                                plan, class_weight)
         class_weight = None  # applied inside Consistency's train_step
-    lr = _learning_rate(ft, plan.steps_per_epoch, cfg)
+    lr = _learning_rate(ft, plan.training.steps_per_epoch, cfg)
     ema = ({"use_ema": True, "ema_momentum": ft.ema_momentum}
            if ft.ema_momentum is not None else {})
     optimizer = (keras.optimizers.SGD(lr, **ema) if ft.optimizer == "sgd"
@@ -246,7 +247,7 @@ def _consistency(cfg: Config, model, pretrained, parent, store, manifest: StoreM
     return Consistency(model, threshold=ft.confidence, weight=ft.unlabeled_weight,
                        class_weight=class_weight, align=ft.distribution_alignment,
                        prior=prior, prior_weight=ft.prior_weight,
-                       prior_steps=int(ft.prior_decay * plan.steps_per_epoch
+                       prior_steps=int(ft.prior_decay * plan.training.steps_per_epoch
                                        * (ft.epochs or cfg.trainer.epochs)))
 
 

@@ -19,7 +19,14 @@ from pretrainer.pretext.health import EmbeddingRank
 from pretrainer.stages import save_artifact, training_run, weights_checksum
 from pretrainer.stages.collect import ensure_store
 from pretrainer.strategy import is_multi_worker, worker_index
-from pretrainer.train import compile_kwargs, epoch_steps, fit, optimizer_step, setup
+from pretrainer.train import (
+    TrainingPlan,
+    compile_kwargs,
+    epoch_steps,
+    fit,
+    optimizer_step,
+    setup,
+)
 
 
 def run(cfg: Config) -> Path:
@@ -91,10 +98,11 @@ def _train(cfg: Config, pretext, store, manifest, strategy, tr):
         extra.append(EmbeddingRank(backbone, sample[:256]))
     if pretext.samples == "generated":
         extra.append(GeneratedGrid(tr.path / "plots", seed=cfg.seed))
-    history = fit(model, train_data, steps_per_epoch=steps_per_epoch, val_batch_size=vbs,
-                  epochs=cfg.trainer.epochs, run_dir=tr.path, trainer=cfg.trainer,
-                  title="pretrain", val_ds=val_ds, validation_steps=val_steps,
-                  restore_from=tr.restore_from, extra_callbacks=tuple(extra), batch_size=bs)
+    plan = TrainingPlan(steps_per_epoch, cfg.trainer.epochs, batch_size=bs,
+                        validation_steps=val_steps, val_batch_size=vbs)
+    history = fit(model, train_data, plan, run_dir=tr.path, trainer=cfg.trainer,
+                  title="pretrain", val_ds=val_ds, restore_from=tr.restore_from,
+                  callbacks=tuple(extra))
     return model, backbone, history, val_ds
 
 

@@ -17,6 +17,7 @@ from pretrainer.train.checkpoint import Preempted, repair_checkpoint_state
 from pretrainer.train.loop import fit
 from pretrainer.train.plan import (
     TrainingError,
+    TrainingPlan,
     compile_kwargs,
     epoch_steps,
     execution_size,
@@ -26,6 +27,6 @@ from pretrainer.train.plan import (
 )
 
 __all__ = ["GradualUnfreeze", "HistoryCSV", "KeepBest", "Preempted", "ScaledUpdates",
-           "TrainingError", "backbone_blocks", "compile_kwargs", "epoch_steps",
+           "TrainingError", "TrainingPlan", "backbone_blocks", "compile_kwargs", "epoch_steps",
            "execution_size", "fit", "optimizer_step", "repair_checkpoint_state", "setup",
            "steps_per_execution"]

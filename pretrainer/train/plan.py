@@ -3,6 +3,7 @@ into executions, the compile options, the optimizer's step count."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import keras
@@ -10,6 +11,23 @@ import keras
 from pretrainer import precision
 from pretrainer.config import TrainerConfig
 from pretrainer.errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How one training run is sized, derived once by its stage and read by `fit`."""
+
+    steps_per_epoch: int
+    epochs: int
+    batch_size: Optional[int] = None  # (for examples/s, and pinning static batches)
+    validation_steps: Optional[int] = None  # batches per validation pass
+    val_batch_size: Optional[int] = None
+    monitor: str = "val_loss"  # what early stopping watches
+    mode: str = "min"
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
 
 
 class TrainingError(UserError):
