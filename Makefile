@@ -53,6 +53,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/collect_read.py
 	$(BIN)/python benchmarks/seed_at_size.py
 	$(BIN)/python benchmarks/memory_scale.py
+	$(BIN)/python benchmarks/serve_latency.py
 	$(BIN)/python benchmarks/summary.py
 
 samples: install

@@ -91,3 +91,10 @@ def test_summary_prints_a_table_per_size_and_ignores_smoke_runs(tmp_path):
     assert "| full Fashion-MNIST, 60,000 images x 3 (whole process) | 54.1 s | 60.0 s (0.90x) " \
         "| 46.1 s (1.17x) | 88.8 / 88.8 / 88.8 % |" in out.stdout
     assert "memory_scale.json: only a --smoke run" in out.stdout
+
+
+@slow_harness
+def test_serve_latency_benchmark_smoke(tmp_path):
+    stdout, results = _smoke("serve_latency.py", tmp_path / "serve.json")
+    assert set(results["latency_ms"]["batch_1"]) == {"waitress", "stdlib"}
+    assert results["requests_per_s"]["waitress"] > 0 and "8 clients" in stdout

@@ -210,16 +210,32 @@ def test_table_model_takes_named_columns(rows):
     assert code == 400 and "kind_of_house" in err["error"]
 
 
-def test_oversized_body_gets_a_readable_413(image, monkeypatch):
-    url, _, _ = image
-    monkeypatch.setattr(serve, "MAX_BODY_BYTES", 10_000)
-    port = int(url.split(":")[2].split("/")[0])
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/v1/models/shoes:predict", body=b"[" * 2_000_000,
-                 headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    assert resp.status == 413 and "body over" in json.loads(resp.read())["error"]
-    conn.close()
+def _small_server(tmp_path, **options):
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    savedmodel.export(model, tmp_path / "export" / "shoes" / "1", IMAGE)
+    srv, _ = serve.make_server(tmp_path, "127.0.0.1", 0, **options)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_oversized_body_gets_a_readable_413(tmp_path):
+    srv = _small_server(tmp_path, max_body=10_000)
+    try:
+        for body in (b"[" * 2_000_000, b"[" * 10_001):  # sent whole, or cut by the answer
+            conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=30)
+            try:
+                conn.request("POST", "/v1/models/shoes:predict", body=body,
+                             headers={"Content-Type": "application/json"})
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the 413 came before the whole body went: it is there to read
+            resp = conn.getresponse()
+            assert resp.status == 413 and "body over 10000 bytes" in json.loads(
+                resp.read())["error"]
+            conn.close()
+    finally:
+        srv.shutdown()
+
 
 
 def test_a_claimed_terabyte_with_no_body_gets_its_413_at_once(image):
@@ -301,3 +317,50 @@ def test_the_curl_examples_in_serve_help_work_as_printed(image, text, tmp_path):
         status, out = _call(served[0] + ":predict", raw=body.encode())
         assert status == 200, (line, out)
         assert len(out["predictions"]) == 1
+
+
+def test_half_sent_bodies_hold_no_worker(image):
+    """Clients that send a whole head and part of the body, then stall, used to hold a
+    worker each until the socket timeout (10 s): 8 of them stopped the server."""
+    url, _, _ = image
+    port = int(url.split(":")[2].split("/")[0])
+    stalled = []
+    for _ in range(3 * serve.WORKERS):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/models/shoes:predict HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inst")
+        stalled.append(s)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    code, _ = _call(url + ":predict", {"instances": np.zeros((1, 8, 8, 1), int).tolist()})
+    assert code == 200 and time.monotonic() - t0 < 2
+    for s in stalled:
+        s.close()
+
+
+def test_an_overloaded_server_answers_503_and_runs_only_what_it_can(tmp_path):
+    """Beyond `backlog` requests waiting for a worker, a request gets a JSON 503 (ahead
+    of the queue) instead of waiting without bound."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Slow:  # the app's view of a model: each prediction takes 0.5 s
+        name, version, calls = "slow", "1", 0
+
+        def predict(self, body):
+            Slow.calls += 1
+            time.sleep(0.5)
+            return {"predictions": [0]}
+
+    srv = serve.Server(serve.make_app(Slow()), "127.0.0.1", 0, workers=1, backlog=1)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/v1/models/slow:predict"
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: _call(url, {"instances": [0]}), range(8)))
+    finally:
+        srv.shutdown()
+    codes = sorted(code for code, _ in answers)
+    assert codes.count(200) >= 1 and codes.count(503) >= 1, codes
+    assert set(codes) <= {200, 503}
+    assert all("busy" in out["error"] for code, out in answers if code == 503)
+    assert Slow.calls == codes.count(200)  # the refused ones never reached the model

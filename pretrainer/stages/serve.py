@@ -16,9 +16,9 @@ are a 400, never rounded. Errors are `{"error": "..."}` with a 4xx code.
 Every modality the tool trains is served: images, text (TensorFlow Text's ops are
 registered first, as TF Serving's model server links them) and table rows (one
 named input per CSV column). A fixed pool of worker threads answers connections,
-each socket has a timeout, and client faults (resets, timeouts, bad JSON) are
-answered or dropped without a traceback. Python's http.server suffices for a local
-single-model server and adds no dependency.
+each connection has a timeout, and client faults (resets, timeouts, bad JSON) are
+answered or dropped without a traceback. The HTTP server is waitress (see `Server`);
+the TF Serving contract (parsing, signatures, response shapes) is this module's own.
 """
 
 from __future__ import annotations
@@ -26,16 +26,9 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
-import io
 import json
-import queue
-import selectors
-import socket
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http import HTTPStatus
 from pathlib import Path
 from typing import Optional
 
@@ -46,12 +39,11 @@ from pretrainer.console import esc, info
 from pretrainer.errors import ConfigError, RunError
 
 MAX_BODY_BYTES = 16 * 2**20
-DRAIN_IDLE_S = 0.5  # a refused body: stop reading it after this long without a byte
 MAX_ELEMENTS = 2**25  # numbers in one request's tensors (a few hundred large images)
 SOCKET_TIMEOUT_S = 10.0
-MAX_HEAD_BYTES = 65536  # request line + headers; more goes to a worker, which refuses it
+MAX_HEAD_BYTES = 65536  # request line + headers; more is a 431
 WORKERS = 8
-BACKLOG = 64  # connections waiting for a worker; beyond this a 503
+BACKLOG = 64  # requests waiting for a worker; beyond this a 503
 
 
 class BadRequest(ValueError):
@@ -257,272 +249,182 @@ def _jsonable(name: str, arr: np.ndarray) -> list:
 
 # ---------------------------------------------------------------- HTTP
 
-class _Prefixed(io.RawIOBase):
-    """A socket's byte stream with bytes already read from it put back in front."""
-
-    def __init__(self, prefix: bytes, sock):
-        self.prefix, self.sock = memoryview(prefix), sock
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        if len(self.prefix):
-            n = min(len(b), len(self.prefix))
-            b[:n] = self.prefix[:n]
-            self.prefix = self.prefix[n:]
-            return n
-        return self.sock.recv_into(b)
-
-
-def make_handler(model: Model):
+def make_app(model: Model):
+    """The TF Serving REST contract as a WSGI application (waitress runs it)."""
     prefix = f"/v1/models/{model.name}"
     versioned = f"{prefix}/versions/{model.version}"
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "pretrainer-serve"
-        protocol_version = "HTTP/1.1"  # answers `Expect: 100-continue` (curl, large bodies)
-        timeout = SOCKET_TIMEOUT_S  # a stalled client frees its worker after this
+    def reply(start_response, code: int, payload: dict) -> list[bytes]:
+        data = json.dumps(payload).encode("utf-8")
+        start_response(f"{code} {HTTPStatus(code).phrase}",
+                       [("Content-Type", "application/json"),
+                        ("Content-Length", str(len(data)))])
+        return [data]
 
-        def setup(self):
-            super().setup()
-            head = self.server.heads.get(self.request)
-            if head:  # the watcher read the request head: read it again from there
-                self.rfile = io.BufferedReader(_Prefixed(head, self.connection))
-
-        def _send(self, code: int, payload: dict) -> None:
-            data = json.dumps(payload).encode("utf-8")
-            try:
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(data)
-                self.wfile.flush()
-            except OSError:  # the client left: nothing to answer
-                pass
-            self.close_connection = True
-
-        def log_message(self, fmt, *args):  # quiet: one line per request is noise here
-            pass
-
-        def _length(self) -> Optional[int]:
-            try:
-                return int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                return None
-
-        def handle_expect_100(self):
-            length = self._length()
-            if length is not None and length > MAX_BODY_BYTES:
-                self._send(413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
-                return False
-            return super().handle_expect_100()
-
-        def _drain(self, length: int) -> None:
-            """Read and drop a refused body, so the client gets to read our answer
-            (closing with unread data makes the kernel reset the connection). A client
-            that sends nothing for DRAIN_IDLE_S is answered then: one that claims a
-            terabyte and sends none waited SOCKET_TIMEOUT_S for its 413."""
-            deadline = time.monotonic() + SOCKET_TIMEOUT_S
-            left = length
-            try:
-                self.connection.settimeout(DRAIN_IDLE_S)
-                while left > 0 and time.monotonic() < deadline:
-                    chunk = self.rfile.read1(min(left, 1 << 16))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-            except OSError:
-                pass
-
-        def do_GET(self):
-            path = self.path.split("?", 1)[0].rstrip("/")
+    def app(environ, start_response):
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if method == "GET":
+            path = path.rstrip("/")
             if path in (prefix, versioned):
-                return self._send(200, model.status())
+                return reply(start_response, 200, model.status())
             if path in (f"{prefix}/metadata", f"{versioned}/metadata"):
-                return self._send(200, model.metadata())
-            self._send(404, {"error": f"Unknown path {path}. Model: {prefix}"})
+                return reply(start_response, 200, model.metadata())
+            return reply(start_response, 404, {"error": f"Unknown path {path}. Model: {prefix}"})
+        if method != "POST":
+            return reply(start_response, 405, {"error": f"{method} is not served: GET the "
+                                                        f"model's status, POST :predict"})
+        if path not in (f"{prefix}:predict", f"{versioned}:predict"):
+            return reply(start_response, 404, {"error": f"Unknown path {path}. Use POST "
+                                                        f"{prefix}:predict"})
+        # (waitress has read the whole body before a worker runs this: a client that
+        # sends half a body holds no worker; over MAX_BODY_BYTES it answered 413 itself)
+        try:  # (PEP 3333: never read past CONTENT_LENGTH; waitress sets it for chunked too)
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length <= 0:
+            return reply(start_response, 400, {"error": "empty body"})
+        raw = environ["wsgi.input"].read(length)
 
-        def do_POST(self):
-            path = self.path.split("?", 1)[0]
-            length = self._length()
-            if path not in (f"{prefix}:predict", f"{versioned}:predict"):
-                if length:
-                    self._drain(length)
-                return self._send(404, {"error": f"Unknown path {path}. Use POST "
-                                                 f"{prefix}:predict"})
-            if length is None:
-                return self._send(411, {"error": "a Content-Length header is required"})
-            if length <= 0:
-                return self._send(400, {"error": "empty body"})
-            if length > MAX_BODY_BYTES:
-                self._drain(length)
-                return self._send(413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
-            try:
-                raw = self.rfile.read(length)
-            except OSError:
-                self.close_connection = True
-                return
-            try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return self._send(400, {"error": "the body is not valid JSON"})
-            except RecursionError:
-                return self._send(400, {"error": "the JSON is nested too deeply"})
-            try:
-                return self._send(200, model.predict(body))
-            except BadRequest as exc:
-                return self._send(400, {"error": str(exc)})
-            except RecursionError:
-                return self._send(400, {"error": "the JSON is nested too deeply"})
-            except Exception as exc:  # a server must answer, not die; one line, no traceback
-                print(f"serve: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
-                return self._send(500, {"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        try:
+            return reply(start_response, 200, model.predict(json.loads(raw)))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return reply(start_response, 400, {"error": "the body is not valid JSON"})
+        except BadRequest as exc:
+            return reply(start_response, 400, {"error": str(exc)})
+        except RecursionError:
+            return reply(start_response, 400, {"error": "the JSON is nested too deeply"})
+        except Exception as exc:  # a server must answer, not die; one line, no traceback
+            print(f"serve: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+            return reply(start_response, 500,
+                         {"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
 
-    return Handler
+    return app
 
 
-class PooledHTTPServer(HTTPServer):
-    """HTTPServer answering on a fixed pool of threads.
+class Server:
+    """The WSGI app on waitress, a maintained server: its asyncore loop reads each
+    request whole (head and body) before a worker thread runs the app, so silent,
+    half-sent and slow clients hold no worker; it closes connections idle for
+    SOCKET_TIMEOUT_S and answers a Content-Length over MAX_BODY_BYTES with a 413 before
+    reading the body. Our additions, in waitress's documented extension points (the
+    channel's error task, the task dispatcher): errors as TF Serving's JSON, and a 503
+    at once when BACKLOG requests already wait for a worker.
 
-    ThreadingHTTPServer starts one thread per connection, without bound, and a client
-    that connects and says nothing holds its thread. Here one thread reads new
-    connections' request heads without blocking (selectors) and hands a connection to
-    the pool only once its head is complete; one without a complete head after
-    SOCKET_TIMEOUT_S is closed. At most MAX_WAITING connections wait and `workers +
-    backlog` are queued for or in a worker; beyond either a client gets a 503 at once.
+    Chosen over the hand-written selectors + thread-pool server it replaced by
+    measurement on the same model in one run (2-core Xeon with AMX): p50 1.74 vs
+    1.87 ms for one 28x28 image, 15.3 vs 14.5 ms for 32, and 398 vs 275 requests/s with
+    8 concurrent clients; benchmarks/serve_latency.py compares it with the standard
+    library's threading server.
+
     """
 
-    MAX_WAITING = 512
+    def __init__(self, app, host: str, port: int, workers: int = WORKERS,
+                 backlog: int = BACKLOG, max_body: Optional[int] = None):
+        self.max_body = max_body or MAX_BODY_BYTES
+        from waitress.server import create_server
 
-    def __init__(self, address, handler, workers: int = WORKERS, backlog: int = BACKLOG):
-        super().__init__(address, handler)
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="serve")
-        self.slots = threading.BoundedSemaphore(workers + backlog)
-        self.heads: dict = {}  # socket -> the bytes the watcher already read from it
-        self._new: "queue.SimpleQueue" = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
+        self._map: dict = {}  # our own socket map: shutdown() closes every channel in it
         self._closing = False
-        self._watcher = threading.Thread(target=self._watch, name="serve-watch", daemon=True)
-        self._watcher.start()
+        self._server = create_server(
+            app, map=self._map, _dispatcher=_dispatcher(workers, backlog), host=host, port=port,
+            threads=workers, channel_timeout=int(SOCKET_TIMEOUT_S), cleanup_interval=1,
+            max_request_body_size=max_body or MAX_BODY_BYTES,
+            max_request_header_size=MAX_HEAD_BYTES,
+            connection_limit=MAX_CONNECTIONS, asyncore_use_poll=True, ident="pretrainer-serve",
+            clear_untrusted_proxy_headers=True)
+        self._server.channel_class = _channel_class(self.max_body)
+        self.server_address = (self._server.effective_host, self._server.effective_port)
 
-    @staticmethod
-    def _busy(request) -> None:
-        body = b'{"error": "the server is busy; retry later"}'
-        try:
-            request.settimeout(1.0)
-            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
-                            b"application/json\r\nConnection: close\r\nContent-Length: "
-                            + str(len(body)).encode() + b"\r\n\r\n" + body)
-        except OSError:
-            pass
+    def serve_forever(self) -> None:
+        """Serve until shutdown(); Ctrl-C and SIGTERM end it as KeyboardInterrupt (waitress's
+        run() returns quietly on those: the CLI would have said nothing and exited 0)."""
+        from pretrainer import errors
 
-    def process_request(self, request, client_address):
-        self._new.put((request, client_address))
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self._server.run()
+        if not self._closing:
+            raise (errors.Terminated("SIGTERM") if errors.stop_requested is not None
+                   else KeyboardInterrupt())
 
-    def _watch(self) -> None:
-        """Read each new connection's request head without blocking; hand it to a worker
-        once the head is complete (a silent or slow client never holds a thread)."""
-        sel = selectors.DefaultSelector()
-        sel.register(self._wake_r, selectors.EVENT_READ)
-        waiting: dict = {}  # socket -> [address, deadline, bytes so far]
-        while not self._closing:
-            for key, _ in sel.select(timeout=0.5):
-                sock = key.fileobj
-                if sock is self._wake_r:
-                    try:
-                        self._wake_r.recv(4096)
-                    except OSError:
-                        pass
-                    continue
-                entry = waiting[sock]
-                try:
-                    chunk = sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    chunk = b""
-                if not chunk:  # the client left before finishing its request
-                    sel.unregister(sock)
-                    del waiting[sock]
-                    self.shutdown_request(sock)
-                    continue
-                entry[2] += chunk
-                if b"\r\n\r\n" in entry[2] or len(entry[2]) > MAX_HEAD_BYTES:
-                    sel.unregister(sock)
-                    del waiting[sock]
-                    sock.setblocking(True)
-                    self._dispatch(sock, entry[0], bytes(entry[2]))
-            while not self._new.empty():
-                request, address = self._new.get()
-                if len(waiting) >= self.MAX_WAITING:
-                    self._busy(request)
-                    self.shutdown_request(request)
-                    continue
-                request.setblocking(False)
-                sel.register(request, selectors.EVENT_READ)
-                waiting[request] = [address, time.monotonic() + SOCKET_TIMEOUT_S, bytearray()]
-            now = time.monotonic()
-            for sock in [r for r, e in waiting.items() if e[1] < now]:
-                sel.unregister(sock)
-                del waiting[sock]
-                self.shutdown_request(sock)  # no complete request in time
-        for sock in waiting:
-            self.shutdown_request(sock)
-        sel.close()
+    def shutdown(self) -> None:
+        from waitress import wasyncore
 
-    def _dispatch(self, request, client_address, head: bytes) -> None:
-        if not self.slots.acquire(blocking=False):
-            self._busy(request)
-            self.shutdown_request(request)
-            return
-        self.heads[request] = head
-        try:
-            self.pool.submit(self._work, request, client_address)
-        except RuntimeError:  # the pool is shut down: the server is closing
-            self.slots.release()
-            self.shutdown_request(request)
-
-    def _work(self, request, client_address):
-        try:
-            self.finish_request(request, client_address)
-        except Exception:  # noqa: BLE001 - resets and timeouts are the client's, not ours
-            pass
-        finally:
-            self.heads.pop(request, None)
-            self.shutdown_request(request)
-            self.slots.release()
-
-    def handle_error(self, request, client_address):  # no tracebacks for client faults
-        pass
-
-    def server_close(self):
-        if not hasattr(self, "_watcher"):  # the bind failed inside HTTPServer.__init__
-            super().server_close()
-            return
         self._closing = True
-        super().server_close()
-        self._watcher.join(timeout=5)
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self._wake_r.close()
-        self._wake_w.close()
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        wasyncore.close_all(self._map)
+
+    def server_close(self) -> None:
+        if not self._closing:
+            self.shutdown()
+
+
+MAX_CONNECTIONS = 1024  # open connections (waitress stops accepting beyond: they wait)
+
+
+def _channel_class(max_body: int):
+    """waitress's HTTP channel with its error responses (400, 413, 431, 503) as JSON."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            e = self.request.error
+            message = (f"body over {max_body} bytes" if e.code == 413
+                       else f"{e.reason}: {e.body}" if e.body else e.reason)
+            body = json.dumps({"error": message}).encode("utf-8")
+            self.status = f"{e.code} {e.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class Channel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    return Channel
+
+
+def _dispatcher(workers: int, backlog: int):
+    """waitress's thread pool of `workers`, answering 503 (ahead of the queue) when
+    `backlog` requests already wait for a worker, instead of queueing without bound."""
+    import logging
+
+    from waitress.task import ThreadedTaskDispatcher
+    from waitress.utilities import Error
+
+    # its "Task queue depth is N" warning per queued request: the 503 is the signal here
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+    class Busy(Error):
+        code, reason = 503, "Service Unavailable"
+
+    class Dispatcher(ThreadedTaskDispatcher):
+        def add_task(self, task):
+            request = task.requests[0] if getattr(task, "requests", None) else None
+            with self.lock:
+                full = len(self.queue) >= backlog
+                if full and request is not None and not request.error:
+                    request.error = Busy("the server is busy; retry later")
+                    self.queue.appendleft(task)
+                    self.queue_cv.notify()
+                    return
+            super().add_task(task)
+
+    dispatcher = Dispatcher()
+    dispatcher.set_thread_count(workers)
+    return dispatcher
+
 
 
 def make_server(run: Path, host: str = "127.0.0.1", port: int = 8501,
-                workers: int = WORKERS) -> tuple[PooledHTTPServer, Model]:
+                workers: int = WORKERS, **server_options) -> tuple[Server, Model]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a TCP port (0-65535; 0 picks a free one)")
     name, path = find_export(run)
     model = Model(name, path)
     try:
-        server = PooledHTTPServer((host, port), make_handler(model), workers=workers)
+        server = Server(make_app(model), host, port, workers=workers, **server_options)
+
     except OSError as exc:  # busy port, an address this machine does not have, no such host
         why = exc.strerror or str(exc) or type(exc).__name__
         hint = ("; another process listens there: choose another --port"
