@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
@@ -460,7 +461,47 @@ def doctor(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
 
 
 @app.command()
+def init(name: Annotated[str, typer.Argument(help="Experiment name: every verb then takes -c NAME.")],
+         data: Annotated[str, typer.Option(
+             "--data", "-d", help="A folder of images (class folders label them), a folder "
+                                  "of .txt files, or a CSV file.")],
+         target: Annotated[Optional[str], typer.Option(
+             help="CSV: the column to predict (omit for unlabeled rows).")] = None,
+         text_split: Annotated[Optional[str], typer.Option(
+             help="Text: file (one example per file), line, or a regex between examples.")] = None,
+         out: Annotated[Optional[str], typer.Option(
+             "--dir", help="Where to write NAME.yaml (default ./experiments, which every verb "
+                           "searches).")] = None,
+         force: Annotated[bool, typer.Option(help="Replace an existing NAME.yaml.")] = False,
+         ) -> None:
+    """Write an experiment file for your data, so every verb takes -c NAME.
+
+    pretrainer init shoes --data ~/photos/shoes
+
+    pretrainer init reviews --data reviews/ --text-split line
+
+    pretrainer init houses --data houses.csv --target price
+    """
+    from pretrainer import scaffold
+    from pretrainer.console import error, esc, info
+
+    try:
+        path, found = scaffold.write(name, data, out_dir=out, target=target,
+                                     text_split=text_split, force=force)
+    except UserError as exc:
+        error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    info(f"wrote {esc(path)}: {esc(found)}")
+    hint = "" if path.parent.resolve() == Path("experiments").resolve() else \
+        f" --config-dir {path.parent}"
+    info(esc(f"next: pretrainer pipeline -c {name}{hint}   (or collect, pretrain, finetune, "
+             f"evaluate, deploy, serve, predict -c {name}{hint})"))
+
+
+
+@app.command()
 def configs(config_dir: ConfigDir = None) -> None:
+
     """List the experiments (configs/*.yaml) with their one-line descriptions."""
     from pretrainer.console import console, error, table
 

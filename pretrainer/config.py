@@ -394,16 +394,28 @@ def builtin_config_dir() -> Path:
     return package.parent / "configs"
 
 
+USER_CONFIG_DIR = "experiments"  # in the working directory: where `pretrainer init` writes
+
+
 def config_dirs(extra: Optional[str] = None) -> list[Path]:
-    """The search path: the user's --config-dir first, then the built-in configs."""
+    """The search path, first match wins: --config-dir, $PRETRAINER_CONFIG_DIR,
+    ./experiments (what `pretrainer init` writes) when it exists, the built-in configs."""
+    import os
+
     dirs = []
-    if extra:
-        user = Path(extra).expanduser().resolve()
-        if not user.is_dir():
-            raise ConfigError(f"--config-dir {extra} is not a directory")
-        dirs.append(user)
+    for given, what in ((extra, "--config-dir"),
+                        (os.environ.get("PRETRAINER_CONFIG_DIR"), "PRETRAINER_CONFIG_DIR")):
+        if given:
+            user = Path(given).expanduser().resolve()
+            if not user.is_dir():
+                raise ConfigError(f"{what} {given} is not a directory")
+            dirs.append(user)
+    local = Path(USER_CONFIG_DIR).resolve()
+    if local.is_dir() and local not in dirs:
+        dirs.append(local)
     dirs.append(builtin_config_dir())
     return dirs
+
 
 
 def list_experiments(extra: Optional[str] = None) -> dict[str, tuple[str, Path]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "pretrainer"
 
 LAYERS = [
-    ("base", ["errors", "files", "console", "config", "stats", "precision", ""]),
+    ("base", ["errors", "files", "console", "config", "stats", "precision", "scaffold", ""]),
     ("runs", ["records", "runs", "tracking", "scoring", "strategy", "report", "explain"]),
     ("data", ["data"]),
     ("models", ["models", "pretext"]),
