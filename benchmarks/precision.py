@@ -8,7 +8,7 @@ the autoencoder and SimCLR pretexts on conv_ae, and a ResNet50V2 classifier on
 mixed_bfloat16 (and mixed_float16 on GPUs), alternating, and reports samples/s and
 the ratio. It imports only Keras and pretrainer's model code, so it also runs on a
 GPU machine that has Keras with the JAX backend but no TensorFlow (how
-`trainer.precision=auto`'s GPU choice was checked; see README).
+`trainer.precision=auto`'s GPU choice was checked; see docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python benchmarks/summary.py [--dir benchmarks]
 
-`make bench` runs it last; the README's performance section is this output. A table
+`make bench` runs it last; docs/benchmarks.md's per-size section is this output. A table
 whose benchmark has not run (or ran only as --smoke) is left out with a line saying so.
 """
 

@@ -1,9 +1,9 @@
 """The package's import structure: no import cycles, and no module imports one from a
 higher layer (imports inside functions count: they are cycles deferred, not avoided).
 
-The layers, lowest first (README, "Layout of the code"):
+The layers, lowest first (docs/architecture.md, "Layout of the code"):
 
-- base: errors, files (atomic writes, checksums), console, config, stats, precision, the
+- base: errors, files (atomic writes, checksums), console, config, stats, precision, scaffold, the
   package's __init__
 - runs: run directories and what hangs off them (records: the typed run manifest, runs,
   tracking, scoring, strategy, report, explain)

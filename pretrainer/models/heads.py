@@ -111,7 +111,7 @@ def ngram_features(texts, embed, max_tokens: int) -> dict:
     baseline's features (raw counts, not sublinear; character n-grams across word
     boundaries; the max_tokens most frequent of each kind), so the study's scratch arm,
     the same head over a random transformer, shows what the pretrained embedding adds
-    (README, "Few labels")."""
+    (docs/few-labels.md)."""
     import numpy as np
     import tensorflow as tf
 
