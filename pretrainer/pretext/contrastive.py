@@ -8,22 +8,46 @@ from keras import ops
 from pretrainer.config import BackboneConfig, PretextConfig
 
 
+def _global_views(z1, z2):
+    """(all replicas' z1, all replicas' z2, where this replica's examples start in them).
+
+    Under a distribution strategy each replica computes the loss of its own slice of
+    the global batch; NT-Xent's negatives must still be the whole global batch, as on
+    one device (with local negatives only, 8 GPUs train on 1/8 of the negatives: the
+    most reported multi-GPU bug of contrastive tools). The gather is differentiable,
+    so each replica's loss sends gradients to the other replicas' embeddings too."""
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return z1, z2, 0
+    sizes = ctx.all_gather(tf.shape(z1)[:1], axis=0)
+    offset = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
+    return ctx.all_gather(z1, axis=0), ctx.all_gather(z2, axis=0), offset
+
+
 def nt_xent(z1, z2, temperature: float = 0.2):
     """Normalised-temperature cross-entropy, per example (a pure function of embeddings).
 
-    For each of the 2B views the positive is the other view of the same image and
-    the 2B-2 other views are negatives; the two directions are averaged per example.
+    For each of the 2N views of the global batch the positive is the other view of the
+    same image and the 2N-2 other views are negatives; the two directions are averaged
+    per example. Returns this replica's examples' losses (all of them on one device).
     """
     z1 = ops.normalize(ops.cast(z1, "float32"), axis=-1)
     z2 = ops.normalize(ops.cast(z2, "float32"), axis=-1)
-    b = ops.shape(z1)[0]
-    z = ops.concatenate([z1, z2], axis=0)
-    sim = ops.matmul(z, ops.transpose(z)) / temperature
-    sim = sim - 1e9 * ops.eye(2 * b)  # a view is not its own negative
-    positives = ops.concatenate([ops.arange(b) + b, ops.arange(b)], axis=0)
-    log_prob = sim - ops.logsumexp(sim, axis=1, keepdims=True)
-    per_view = -ops.take_along_axis(log_prob, positives[:, None], axis=1)[:, 0]
-    return (per_view[:b] + per_view[b:]) / 2.0
+    all1, all2, offset = _global_views(z1, z2)
+    b, n = ops.shape(z1)[0], ops.shape(all1)[0]
+    candidates = ops.transpose(ops.concatenate([all1, all2], axis=0))  # (dim, 2N)
+    mine = ops.arange(b) + offset  # this replica's examples' places in the global batch
+
+    def direction(z, own, other):
+        sim = ops.matmul(z, candidates) / temperature  # (b, 2N)
+        sim = sim - 1e9 * ops.one_hot(own, 2 * n)  # a view is not its own negative
+        log_prob = sim - ops.logsumexp(sim, axis=1, keepdims=True)
+        return -ops.take_along_axis(log_prob, other[:, None], axis=1)[:, 0]
+
+    return (direction(z1, mine, mine + n) + direction(z2, mine + n, mine)) / 2.0
+
 
 
 def augmenter(channels: int, seed: int, name: str, zoom: float = 0.5) -> keras.Sequential:
