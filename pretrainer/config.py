@@ -250,6 +250,11 @@ class TrainerConfig:
     tpu: str = ""  # tpu: a TPU name, local (on a TPU VM) or grpc://host:port
     connect_timeout: float = 30.0  # seconds to reach a TPU before giving up
     devices: List[str] = field(default_factory=list)  # mirrored: e.g. ["/gpu:0", "/gpu:1"]
+    # where a multi-worker cluster is described: tf_config (TF_CONFIG), slurm (an srun
+    # job step: SLURM_PROCID, SLURM_STEP_*), or auto (TF_CONFIG when set, else a SLURM
+    # step of several tasks)
+    cluster: str = "auto"
+    cluster_port: int = 8888  # slurm: the first port of the workers on each node
     # float32 | mixed_float16 | mixed_bfloat16 | auto (the policy measured fastest for the
     # model here: mixed_bfloat16 for conv image models on a CPU with AMX-BF16 or
     # AVX512-BF16 and no GPU, else float32; see pretrainer/precision.py)
@@ -269,6 +274,10 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         _check_choice("trainer.strategy", self.strategy,
                       ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu"))
+        _check_choice("trainer.cluster", self.cluster, ("auto", "tf_config", "slurm"))
+        if not 1 <= self.cluster_port <= 65535:
+            raise ConfigError(f"trainer.cluster_port {self.cluster_port} is not a TCP port")
+
         _check_choice(
             "trainer.precision", self.precision,
             ("float32", "mixed_float16", "mixed_bfloat16", "auto")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from typing import Optional
 from urllib.parse import urlparse
@@ -96,13 +97,60 @@ def _tpu(name: str, timeout: float) -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
+def slurm_tasks() -> int:
+    """Tasks of the SLURM job step this process runs in (srun), 0 outside one."""
+    try:
+        return int(os.environ.get("SLURM_STEP_NUM_TASKS", "0")) if "SLURM_PROCID" in os.environ \
+            else 0
+    except ValueError:
+        return 0
+
+
+def slurm_tf_config(port_base: int = 8888) -> dict:
+    """TF_CONFIG for this task of a SLURM job step, from TensorFlow's SlurmClusterResolver
+    (nodes from SLURM_STEP_NODELIST, tasks per node, this task's SLURM_PROCID; ports from
+    `port_base` on each node). With GPUs each task gets its share (CUDA_VISIBLE_DEVICES);
+    without, none are asked for (the resolver would call nvidia-smi)."""
+    from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import (
+        SlurmClusterResolver,
+    )
+
+    try:
+        gpus = len(tf.config.list_physical_devices("GPU"))
+        per_node = max(int(n) for n in re.findall(
+            r"\d+", os.environ.get("SLURM_STEP_TASKS_PER_NODE", "1")) or ["1"])
+        resolver = SlurmClusterResolver(
+            port_base=port_base, gpus_per_node=gpus if gpus else per_node,
+            gpus_per_task=max(1, gpus // per_node) if gpus else 1, auto_set_gpu=bool(gpus))
+        spec = resolver.cluster_spec().as_dict()
+        task_type, task_id = resolver.get_task_info()
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ConfigError(f"trainer.cluster=slurm: {str(exc).splitlines()[0]} (run the "
+                          f"command under srun, one task per worker; see "
+                          f"examples/slurm.sbatch)") from exc
+    return {"cluster": spec, "task": {"type": task_type, "index": task_id}}
+
+
+def use_cluster(cluster: str, port_base: int = 8888) -> None:
+    """Describe a SLURM job step as TF_CONFIG (trainer.cluster=slurm, or auto inside a
+    step of several tasks without TF_CONFIG): the rest reads TF_CONFIG alone."""
+    if cluster == "tf_config" or (cluster == "auto" and (os.environ.get("TF_CONFIG")
+                                                         or slurm_tasks() <= 1)):
+        return
+    os.environ["TF_CONFIG"] = json.dumps(slurm_tf_config(port_base))
+
+
 def get_strategy(name: str, devices: list[str] | None = None, tpu: str = "",
-                 timeout: float = 30.0) -> tuple[tf.distribute.Strategy, str]:
+                 timeout: float = 30.0, cluster: str = "auto",
+                 cluster_port: int = 8888) -> tuple[tf.distribute.Strategy, str]:
     """Return (strategy, why it was chosen); the same one for the same request."""
-    key = (name, tuple(devices or ()), tpu)
+    key = (name, tuple(devices or ()), tpu, cluster)
     if key not in _CACHE:
+        if name in ("auto", "multi_worker"):
+            use_cluster(cluster, cluster_port)
         _CACHE[key] = _make(name, devices, tpu, timeout)
     return _CACHE[key]
+
 
 
 def _make(name: str, devices: list[str] | None, tpu: str, timeout: float):

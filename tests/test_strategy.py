@@ -1,6 +1,8 @@
+import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 # Logical devices must be configured before TensorFlow initialises: run in a subprocess.
@@ -79,3 +81,34 @@ def test_precision_auto_resolves_to_the_measured_policy():
     assert resolve_precision("mixed_bfloat16")[0] == "mixed_bfloat16"
     policy, why = resolve_precision("auto")
     assert policy == "float32" and "measured" in why
+
+
+def test_a_slurm_job_step_becomes_tf_config(monkeypatch):
+    """Two nodes, one task each, as `srun --nodes=2 --ntasks-per-node=1` sets it up."""
+    from pretrainer import strategy
+
+    for key in ("TF_CONFIG", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "gpu-node[07-08]")
+    monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "1(x2)")
+    assert strategy.slurm_tasks() == 2
+    assert strategy.slurm_tf_config(9000) == {
+        "cluster": {"worker": ["gpu-node07:9000", "gpu-node08:9000"]},
+        "task": {"type": "worker", "index": 1}}
+    strategy.use_cluster("auto", 9000)  # a step of 2 tasks and no TF_CONFIG: use SLURM's
+    assert strategy.cluster_tasks() == 2 and strategy.worker_index() == 1
+    assert not strategy.is_chief()
+
+
+def test_slurm_asked_for_outside_a_job_step_is_one_line(monkeypatch):
+    from pretrainer import strategy
+    from pretrainer.errors import ConfigError
+
+    for key in ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "TF_CONFIG"):
+        monkeypatch.delenv(key, raising=False)
+    strategy.use_cluster("auto")  # not in SLURM: nothing to do
+    assert "TF_CONFIG" not in os.environ
+    with pytest.raises(ConfigError, match="trainer.cluster=slurm: .*PROCID.* under srun"):
+        strategy.use_cluster("slurm")

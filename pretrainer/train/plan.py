@@ -44,7 +44,8 @@ def setup(trainer: TrainerConfig, seed: int, workload: Optional[dict] = None):
     policy, precision_why = precision.resolve(trainer.precision, workload)
     keras.mixed_precision.set_global_policy(policy)
     strategy, why = get_strategy(trainer.strategy, trainer.devices, trainer.tpu,
-                                 trainer.connect_timeout)
+                                 trainer.connect_timeout, cluster=trainer.cluster,
+                                 cluster_port=trainer.cluster_port)
     import tensorflow as tf
 
     from pretrainer.data import pipeline

@@ -82,3 +82,66 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     np.testing.assert_allclose(_losses(runs[0]), _losses(one), rtol=1e-2)
     steps = [json.loads((r / "manifest.json").read_text())["steps"] for r in (runs[0], one)]
     assert steps[0] == steps[1]
+
+
+def _consecutive_free_ports(n, tries=50):
+    for _ in range(tries):
+        (base,) = _free_ports(1)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no consecutive free ports")
+
+
+def test_the_sbatch_example_trains_two_workers_from_slurms_environment(tmp_path):
+    """examples/slurm.sbatch as SLURM runs it, with srun played by tests/fake_slurm/srun
+    (two tasks on this machine, each with the SLURM_* variables srun sets):
+    trainer.cluster=slurm builds TF_CONFIG from them, and the two workers end equal."""
+    from pathlib import Path
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "PATH": f"{ROOT / 'tests' / 'fake_slurm'}:{os.environ['PATH']}",
+           "SLURM_NTASKS": "2", "SLURM_NODELIST": "localhost", "SLURM_SUBMIT_DIR": str(tmp_path),
+           "PRETRAINER": str(Path(sys.executable).with_name("pretrainer")),
+           "PORT": str(_consecutive_free_ports(2)), "SRUN_LOG": str(tmp_path / "task"),
+           "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(scratch), "EXP": "fashion_ae"}
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run(["bash", str(ROOT / "examples" / "slurm.sbatch"), *TINY[2:]],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    logs = [(tmp_path / f"task.{i}").read_text() for i in range(2)]
+    assert proc.returncode == 0, proc.stderr[-2000:] + "".join(log[-2000:] for log in logs)
+    sums = [float(re.search(r"checksum ([0-9.]+)", log).group(1)) for log in logs]
+    assert sums[0] == pytest.approx(sums[1], rel=1e-6)
+    assert all("2 tasks in TF_CONFIG" in log or "names 2 tasks" in log for log in logs)
+    runs = sorted((tmp_path / "runs" / "fashion_ae").glob("pretrain-*"))
+    assert len(runs) == 1 and (runs[0] / "DONE").is_file()  # task 0, the chief, wrote it
+
+
+def test_the_kubernetes_example_gives_each_pod_its_tf_config():
+    """The Indexed Job's container script, run as pod 1 of 2 would run it (DRY_RUN: the
+    TF_CONFIG it builds, without training)."""
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "kubernetes.yaml").read_text()))
+    job = next(d for d in docs if d["kind"] == "Job")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert int(env["WORKERS"]) == job["spec"]["completions"] == job["spec"]["parallelism"]
+    proc = subprocess.run([*container["command"], container["args"][0]], text=True,
+                          capture_output=True, timeout=30,
+                          env={**os.environ, **env, "JOB_COMPLETION_INDEX": "1", "DRY_RUN": "1"})
+    assert proc.returncode == 0, proc.stderr
+    tf_config = json.loads(proc.stdout.split("TF_CONFIG=", 1)[1])
+    assert tf_config == {"cluster": {"worker": ["pretrainer-0.pretrainer:12345",
+                                                "pretrainer-1.pretrainer:12345"]},
+                         "task": {"type": "worker", "index": 1}}
