@@ -98,3 +98,19 @@ def test_serve_latency_benchmark_smoke(tmp_path):
     stdout, results = _smoke("serve_latency.py", tmp_path / "serve.json")
     assert set(results["latency_ms"]["batch_1"]) == {"waitress", "stdlib"}
     assert results["requests_per_s"]["waitress"] > 0 and "8 clients" in stdout
+
+
+def test_the_gpu_check_runs_on_a_cpu_and_prints_its_table(tmp_path):
+    """benchmarks/gpu_check.sh --quick, as CI runs it: every section measured on the CPU
+    (on a lent GPU the same script, without --quick, is the device check)."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["model"] for r in result["precision"]] == ["seed_cnn_classifier", "simclr",
+                                                         "masked_lm"]
+    assert all(r["samples_per_s"]["float32"] > 0 for r in result["precision"])
+    assert result["input_vs_step"]["train_examples_per_s"] > 0 and result["xla"]["xla_off"] > 0
+    for line in ("auto picks:", "| masked_lm |", "input pipeline alone", "XLA on"):
+        assert line in proc.stdout
