@@ -364,7 +364,8 @@ def serve(config: ConfigName = DEFAULT_EXPERIMENT, config_dir: ConfigDir = None,
     [bold]Examples[/bold]: pretrainer serve -c fashion_ae, then from another shell, an image
     file of any size (decoded and resized in the model):
 
-    curl -d '{"signature_name": "serve_bytes", "instances": [{"b64": "'"$(base64 -w0 shoe.png)"'"}]}' localhost:8501/v1/models/fashion_ae:predict
+    curl -d '{"instances": [{"b64": "'"$(base64 -w0 shoe.png)"'"}]}' localhost:8501/v1/models/fashion_ae:predict
+
 
     A text model (pretrainer serve -c text_mlm):
 

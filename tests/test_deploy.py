@@ -83,18 +83,23 @@ def test_versions_increment_and_never_overwrite(tmp_path):
     assert deploy.next_version(tmp_path / "m") == 8
 
 
-def test_saved_model_serves_raw_uint8_images_of_any_size(tiny, tmp_path):
+def test_saved_model_serves_image_files_and_raw_uint8_images_of_any_size(tiny, tmp_path):
     import tensorflow as tf
 
     model, x, _, ref = tiny
     path = savedmodel.export(model, tmp_path / "sm" / "1", MANIFEST)
-    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    sigs = tf.saved_model.load(str(path)).signatures
+    fn = sigs["serve_pixels"]
     raw = np.rint(x * 255).astype(np.uint8)
     out = fn(images=tf.constant(raw))
     np.testing.assert_allclose(out["probabilities"].numpy(), ref, atol=1e-5)
     assert out["class_name"].numpy()[0].decode() == ["cat", "dog", "owl"][ref[0].argmax()]
     bigger = fn(images=tf.constant(np.zeros((2, 17, 13, 1), np.uint8)))
     assert bigger["probabilities"].shape == (2, 3)
+    # the default signature: the same images as PNG files, as a client sends them
+    files = sigs["serving_default"](image_bytes=tf.constant(parity.png_files(x)))
+    np.testing.assert_allclose(files["probabilities"].numpy(), ref, atol=1e-5)
+
     assert (path / "assets" / "labels.txt").read_text().split() == NAMES
     spec = json.loads((path / "assets" / "input_spec.json").read_text())
     assert spec["class_names"] == NAMES and spec["tensor"]["range"] == [0.0, 1.0]

@@ -71,6 +71,9 @@ def rows(tmp_path_factory):
     yield from _served(model, tmp_path_factory.mktemp("deploy-rows"), "house", ROWS)
 
 
+PIXELS = {"signature_name": "serve_pixels"}  # the uint8 pixel signature of image models
+
+
 def _call(url, body=None, raw=None):
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
@@ -90,34 +93,41 @@ def _png(arr):
 def test_image_row_and_columnar_formats_match_the_signature(image):
     url, _, sigs = image
     img = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
-    direct = sigs["serving_default"](images=tf.constant(img))
-    code, rows = _call(url + ":predict", {"instances": img.tolist()})
+    direct = sigs["serve_pixels"](images=tf.constant(img))
+    pixels = {"signature_name": "serve_pixels"}
+    code, rows = _call(url + ":predict", {**pixels, "instances": img.tolist()})
     assert code == 200, rows
     assert [p["class_name"] for p in rows["predictions"]] == [
         b.decode() for b in direct["class_name"].numpy()]
     np.testing.assert_allclose([p["probabilities"] for p in rows["predictions"]],
                                direct["probabilities"].numpy(), atol=1e-6)
-    code, named = _call(url + ":predict", {"instances": [{"images": i} for i in img.tolist()]})
+    code, named = _call(url + ":predict", {**pixels,
+                                           "instances": [{"images": i} for i in img.tolist()]})
     assert code == 200 and named == rows
     for cols in ({"inputs": img.tolist()}, {"inputs": {"images": img.tolist()}}):
-        code, out = _call(url + ":predict", cols)
+        code, out = _call(url + ":predict", {**pixels, **cols})
         assert code == 200, out
         assert set(out["outputs"]) == {"probabilities", "label", "class_name"}
         np.testing.assert_allclose(out["outputs"]["probabilities"],
                                    direct["probabilities"].numpy(), atol=1e-6)
-    code, versioned = _call(url + "/versions/1:predict", {"instances": img.tolist()})
+    code, versioned = _call(url + "/versions/1:predict", {**pixels, "instances": img.tolist()})
     assert code == 200 and versioned == rows
+    # the same images as PNG files to the default signature, as TF Serving's image
+    # tutorial posts them: {"instances": [{"b64": ...}]}
+    code, files = _call(url + ":predict", {"instances": [{"b64": _png(i[..., 0])} for i in img]})
+    assert code == 200 and files == rows
 
 
 def test_signature_name_picks_float_and_bytes_signatures(image):
     url, model, sigs = image
     img = np.random.default_rng(1).integers(0, 256, (12, 16), dtype=np.uint8)  # not 8x8
     direct = sigs["serve_bytes"](image_bytes=tf.constant([base64.b64decode(_png(img))]))
-    code, out = _call(url + ":predict", {"signature_name": "serve_bytes",
-                                         "instances": [{"b64": _png(img)}]})
-    assert code == 200, out
-    np.testing.assert_allclose(out["predictions"][0]["probabilities"],
-                               direct["probabilities"].numpy()[0], atol=1e-6)
+    for body in ({"instances": [{"b64": _png(img)}]},  # the default signature
+                 {"signature_name": "serve_bytes", "instances": [{"b64": _png(img)}]}):
+        code, out = _call(url + ":predict", body)
+        assert code == 200, out
+        np.testing.assert_allclose(out["predictions"][0]["probabilities"],
+                                   direct["probabilities"].numpy()[0], atol=1e-6)
     resized = tf.image.resize(img[None, ..., None].astype(np.float32), (8, 8)).numpy() / 255
     np.testing.assert_allclose(out["predictions"][0]["probabilities"],
                                model.predict(resized, verbose=0)[0], atol=1e-5)
@@ -131,14 +141,15 @@ def test_signature_name_picks_float_and_bytes_signatures(image):
 
 @pytest.mark.parametrize("body,needle", [
     ({"signature_name": "serve_floats", "instances": [[[0]]]}, "not found"),
-    ({"instances": (np.ones((1, 8, 8, 1)) * 0.5).tolist()}, "integer"),  # floats to uint8
-    ({"instances": [{"b64": "AAAA"}]}, "serve_bytes"),  # bytes to the pixel signature
-    ({"signature_name": "serve_bytes", "instances": [{"b64": "AAAA"}]}, ""),  # not an image
-    ({"instances": [np.zeros((4, 4, 1), int).tolist(), np.zeros((5, 5, 1), int).tolist()]},
-     "shapes"),
+    ({"instances": np.zeros((1, 8, 8, 1), int).tolist()}, "serve_pixels"),  # pixels to default
+    ({**PIXELS, "instances": (np.ones((1, 8, 8, 1)) * 0.5).tolist()}, "integer"),
+    ({**PIXELS, "instances": [{"b64": "AAAA"}]}, "default signature"),  # bytes to pixels
+    ({"instances": [{"b64": "AAAA"}]}, ""),  # not an image
+    ({**PIXELS, "instances": [np.zeros((4, 4, 1), int).tolist(),
+                              np.zeros((5, 5, 1), int).tolist()]}, "shapes"),
     ({"instances": [[[0]]], "inputs": [[[0]]]}, "exactly one"),
-    ({"instances": [np.full((4, 4, 1), 300).tolist()]}, "0..255"),
-    ({"instances": [np.zeros((4, 4, 3), int).tolist()]}, "shape"),
+    ({**PIXELS, "instances": [np.full((4, 4, 1), 300).tolist()]}, "0..255"),
+    ({**PIXELS, "instances": [np.zeros((4, 4, 3), int).tolist()]}, "shape"),
     ({"inputs": []}, "non-empty"),
     ({"instances": []}, "non-empty"),
 ])
@@ -162,9 +173,10 @@ def test_metadata_and_status_have_tf_servings_shape(image):
     assert code == 200 and meta["model_spec"] == {"name": "shoes", "signature_name": "",
                                                   "version": "1"}
     defs = meta["metadata"]["signature_def"]["signature_def"]
-    assert set(defs) == {"serving_default", "serve_float", "serve_bytes"}
-    assert defs["serving_default"]["inputs"]["images"]["dtype"] == "DT_UINT8"
-    assert defs["serve_bytes"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert set(defs) == {"serving_default", "serve_pixels", "serve_float", "serve_bytes"}
+    assert defs["serving_default"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert defs["serve_pixels"]["inputs"]["images"]["dtype"] == "DT_UINT8"
+
     assert defs["serving_default"]["method_name"] == "tensorflow/serving/predict"
     code, status = _call(url)
     assert code == 200 and status["model_version_status"][0]["state"] == "AVAILABLE"
@@ -265,13 +277,13 @@ def test_stalled_clients_do_not_hold_threads_or_block_others(image, capfd):
     assert threading.active_count() <= before + serve.WORKERS + 1
     t0 = time.monotonic()
     for _ in range(3):  # answered at once: no worker is waiting on the stalled clients
-        code, _ = _call(url + ":predict", {"instances": np.zeros((1, 8, 8, 1), int).tolist()})
+        code, _ = _call(url + ":predict", {**PIXELS, "instances": np.zeros((1, 8, 8, 1), int).tolist()})
         assert code == 200
     assert time.monotonic() - t0 < serve.SOCKET_TIMEOUT_S / 2
     for s in stalled + idle:
         s.close()  # disconnect mid-request
     time.sleep(0.5)
-    code, _ = _call(url + ":predict", {"instances": np.zeros((1, 8, 8, 1), int).tolist()})
+    code, _ = _call(url + ":predict", {**PIXELS, "instances": np.zeros((1, 8, 8, 1), int).tolist()})
     assert code == 200
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
@@ -332,7 +344,7 @@ def test_half_sent_bodies_hold_no_worker(image):
         stalled.append(s)
     time.sleep(0.3)
     t0 = time.monotonic()
-    code, _ = _call(url + ":predict", {"instances": np.zeros((1, 8, 8, 1), int).tolist()})
+    code, _ = _call(url + ":predict", {**PIXELS, "instances": np.zeros((1, 8, 8, 1), int).tolist()})
     assert code == 200 and time.monotonic() - t0 < 2
     for s in stalled:
         s.close()

@@ -134,13 +134,16 @@ def input_spec(manifest: StoreManifest, formats: Optional[Iterable[str]] = None)
                   "class_names": list(manifest.class_names)}
     if modality == "image":
         h, w, c = manifest.shape
+        encoded = {"image_bytes": f"string [batch]: encoded PNG/JPEG/GIF/BMP of any size, "
+                                  f"resized to {h}x{w} (TF Serving: {{\"b64\": ...}})"}
         spec["saved_model"] = {
-            "serving_default": {"images": f"uint8 [batch, height, width, {c}] pixels 0-255, "
-                                          f"any height and width (resized to {h}x{w})"},
+            "serving_default": encoded,
+            "serve_bytes": encoded,
+            "serve_pixels": {"images": f"uint8 [batch, height, width, {c}] pixels 0-255, "
+                                       f"any height and width (resized to {h}x{w})"},
             "serve_float": {"images": f"float32 [batch, {h}, {w}, {c}], pixels/255 in [0, 1]"},
-            "serve_bytes": {"image_bytes": "string [batch]: encoded PNG/JPEG/GIF/BMP of any "
-                                           "size (TF Serving: {\"b64\": ...})"},
         }
+
         spec["tensor"] = {"name": "images", "dtype": "float32", "shape": [None, h, w, c],
                           "layout": "NHWC (channels last)", "range": [0.0, 1.0],
                           "preprocessing": f"resize to {h}x{w} (bilinear), divide by 255",

@@ -155,13 +155,15 @@ def _usage(name: str, dataset: StoreManifest, formats: list[str]) -> list[str]:
         out += [f"Input: images, {'grayscale' if c == 1 else 'RGB'}, trained at {h}x{w}. "
                 f"Labels are indices into this order: "
                 + ", ".join(f"{i} = {n}" for i, n in enumerate(dataset.class_names)) + ".",
-                "", "TF Serving (REST), uint8 pixels of any size, or encoded bytes:", "",
+                "", "TF Serving (REST): an image file of any size (the default signature "
+                "decodes and resizes it), or uint8 pixels (`serve_pixels`):", "",
                 "```bash",
                 f"curl -s localhost:8501/v1/models/{name}:predict -d "
-                f"'{{\"instances\": [{'[[0, 0], [0, 0]]' if c == 1 else '[[[0,0,0]]]'}]}}'",
+                "'{\"instances\": [{\"b64\": \"'$(base64 -w0 image.png)'\"}]}'",
                 f"curl -s localhost:8501/v1/models/{name}:predict -d "
-                "'{\"signature_name\": \"serve_bytes\", \"instances\": "
-                "[{\"b64\": \"'$(base64 -w0 image.png)'\"}]}'", "```", ""]
+                "'{\"signature_name\": \"serve_pixels\", \"instances\": "
+                f"[{'[[0, 0], [0, 0]]' if c == 1 else '[[[0,0,0]]]'}]}}'", "```", ""]
+
     elif modality == "text":
         out += ["Input: raw text (UTF-8); the tokenizer is inside the graph.", "", "```bash",
                 f"curl -s localhost:8501/v1/models/{name}:predict -d "
@@ -176,7 +178,8 @@ def _usage(name: str, dataset: StoreManifest, formats: list[str]) -> list[str]:
                 "", "```bash",
                 f"curl -s localhost:8501/v1/models/{name}:predict -d "
                 f"'{json.dumps({'instances': [example]})}'", "```", ""]
-    sig_in = {"image": "images=tf.constant(uint8_batch)", "text": "text=tf.constant([\"...\"])",
+    sig_in = {"image": "image_bytes=tf.constant([open(\"shoe.png\", \"rb\").read()])",
+              "text": "text=tf.constant([\"...\"])",
               "tabular": "**columns"}[modality]
     out += ["Python, the SavedModel:", "", "```python", "import tensorflow as tf",
             *(["import tensorflow_text  # registers the tokenizer's ops"]

@@ -35,8 +35,9 @@ def _saved_model(path: str, signature: str):
     fn = tf.saved_model.load(path).signatures[signature]
     specs = fn.structured_input_signature[1]
 
-    def run(inputs: dict):
-        feed = {k: tf.constant(v.astype(str) if specs[k].dtype == tf.string
+    def run(inputs: dict):  # (bytes, e.g. encoded images, stay bytes; text is UTF-8)
+        feed = {k: tf.constant(v if v.dtype.kind == "S" else v.astype(str)
+                               if specs[k].dtype == tf.string
                                else v.astype(specs[k].dtype.as_numpy_dtype))
                 for k, v in inputs.items()}
         outs = fn(**feed)
@@ -114,16 +115,17 @@ def main(argv: list[str]) -> int:
 
 
 def client_inputs(manifest: StoreManifest, x: np.ndarray, fmt: str) -> dict:
-    """The test examples as a client feeds each export's default entry point: uint8
-    pixels, UTF-8 strings or named table columns (SavedModel), float tensors (others)."""
+    """The test examples as a client feeds each export's default entry point: PNG files,
+    UTF-8 strings or named table columns (SavedModel), float tensors (others)."""
     modality = manifest.modality
     if modality == "text":
         return {"text": np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v)
                                   for v in x])}
     if modality == "image":
         if fmt == "saved_model":
-            return {"images": np.rint(np.asarray(x, np.float64) * 255.0).astype(np.uint8)}  # exact inverse of scale_pixels
+            return {"image_bytes": png_files(x)}
         return {"images": np.asarray(x, np.float32)}
+
     if fmt == "saved_model" and manifest.columns:
         from pretrainer.data.preprocess import decode_features
 
@@ -189,3 +191,20 @@ def check(fmt: str, artifact, manifest: StoreManifest, x: np.ndarray, y: np.ndar
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def png_files(x: np.ndarray) -> np.ndarray:
+    """Model inputs (float32 [n, h, w, c] in [0, 1]) as the PNG files a client would send:
+    lossless, so the SavedModel's default signature decodes exactly these pixels. A bytes
+    array (numpy's S dtype keeps inner NULs, and a PNG ends with its IEND checksum)."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.rint(np.asarray(x, np.float64) * 255.0).astype(np.uint8)  # scale_pixels' inverse
+    out = []
+    for img in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return np.array(out, dtype=np.bytes_)

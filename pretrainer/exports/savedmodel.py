@@ -2,10 +2,12 @@
 
 Signatures by modality (inputs named for what they are; `serving_default` first):
 
-- images: `serving_default` uint8 pixels of any size (resized in the graph);
-  `serve_float` float32 pixels/255 at the training size; `serve_bytes` encoded
-  PNG/JPEG/GIF/BMP bytes of any size, decoded in the graph (TF Serving maps a JSON
-  `{"b64": ...}` value to such a DT_STRING tensor).
+- images: `serving_default` (also named `serve_bytes`) encoded PNG/JPEG/GIF/BMP bytes
+  of any size, decoded and resized in the graph (TF Serving maps a JSON `{"b64": ...}`
+  value to such a DT_STRING tensor: `{"instances": [{"b64": ...}]}` works as TF Serving's
+  image tutorial sends it); `serve_pixels` uint8 pixels of any size (resized in the
+  graph); `serve_float` float32 pixels/255 at the training size.
+
 - text: `serving_default` raw strings (the tokenizer is in the graph).
 - table rows: `serving_default` one input per CSV column, encoded in the graph as
   `collect` encodes it; `serve_features` the encoded feature vector.
@@ -113,8 +115,11 @@ def signatures(model, manifest: StoreManifest) -> dict:
                           fn_output_signature=tf.TensorSpec([h, w, c], tf.float32))
             return _outputs(model(x, training=False), names)
 
-        return {"serving_default": serve_pixels, "serve_float": serve_float,
-                "serve_bytes": serve_bytes}
+        # the default takes encoded images, as TF Serving's own image tutorial sends them
+        # ({"instances": [{"b64": ...}]}); serve_bytes stays as its name for older clients
+        return {"serving_default": serve_bytes, "serve_bytes": serve_bytes,
+                "serve_pixels": serve_pixels, "serve_float": serve_float}
+
     if modality == "text":
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
         def serve_text(text):

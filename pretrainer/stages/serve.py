@@ -9,9 +9,10 @@ Requests and responses follow TF Serving's REST API documentation: the row forma
 `{"predictions": [...]}`; the columnar format (`{"inputs": value or {name: value}}`)
 answers `{"outputs": ...}`; `signature_name` picks a signature (default
 `serving_default`); a `{"b64": "..."}` value feeds a string input (the image export's
-`serve_bytes` signature decodes PNG/JPEG/GIF/BMP in its graph, as TF Serving would run
-it). Integer inputs take JSON integers only: float pixels sent to a uint8 signature
-are a 400, never rounded. Errors are `{"error": "..."}` with a 4xx code.
+default signature decodes PNG/JPEG/GIF/BMP in its graph, as TF Serving would run it).
+Integer inputs take JSON integers only: float pixels sent to the uint8 signature
+(`serve_pixels`) are a 400, never rounded. Errors are `{"error": "..."}` with a 4xx code.
+
 
 Every modality the tool trains is served: images, text (TensorFlow Text's ops are
 registered first, as TF Serving's model server links them) and table rows (one
@@ -123,14 +124,19 @@ class Model:
                         raise BadRequest(f"{key}: the b64 value is not valid base64") from exc
                 elif isinstance(v, str):
                     out.append(v.encode("utf-8"))
+                elif key == "image_bytes" and isinstance(v, list):
+                    raise BadRequest("this signature takes encoded image files as "
+                                     "{\"b64\": \"...\"}; uint8 pixel arrays go to "
+                                     "\"signature_name\": \"serve_pixels\"")
                 else:
+
                     raise BadRequest(f"{key} is a string input: send text or "
                                      f"{{\"b64\": \"...\"}}, received {json.dumps(v)[:40]}")
             return np.array(out, dtype=object)
         if any(_is_b64(v) for v in values):
             raise BadRequest(f"{key} takes {spec.dtype.name} numbers, not b64 bytes; encoded "
-                             f"images go to a string signature (\"signature_name\": "
-                             f"\"serve_bytes\")")
+                             f"images go to the default signature (leave out "
+                             f"\"signature_name\", or name \"serve_bytes\")")
         integer = spec.dtype.is_integer
         _check_leaves(values, integer)
         try:
@@ -138,7 +144,7 @@ class Model:
         except (ValueError, OverflowError) as exc:
             raise BadRequest(f"{key}: the examples have different shapes (one tensor needs "
                              f"one shape; images of other sizes can be sent as b64 bytes to "
-                             f"serve_bytes)") from exc
+                             f"the default signature)") from exc
         if arr.size > MAX_ELEMENTS:
             raise BadRequest(f"{key}: {arr.size} values is over the limit of {MAX_ELEMENTS}")
         want = spec.shape.as_list()
