@@ -10,6 +10,17 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_cluster_environment():
+    """A test that leaves TF_CONFIG in this worker's environment makes every later CLI
+    subprocess wait for a multi-worker cluster that never comes (CI hung on it once)."""
+    before = {k: os.environ.get(k) for k in ("TF_CONFIG", "SLURM_PROCID")}
+    yield
+    after = {k: os.environ.get(k) for k in before}
+    assert after == before, f"the test changed {after} (was {before}): use monkeypatch"
+
+
+
 def run_cli(args, cwd, timeout=600, env=None):
     """Run `python -m pretrainer ARGS` in a subprocess, as a user's shell would."""
     import subprocess

@@ -87,8 +87,9 @@ def test_a_slurm_job_step_becomes_tf_config(monkeypatch):
     """Two nodes, one task each, as `srun --nodes=2 --ntasks-per-node=1` sets it up."""
     from pretrainer import strategy
 
-    for key in ("TF_CONFIG", "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(key, raising=False)
+    for key in ("TF_CONFIG", "CUDA_VISIBLE_DEVICES"):  # (set, then deleted: both are
+        monkeypatch.setenv(key, "")  # undone after the test, so TF_CONFIG written here
+        monkeypatch.delenv(key)  # does not leak into the next tests' subprocesses)
     monkeypatch.setenv("SLURM_PROCID", "1")
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
     monkeypatch.setenv("SLURM_STEP_NODELIST", "gpu-node[07-08]")
@@ -107,7 +108,8 @@ def test_slurm_asked_for_outside_a_job_step_is_one_line(monkeypatch):
     from pretrainer.errors import ConfigError
 
     for key in ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "TF_CONFIG"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     strategy.use_cluster("auto")  # not in SLURM: nothing to do
     assert "TF_CONFIG" not in os.environ
     with pytest.raises(ConfigError, match="trainer.cluster=slurm: .*PROCID.* under srun"):
