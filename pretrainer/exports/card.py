@@ -97,7 +97,10 @@ def _scratch_comparison(finetune_run: Path, evaluation: Optional[tuple]) -> Opti
     from pretrainer.stats import paired_bootstrap
 
     ev, metrics = evaluation
+    if not (ev / "predictions.npz").is_file():  # an evaluation from before they were kept
+        return None
     mine = example_scores(ev)
+
     key = runs.read_manifest(ev).dataset_manifest_sha256
     # the scratch run of the same recipe first (pipeline also trains one on the labels
     # alone for a FixMatch recipe), else the newest scratch run
