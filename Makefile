@@ -9,12 +9,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# PYTHONWARNINGS: setuptools' editable install warns about same-named folders in the
+# working directory on every install (a checkout always has one); tests/test_packaging.py
+# checks that building the package itself warns about nothing.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev,onnx,mlflow,optuna]"
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e ".[dev,onnx,mlflow,optuna]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -38,6 +41,7 @@ install-tpu: | $(BIN)/python
 
 demo: install
 	$(BIN)/pretrainer pipeline --config fashion_demo
+	@echo "pretrainer is installed in $(VENV): source $(VENV)/bin/activate, then pretrainer --help"
 
 test: install-dev
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not bench"
