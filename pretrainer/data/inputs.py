@@ -20,10 +20,9 @@ from typing import Iterator
 
 import numpy as np
 
+from pretrainer.data.modalities import BY_INPUT_KIND
 from pretrainer.data.records import StoreManifest
 from pretrainer.errors import DataError
-
-MODALITY_OF = {"folder": "image", "csv": "tabular", "text": "text"}
 
 
 @dataclass
@@ -43,12 +42,10 @@ def kind_of(path: Path) -> str:
 
 def check_modality(path: Path, manifest: StoreManifest) -> str:
     kind = kind_of(path)
-    want = manifest.modality
-    if MODALITY_OF[kind] != want:
-        expected = {"image": "a folder of images", "text": "a text file, one example per line",
-                    "tabular": "a .csv file with the training columns"}[want]
-        raise DataError(f"this model takes {want} inputs: pass {expected} (got {path}, "
-                        f"read as {MODALITY_OF[kind]})")
+    want = manifest.kind
+    if kind != want.input_kind:
+        raise DataError(f"this model takes {want.name} inputs: pass {want.user_input} (got "
+                        f"{path}, read as {BY_INPUT_KIND[kind].name})")
     return kind
 
 

@@ -112,6 +112,13 @@ class StoreManifest:
             raw=_frozen(d))
 
     @property
+    def kind(self):
+        """The modality's record (pretrainer.data.modalities): what it decides."""
+        from pretrainer.data.modalities import get
+
+        return get(self.modality)
+
+    @property
     def regression(self) -> bool:
         return self.task == "regression"
 
@@ -127,7 +134,7 @@ class StoreManifest:
     @property
     def example_shape(self) -> Optional[tuple[int, ...]]:
         """A model's input shape: None for text (one string per example)."""
-        return None if self.modality == "text" else self.shape
+        return self.shape if self.kind.fixed_shape else None
 
     @property
     def width(self) -> int:

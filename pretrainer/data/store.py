@@ -21,6 +21,7 @@ import numpy as np
 
 from pretrainer import __version__
 from pretrainer.config import DataConfig
+from pretrainer.data import modalities
 from pretrainer.data.records import StoreManifest
 from pretrainer.errors import DataError
 from pretrainer.files import any_sha256
@@ -141,13 +142,6 @@ def check_contamination(arrays: dict, dedupe: bool) -> dict:
         if dedupe and dup.any():
             arrays[split] = (x[~dup], None if y is None else y[~dup])
     return report
-
-
-FEATURE_SPEC = {
-    "image": {"image": "raw uint8 bytes, row-major HWC"},
-    "text": {"text": "UTF-8 bytes"},
-    "tabular": {"features": "float32 list (encoded columns)"},
-}
 
 
 def _example(modality: str, row, label, regression: bool) -> bytes:
@@ -414,11 +408,11 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
         "name": cfg.name,
         "modality": src.modality,
         "task": "none" if src.y_pool is None else src.task,
-        "feature_spec": {**FEATURE_SPEC[src.modality],
+        "feature_spec": {**modalities.get(src.modality).stored,
                          **({"target": "float32, NaN = none"} if regression
                             else {"label": "int64, -1 = none"})},
         "shape": _shape(src),
-        "dtype": {"image": "uint8", "text": "string", "tabular": "float32"}[src.modality],
+        "dtype": modalities.get(src.modality).dtype,
         "num_classes": 0 if regression else len(src.class_names),
         "class_names": [] if regression else list(src.class_names),
         "source": {"name": cfg.source, "dataset": cfg.dataset, **src.info},

@@ -19,9 +19,6 @@ from pretrainer import runs
 from pretrainer.data.records import StoreManifest
 from pretrainer.records import RunManifest
 
-PIPELINE_TAG = {"image": "image-classification", "text": "text-classification",
-                "tabular": "tabular-classification"}
-
 
 def _spdx(licence: Optional[str]) -> str:
     """The licence identifier for the front matter, from the source's licence text."""
@@ -218,7 +215,7 @@ def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, 
     modality = dataset.modality
     source = dataset.source
     n_pool, n_train = dataset.count("unlabeled"), dataset.count("train")
-    task = ("tabular-regression" if regression else PIPELINE_TAG[modality])
+    task = ("tabular-regression" if regression else dataset.kind.card_tag)
     metric_rows = []
     if metrics and regression:
         metric_rows = [{"type": k, "value": round(float(metrics[k]), 6)}

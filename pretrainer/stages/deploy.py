@@ -84,9 +84,10 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     if "onnx" in dcfg.formats:
         onnx.require()
     ft_run, model, store, manifest = load_finetuned(cfg, run)
-    if manifest.modality == "text" and set(dcfg.formats) - {"saved_model"}:
-        raise ConfigError("text models export as saved_model only: LiteRT and ONNX cannot "
-                          "carry the WordPiece tokenizer's ops. Use deploy=text")
+    if set(dcfg.formats) - set(manifest.kind.formats):
+        raise ConfigError(f"{manifest.modality} models export as "
+                          f"{', '.join(manifest.kind.formats)} only: "
+                          f"{manifest.kind.formats_why}")
     model = float32_copy(model)
     with runs.opened(cfg.paths.runs, cfg.experiment, "deploy", to_yaml(cfg), parent=ft_run,
                      dataset_manifest=join(store, MANIFEST),

@@ -249,7 +249,7 @@ def embedding_quality(cfg: Config, pretrain_run: Path, store, manifest: StoreMan
 
     if manifest.regression or manifest.num_classes < 2:
         raise RunError("embedding quality needs a labeled classification dataset")
-    shape = None if manifest.modality == "text" else tuple(manifest.shape)
+    shape = manifest.example_shape
     backbone = load_keras_artifact(pretrain_run, "backbone.keras", shape,
                                    "pass a pretrain run of this dataset, or the data config "
                                    "it was pretrained on")

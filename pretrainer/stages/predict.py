@@ -27,9 +27,6 @@ from pretrainer.data import inputs as user_inputs
 from pretrainer.data.store import read_manifest
 from pretrainer.errors import ConfigError, RunError
 
-ENTRY = {"image": ("serve_float", "images"), "text": ("serving_default", "text"),
-         "tabular": ("serve_features", "features")}
-
 
 def model_entry(cfg: Config, run: Optional[str]):
     """(run dir, store manifest, callable(batch) -> outputs dict, what it is) for a deploy
@@ -54,12 +51,12 @@ def model_entry(cfg: Config, run: Optional[str]):
         what = f"the SavedModel {path}"
     else:  # finetune
         manifest = read_manifest(trained_store(run_dir, store_path(cfg)))
-        shape = None if manifest.modality == "text" else tuple(manifest.shape)
+        shape = manifest.example_shape
         # computing in float32, as deploy exports it: the same predictions either way
         model = savedmodel.float32_copy(load_keras_artifact(run_dir, "model.keras", shape))
         fns = savedmodel.signatures(model, manifest)
         what = f"{run_dir / 'model.keras'}"
-    name, arg = ENTRY[manifest.modality]
+    name, arg = manifest.kind.predict_signature
     fn = fns.get(name) or fns["serving_default"]
     dtype = tf.string if manifest.modality == "text" else tf.float32
 
