@@ -46,7 +46,6 @@ def detect(path: Path) -> tuple[str, str]:
     if not path.is_dir():
         raise DataError(f"{path} does not exist")
     counts: Counter = Counter()
-    classes = set()
     for n, f in enumerate(p for p in path.rglob("*") if p.is_file()):
         if n >= SCAN_LIMIT:
             break
@@ -54,16 +53,19 @@ def detect(path: Path) -> tuple[str, str]:
         kind = "images" if suffix in IMAGE_SUFFIXES else "text" if suffix == ".txt" else None
         if kind:
             counts[kind] += 1
-            rel = f.relative_to(path).parts
-            if len(rel) > 1:
-                classes.add(rel[-2])
+    # class folders: the subfolders, or those of train/ when the splits are given
+    top = path / "train" if (path / "train").is_dir() else path
+    classes = sorted(d.name for d in top.iterdir() if d.is_dir() and not d.name.startswith("."))
+
     if not counts:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no .txt files "
                         f"under {path}")
     kind, n = counts.most_common(1)[0]
-    shown = ", ".join(sorted(classes)[:5]) + (", …" if len(classes) > 5 else "")
+    shown = ", ".join(classes[:5]) + (f", … ({len(classes)} in all)" if len(classes) > 5 else "")
     return kind, (f"{n}{'+' if n >= SCAN_LIMIT else ''} {'images' if kind == 'images' else 'text files'}"
-                  + (f" in folders {shown}" if classes else ", no class folders (unlabeled)"))
+                  + (f" in class folders {shown}" if classes
+                     else ", no class folders (unlabeled)"))
+
 
 
 def _csv_columns(path: Path) -> list[str]:

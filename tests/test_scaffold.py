@@ -23,7 +23,7 @@ def test_init_writes_an_experiment_every_verb_then_composes(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(app, ["init", "shoes", "--data", "photos"])
     assert out.exit_code == 0, out.output
-    assert "6 images in folders boots [winter], sandals" in " ".join(out.output.split())
+    assert "6 images in class folders boots [winter], sandals" in " ".join(out.output.split())
     assert "pretrainer pipeline -c shoes" in out.output
     cfg = compose("shoes")  # from ./experiments, as `pretrainer collect -c shoes` does
     assert cfg.data.source == "image_folder" and cfg.data.path == str(tmp_path / "photos")
