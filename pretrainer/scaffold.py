@@ -22,6 +22,8 @@ from pretrainer.files import atomic_write_text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}  # (data/folders.py reads these)
 SCAN_LIMIT = 5000  # files looked at to tell images from text
+LABELED_FRACTION = 0.1  # the label budget an experiment file starts with (folder_ae's)
+
 
 # kind -> (the shipped experiment it copies, the data group, what it says)
 TEMPLATES = {
@@ -103,6 +105,12 @@ def experiment(name: str, data: Path, target: Optional[str] = None,
         settings["text_split"] = text_split
     doc["data"] = {**(doc.get("data") or {}), **settings}
     doc["data"]["name"] = name  # its own store under data/
+    # the label budget, written out: the tool's default (1 %) suits a study of few labels,
+    # not a first run on one's own data; the rest of the labeled examples pretrain only
+    doc["data"].setdefault("labeled_fraction", LABELED_FRACTION)
+    if kind != "table" or target:
+        found += (f"; finetuning keeps data.labeled_fraction="
+                  f"{doc['data']['labeled_fraction']:g} of the labels (1.0 uses them all)")
     return doc, found
 
 

@@ -29,6 +29,7 @@ def test_init_writes_an_experiment_every_verb_then_composes(tmp_path, monkeypatc
     assert cfg.data.source == "image_folder" and cfg.data.path == str(tmp_path / "photos")
     assert cfg.experiment == "shoes" and cfg.data.name == "shoes"
     assert cfg.backbone.name == "conv_ae"  # the shipped folder_ae recipe
+    assert cfg.data.labeled_fraction == 0.1 and "labeled_fraction=0.1" in out.output
     again = CliRunner().invoke(app, ["init", "shoes", "--data", "photos"])
     assert again.exit_code == 2 and "exists; pass --force" in again.output
 
@@ -46,6 +47,7 @@ def test_text_folders_and_csv_tables_get_their_own_recipes(tmp_path, monkeypatch
     assert text.pretext.name == "masked_lm" and text.backbone.name == "transformer"
     assert table.data.source == "csv" and table.data.target == "price"
     assert table.backbone.name == "mlp"
+    assert text.data.labeled_fraction == table.data.labeled_fraction == 0.1  # said, not 1 %
     with pytest.raises(DataError, match="--target cost is not a column .* area, kind, price"):
         scaffold.write("h2", "houses.csv", target="cost")
     with pytest.raises(ConfigError, match="--target is for CSV tables"):
