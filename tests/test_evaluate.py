@@ -36,3 +36,31 @@ def test_majority_rate_is_the_labeled_splits_most_frequent_class_on_these_exampl
     assert majority_rate(np.array([1, 1, 0, 2]), StoreManifest.from_json(manifest)) == 0.5
     manifest["splits"]["train"]["per_class"] = {}
     assert majority_rate(np.array([2, 2, 2, 0]), StoreManifest.from_json(manifest)) == 0.75
+
+
+def test_evaluate_shows_the_classical_baseline_scored_on_the_same_examples(tmp_path):
+    import json
+
+    from pretrainer import runs
+    from pretrainer.stages.evaluate import _classical_beside
+
+    store = tmp_path / "manifest.json"
+    store.write_text("{}")
+
+    def run(stage, parent=None, **fields):
+        path = runs.new_run_dir(tmp_path, "exp", stage)
+        runs.write_lineage(path, stage, "seed: 0\n", parent=parent, dataset_manifest=store)
+        runs.update_manifest(path, **fields)
+        return path
+
+    classical = run("finetune", init="classical", mode="logistic regression on pixels")
+    runs.mark_done(classical)
+    ev = run("evaluate", parent=classical)
+    (ev / "metrics.json").write_text(json.dumps({"split": "test", "accuracy": 0.511}))
+    runs.mark_done(ev)
+    mine = run("evaluate", parent=run("finetune", init="pretrained"))
+    found = _classical_beside(mine, {"init": "pretrained", "split": "test", "accuracy": 0.6})
+    assert found == {"mode": "logistic regression on pixels", "score": 0.511}
+    assert _classical_beside(mine, {"init": "pretrained", "split": "val", "accuracy": 0.6}) \
+        is None  # scored on other examples: not comparable
+    assert _classical_beside(ev, {"init": "classical", "split": "test"}) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -149,15 +150,41 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                            out / "plots" / "confusion_matrix.png")
             explained = _explain(cfg, model, x, y, probs, names, out, manifest.modality)
             files.atomic_write_text(out / "report.md", _report(result, names, explained))
+    rows = [[k, f"{result[k]:.4f}"] for k in shown]
+    classical = _classical_beside(out, result)
+    if classical:
+        rows.append([f"classical baseline ({classical['mode']})", f"{classical['score']:.4f}"])
     console.print(table(
         f"evaluate ({result['init']}, {result['labels']} labels) on {split}: {len(y)} examples",
-        ["metric", "value"], [[k, f"{result[k]:.4f}"] for k in shown]))
+        ["metric", "value"], rows))
     info(f"[green]evaluate done[/green]: {esc(out / 'metrics.json')}")
     keras.backend.clear_session()
     return out
 
 
+def _classical_beside(out: Path, result: dict) -> Optional[dict]:
+    """The experiment's classical model (pipeline's logistic regression on pixels), scored
+    on the same split of the same store, when one has been evaluated: the number a
+    pretrained model has to beat. None otherwise (or for the classical model itself)."""
+    if result.get("init") == "classical":
+        return None
+    key = "mse" if "mse" in result else "accuracy"
+    mine = runs.read_manifest(out)
+    for ev in sorted(out.parent.glob("evaluate-*"), reverse=True):
+        if ev == out or not runs.is_done(ev) or not (ev / "metrics.json").is_file():
+            continue
+        other = runs.read_manifest(ev)
+        if (other.dataset_manifest_sha256 != mine.dataset_manifest_sha256
+                or other.parent is None or runs.read_manifest(other.parent).init != "classical"):
+            continue
+        metrics = json.loads((ev / "metrics.json").read_text())
+        if metrics.get("split") == result.get("split") and key in metrics:
+            return {"mode": runs.read_manifest(other.parent).mode, "score": metrics[key]}
+    return None
+
+
 def _confusion_png(cm: np.ndarray, names: list[str], path: Path) -> None:
+
     import matplotlib
 
     matplotlib.use("Agg")
