@@ -134,3 +134,12 @@ def test_no_module_imports_a_higher_layer():
 
 def test_the_cycle_check_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_two_test_modules_share_a_name():
+    """pytest imports test files by their base name: a second test_tracking.py (one in
+    tests/, one in tests/e2e/) was a collection error in CI, not a test."""
+    from collections import Counter
+
+    names = Counter(p.name for p in (PACKAGE.parent / "tests").rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1]
