@@ -356,13 +356,25 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
         arrays["unlabeled"] = (np.concatenate([arrays["unlabeled"][0], src.x_extra]), None)
     contamination = check_contamination(arrays, dedupe=cfg.dedupe)
     arrays = shuffled(arrays, seed)
-    regression = src.task == "regression"
     gfile = _gfile()
     parent, name = _parent_and_name(store)
     gfile.makedirs(parent)
     key = config_key(cfg, seed)
     staging = join(parent, f".{name}.partial-{key}")
     gfile.makedirs(staging)
+    splits = _write_splits(staging, cfg, seed, src, arrays, progress, advance, share_from)
+    manifest = _manifest_json(cfg, seed, src, arrays, splits, contamination, key)
+    _publish(store, staging, manifest, {sh["file"] for sp in splits.values()
+                                        for sh in sp["shards"]})
+    return StoreManifest.from_json(manifest)
+
+
+def _write_splits(staging: str, cfg: DataConfig, seed: int, src, arrays: dict, progress,
+                  advance, share_from) -> dict:
+    """Each split's shards into `staging` (kept from an interrupted collect, or linked from
+    `share_from` when its split key matches); {split: its manifest entry}."""
+    gfile = _gfile()
+    regression = src.task == "regression"
     progress_file = join(staging, "progress.json")
     done = {}
     if gfile.exists(progress_file):
@@ -402,17 +414,25 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
                          "per_class": per_class, "shards": shards}
         if progress:
             progress(split, len(x))
+    return splits
+
+
+def _manifest_json(cfg: DataConfig, seed: int, src, arrays: dict, splits: dict,
+                   contamination: dict, key: str) -> dict:
+    """The store's manifest.json as written (StoreManifest reads it back)."""
+    regression = src.task == "regression"
+    kind = modalities.get(src.modality)
     manifest = {
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
         "name": cfg.name,
         "modality": src.modality,
         "task": "none" if src.y_pool is None else src.task,
-        "feature_spec": {**modalities.get(src.modality).stored,
+        "feature_spec": {**kind.stored,
                          **({"target": "float32, NaN = none"} if regression
                             else {"label": "int64, -1 = none"})},
         "shape": _shape(src),
-        "dtype": modalities.get(src.modality).dtype,
+        "dtype": kind.dtype,
         "num_classes": 0 if regression else len(src.class_names),
         "class_names": [] if regression else list(src.class_names),
         "source": {"name": cfg.source, "dataset": cfg.dataset, **src.info},
@@ -422,7 +442,7 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
         "labeled_fraction": cfg.labeled_fraction,
         "labels_per_class": cfg.labels_per_class,
         "config_key": key,
-        "split_key": skey,
+        "split_key": split_key(cfg, seed),
         "order": "seeded random permutation of every split",
         "splits": splits,
         **src.extra_manifest,
@@ -432,8 +452,13 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
         std = pool.std(axis=0)
         manifest.update(feature_stats={"mean": pool.mean(axis=0).tolist(),
                                        "std": np.where(std > 1e-12, std, 1.0).tolist()})
+    return manifest
 
-    wanted = {sh["file"] for sp in splits.values() for sh in sp["shards"]}
+
+def _publish(store, staging: str, manifest: dict, wanted: set) -> None:
+    """Leftovers out of `staging`, the manifest last, then the folder renamed into place
+    (object stores, which cannot rename folders: the shards moved in, the manifest last)."""
+    gfile = _gfile()
     for leftover in gfile.listdir(staging):  # progress file, shards of another layout
         if leftover not in wanted:
             gfile.remove(join(staging, leftover))
@@ -448,7 +473,7 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
             gfile.rename(join(staging, f), join(store, f), overwrite=True)
         _write_text(join(store, MANIFEST), text)
         gfile.rmtree(staging)
-        return StoreManifest.from_json(manifest)
+        return
     _write_text(join(staging, MANIFEST), text)
     # Swap in the finished store; the old one (if any) goes only after the new one is whole.
     local = Path(store)
@@ -459,4 +484,3 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
     os.replace(staging, local)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return StoreManifest.from_json(manifest)
