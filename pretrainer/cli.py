@@ -200,8 +200,7 @@ def _explain_damage(cfg: Optional[Config], exc: Exception) -> Optional[str]:
     if type(exc).__name__ == "DataLossError" or "corrupted record" in str(exc):
         if cfg is None:
             return None
-        from pretrainer.data.store import verify
-        from pretrainer.stages.collect import store_path
+        from pretrainer.data.store import store_path, verify
 
         store = store_path(cfg)
         try:

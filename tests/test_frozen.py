@@ -107,9 +107,8 @@ def test_a_winning_pixel_baseline_becomes_a_finetune_run_the_verbs_can_use(in_tm
     from pretrainer import baselines
     from pretrainer.config import compose
     from pretrainer.data.sources import SourceData
-    from pretrainer.data.store import build_store, read_manifest
+    from pretrainer.data.store import build_store, read_manifest, store_path
     from pretrainer.stages import evaluate
-    from pretrainer.stages.collect import store_path
     from pretrainer.stages.pipeline import _classical_run
 
     rng = np.random.default_rng(0)

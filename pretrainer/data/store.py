@@ -484,3 +484,37 @@ def _publish(store, staging: str, manifest: dict, wanted: set) -> None:
     os.replace(staging, local)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- where a config's store is
+
+def store_path(cfg) -> str:
+    """Where the store for this data config lives: data/<dataset>, or, when that holds
+    another data config, data/<dataset>@<config key> beside it, so stores for different
+    configs live side by side and none is rebuilt under a run trained on it. A store of
+    an older format at data/<dataset> is unusable and is rebuilt in place.
+    (A string: paths.data may be gs://..., which pathlib would mangle.)"""
+    base = join(cfg.paths.data, cfg.data.name)
+    key = config_key(cfg.data, store_seed(cfg))
+    manifest = intact_manifest(base)
+    if manifest is None:  # none, or damaged: this config's own store if it has one
+        return f"{base}@{key}" if intact_manifest(f"{base}@{key}") else base
+    if manifest.config_key == key or manifest.format_version != FORMAT_VERSION:
+        return base
+    return f"{base}@{key}"
+
+
+def intact_manifest(store: str) -> Optional[StoreManifest]:
+    """The store's manifest, or None when it has none or one that cannot be read (cut by
+    a full disk or a kill): such a store is collected again, in place."""
+    if not has_manifest(store):
+        return None
+    try:
+        return read_manifest(store)
+    except DataError:
+        return None
+
+
+def store_seed(cfg) -> int:
+    """The seed that draws a store's splits and order (data.split_seed, else seed)."""
+    return cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed

@@ -21,43 +21,13 @@ from pretrainer.data.store import (
     build_store,
     config_key,
     has_manifest,
+    intact_manifest,
     join,
-    read_manifest,
+    store_path,
+    store_seed,
     verify,
 )
 from pretrainer.errors import DataError
-
-
-def store_path(cfg: Config) -> str:
-    """Where the store for this data config lives: data/<dataset>, or, when that holds
-    another data config, data/<dataset>@<config key> beside it, so stores for different
-    configs live side by side and none is rebuilt under a run trained on it. A store of
-    an older format at data/<dataset> is unusable and is rebuilt in place.
-    (A string: paths.data may be gs://..., which pathlib would mangle.)"""
-    base = join(cfg.paths.data, cfg.data.name)
-    key = config_key(cfg.data, store_seed(cfg))
-    manifest = _intact_manifest(base)
-    if manifest is None:  # none, or damaged: this config's own store if it has one
-        return f"{base}@{key}" if _intact_manifest(f"{base}@{key}") else base
-    if manifest.config_key == key or manifest.format_version != FORMAT_VERSION:
-        return base
-    return f"{base}@{key}"
-
-
-def _intact_manifest(store: str) -> Optional[StoreManifest]:
-    """The store's manifest, or None when it has none or one that cannot be read (cut by
-    a full disk or a kill): such a store is collected again, in place."""
-    if not has_manifest(store):
-        return None
-    try:
-        return read_manifest(store)
-    except DataError:
-        return None
-
-
-def store_seed(cfg: Config) -> int:
-    """The seed that draws a store's splits and order (data.split_seed, else seed)."""
-    return cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
 
 
 @contextlib.contextmanager
@@ -81,7 +51,7 @@ def ensure_store(cfg: Config) -> str:
     """The store the config names, collected first if it is missing, was written by an
     older format (which kept the source's order), or holds another data config."""
     store = store_path(cfg)
-    manifest = _intact_manifest(store)
+    manifest = intact_manifest(store)
     if manifest is not None:
         if manifest.config_key == config_key(cfg.data, store_seed(cfg)):
             return store
@@ -124,7 +94,7 @@ def _require_path(cfg: Config) -> None:
     built = []
     if "://" not in str(root) and root.is_dir():
         for folder in sorted(root.glob(f"{cfg.data.name}*")):
-            manifest = _intact_manifest(str(folder))
+            manifest = intact_manifest(str(folder))
             path = manifest.source.get("path") if manifest else None
             if path and folder.name.split("@")[0] == cfg.data.name:
                 built.append(f"data.path='{path}' ({folder})")
@@ -136,7 +106,7 @@ def _require_path(cfg: Config) -> None:
 
 
 def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> str:
-    manifest = _intact_manifest(store)
+    manifest = intact_manifest(store)
     if manifest is None and has_manifest(store):
         info(f"collect: {esc(join(store, MANIFEST))} cannot be read (cut or not JSON); "
              f"rebuilding the store")

@@ -90,8 +90,8 @@ def _tsv_cell(v: str) -> str:
 
 def run(cfg: Config, source: Optional[str] = None, run: Optional[str] = None,
         output: Optional[str] = None, limit: int = 10000, batch_size: int = 256) -> Path:
+    from pretrainer.data.store import store_path
     from pretrainer.stages import trained_store
-    from pretrainer.stages.collect import store_path
 
     run_dir = runs.resolve(cfg.paths.runs, cfg.experiment, "pretrain", run,
                            accept=("pretrain", "finetune"))

@@ -13,10 +13,9 @@ from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, table
 from pretrainer.data import pipeline
 from pretrainer.data.records import StoreManifest
-from pretrainer.data.store import MANIFEST, join, read_manifest
+from pretrainer.data.store import MANIFEST, join, read_manifest, store_path
 from pretrainer.errors import RunError
 from pretrainer.stages import load_keras_artifact, trained_store
-from pretrainer.stages.collect import store_path
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:

@@ -22,6 +22,7 @@ from pretrainer import runs, scoring
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, table
 from pretrainer.data.records import StoreManifest
+from pretrainer.data.store import store_path
 from pretrainer.stages import collect, deploy, evaluate, finetune, pretrain
 from pretrainer.stats import paired_bootstrap, verdict
 
@@ -55,7 +56,7 @@ def run(cfg: Config) -> dict:
     t0 = time.perf_counter()
     collect.run(cfg)
     pre = pretrain.run(cfg)
-    store = collect.store_path(cfg)
+    store = store_path(cfg)
     manifest = read_manifest(store)
     regression = manifest.regression
     has_val = manifest.count("val") > 0

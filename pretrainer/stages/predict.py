@@ -33,9 +33,9 @@ def model_entry(cfg: Config, run: Optional[str]):
     or finetune run (default: the latest finished finetune run of the experiment)."""
     import tensorflow as tf
 
+    from pretrainer.data.store import store_path
     from pretrainer.exports import savedmodel
     from pretrainer.stages import load_keras_artifact, trained_store
-    from pretrainer.stages.collect import store_path
 
     run_dir = runs.resolve(cfg.paths.runs, cfg.experiment, "finetune", run,
                            accept=("deploy", "finetune"))

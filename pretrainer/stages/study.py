@@ -21,6 +21,7 @@ import numpy as np
 from pretrainer import files, runs, scoring
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import console, esc, info, table
+from pretrainer.data.store import store_path, store_seed
 from pretrainer.stages import collect, evaluate, finetune, pretrain
 
 
@@ -80,7 +81,7 @@ def _study(cfg: Config, out: Path, state: dict, pretrain_run: Optional[str]
     finished = {(c["fraction"], c["seed"], c["arm"]) for c in state["cells"]}
     if finished:
         info(f"  resuming: {len(finished)} finished cell(s) are kept")
-    base_store = collect.store_path(cfg)
+    base_store = store_path(cfg)
     from pretrainer.frozen import ARMS as frozen_arms
 
     shared: dict = {}  # the pretrained featurizer; pool, val and test features (every cell)
@@ -136,7 +137,7 @@ def _cell(cfg: Config, fraction, seed: int, out: Path) -> Config:
         c.data.name = f"{cfg.data.name}-study-f{fraction:g}-s{seed}"
     c.data.label_seed = cfg.seed + 1000 * seed
     # the same test, val and pool in every cell: only the labeled draw moves
-    c.data.split_seed = collect.store_seed(cfg)
+    c.data.split_seed = store_seed(cfg)
     c.seed = cfg.seed + seed
     # cells live inside the study's directory: `latest run` lookups (deploy, evaluate)
     # never pick a study cell
@@ -150,7 +151,7 @@ def _classical_cell(c: Config, fraction, seed: int, out: Path) -> dict:
     from pretrainer import baselines
     from pretrainer.data.store import read_manifest
 
-    store = collect.store_path(c)
+    store = store_path(c)
     manifest = read_manifest(store)
     result = baselines.fit_and_score(Path(store), manifest)
     where = baselines.save(result, out / "classical" / f"f{fraction:g}-s{seed}")
@@ -168,7 +169,7 @@ def _frozen_cells(c: Config, pre: Path, fraction, seed: int, out: Path,
     from pretrainer.data.store import read_manifest
     from pretrainer.stages.embed import featurizer
 
-    store = collect.store_path(c)
+    store = store_path(c)
     manifest = read_manifest(store)
     if manifest.regression:
         return []
