@@ -5,6 +5,7 @@ import base64
 import http.client
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -144,7 +145,8 @@ def test_signature_name_picks_float_and_bytes_signatures(image):
     ({"instances": np.zeros((1, 8, 8, 1), int).tolist()}, "serve_pixels"),  # pixels to default
     ({**PIXELS, "instances": (np.ones((1, 8, 8, 1)) * 0.5).tolist()}, "integer"),
     ({**PIXELS, "instances": [{"b64": "AAAA"}]}, "default signature"),  # bytes to pixels
-    ({"instances": [{"b64": "AAAA"}]}, ""),  # not an image
+    ({"instances": [{"b64": "AAAA"}]}, "Unknown image file format"),  # not an image
+    ({"instances": ["the text"]}, "as {\"b64\""),  # text sent to an image model
     ({**PIXELS, "instances": [np.zeros((4, 4, 1), int).tolist(),
                               np.zeros((5, 5, 1), int).tolist()]}, "shapes"),
     ({"instances": [[[0]]], "inputs": [[[0]]]}, "exactly one"),
@@ -376,3 +378,31 @@ def test_an_overloaded_server_answers_503_and_runs_only_what_it_can(tmp_path):
     assert set(codes) <= {200, 503}
     assert all("busy" in out["error"] for code, out in answers if code == 503)
     assert Slow.calls == codes.count(200)  # the refused ones never reached the model
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path):
+    """A server stopped by its process manager (SIGTERM) or Ctrl-C says so and exits 0;
+    it printed the training stages' "interrupted; ... no DONE marker" and exited 143."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    run = tmp_path / "runs" / "fashion_ae" / "deploy-20261205-000000"
+    savedmodel.export(model, run / "export" / "shoes" / "1", IMAGE)
+    (run / "manifest.json").write_text(json.dumps({"stage": "deploy"}))
+    (run / "DONE").write_text("x\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pretrainer", "serve", "--run", str(run),
+                             "--port", "0"], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    line = ""
+    while "serving" not in line:  # the server listens once it has said where
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, "serve ended before listening"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "serve: stopped" in out and "interrupted" not in out

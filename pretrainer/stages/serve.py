@@ -213,8 +213,10 @@ class Model:
         try:
             out = fn(**{n: tf.constant(a, dtype=specs[n].dtype) for n, a in feed.items()})
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
-            first = (exc.message or "").strip().splitlines()[:1] or ["invalid input"]
-            raise BadRequest(first[0][:300]) from exc
+            why = _tf_reason(exc.message or "")
+            if "image file format" in why:
+                why += " Send each image file's bytes as {\"b64\": \"...\"}"
+            raise BadRequest(why[:300]) from exc
         values = {k: _jsonable(k, v.numpy()) for k, v in out.items()}
         if row_format:
             n = len(next(iter(values.values())))
@@ -235,7 +237,19 @@ class Model:
                 "metadata": {"signature_def": {"signature_def": self.defs}}}
 
 
+def _tf_reason(message: str) -> str:
+    """The line of a TensorFlow error that says what was wrong with the input: its first
+    line is "Graph execution error:", then the traceback of the graph's definition."""
+    for line in reversed(message.strip().splitlines()):
+        line = line.strip()
+        if line and not line.startswith(("[[", "File ", "Detected at", "Graph execution",
+                                         "(most recent")):
+            return line
+    return "invalid input"
+
+
 def _jsonable(name: str, arr: np.ndarray) -> list:
+
     """A tensor as JSON, as TF Serving writes it: strings as UTF-8 text, or {"b64": ...}
     for outputs whose name ends in _bytes (and for bytes that are not UTF-8)."""
     if arr.dtype == object:
@@ -443,10 +457,17 @@ def run(run_dir: Optional[str], runs_root: str, experiment: str, host: str, port
         workers: int = WORKERS) -> None:
     deploy_run = runs.resolve(runs_root, experiment, "deploy", run_dir)
     server, model = make_server(deploy_run, host, port, workers)
+    from pretrainer import errors
+
     sigs = ", ".join(sorted(model.signatures))
-    info(f"serving {esc(model.path)} at http://{host}:{server.server_address[1]}/v1/models/"
-         f"{model.name} (POST :predict; signatures {sigs}); Ctrl-C stops")
-    try:
+    try:  # (from the line on: a stop signal right after it is a stop, too)
+        info(f"serving {esc(model.path)} at http://{host}:{server.server_address[1]}/v1/"
+             f"models/{model.name} (POST :predict; signatures {sigs}); Ctrl-C stops")
         server.serve_forever()
+
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a server's way to stop, not a failure
+        errors.stop_requested = None
+        info("serve: stopped")
     finally:
         server.server_close()
+
