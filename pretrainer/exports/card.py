@@ -202,6 +202,87 @@ def _usage(name: str, dataset: StoreManifest, formats: list[str]) -> list[str]:
     return out
 
 
+def _meta(name: str, dataset: StoreManifest, pre: RunManifest,
+          metrics: Optional[dict]) -> dict:
+    """The card's YAML front matter (Hugging Face's model card fields)."""
+    regression, source = dataset.regression, dataset.source
+    task = ("tabular-regression" if regression else dataset.kind.card_tag)
+    metric_rows = []
+    if metrics and regression:
+        metric_rows = [{"type": k, "value": round(float(metrics[k]), 6)}
+                       for k in ("mse", "mae", "r2")]
+    elif metrics:
+        metric_rows = [{"type": "accuracy", "value": round(float(metrics["accuracy"]), 6)},
+                       {"type": "f1", "name": "macro F1",
+                        "value": round(float(metrics["f1_macro"]), 6)}]
+    meta = {"license": _spdx(source.get("licence")), "library_name": "keras",
+            "pipeline_tag": task,
+            "tags": ["pretrainer", "self-supervised", *([pre.pretext] if pre.pretext
+                                                        else []), dataset.modality],
+            "datasets": [dataset.name],
+            "metrics": [m["type"] for m in metric_rows] or ["accuracy"]}
+    if metric_rows:
+        meta["model-index"] = [{"name": name, "results": [{
+            "task": {"type": task},
+            "dataset": {"name": dataset.name, "type": str(source.get("dataset")
+                                                              or source.get("name")),
+                        "split": metrics.get("split", "test")},
+            "metrics": metric_rows}]}]
+    return meta
+
+
+def _evaluation_lines(metrics: Optional[dict], regression: bool, comparison: Optional[dict],
+                      finetune_run: Path, pruning: Optional[dict]) -> list[str]:
+    """## Evaluation: the evaluate run's numbers, the scratch comparison, pruning."""
+    lines: list[str] = []
+    lines += ["", "## Evaluation", ""]
+    if metrics and regression:
+        lines += [f"On the {metrics['split']} split ({metrics['samples']} examples): "
+                  f"MSE {metrics['mse']:.6g}, MAE {metrics['mae']:.6g}, R² {metrics['r2']:.4f}."]
+    elif metrics:
+        lines += [f"On the {metrics['split']} split ({metrics['samples']} examples): "
+                  f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
+                  f"weighted F1 {metrics['f1_weighted']:.4f}."]
+    else:
+        lines += ["No evaluate run found for this model: run `pretrainer evaluate --run "
+                  f"{Path(finetune_run).name}`."]
+    if comparison:
+        ci, s = comparison["interval"], comparison["scratch"]
+        if regression:
+            lines += ["", f"Same architecture from scratch on the same labels "
+                          f"(`{comparison['scratch_run']}`): MSE {s['mse']:.6g}. Pretrained "
+                          f"minus scratch squared error: {-ci['mean']:+.4g} (95 % CI "
+                          f"{-ci['high']:+.4g} to {-ci['low']:+.4g}, {ci['method']})."]
+        else:
+            from pretrainer.stats import verdict
+
+            lines += ["", f"Same architecture from scratch on the same labels "
+                          f"(`{comparison['scratch_run']}`): accuracy {s['accuracy']:.4f}. "
+                          f"Pretrained minus scratch: {verdict(ci)}."]
+    if pruning:
+        lines += ["", f"Pruned to {pruning['achieved_sparsity']:.1%} zero weights "
+                      f"(target {pruning['target_sparsity']:.0%}): accuracy "
+                      f"{pruning['accuracy_before']:.4f} -> {pruning['accuracy_after']:.4f} on "
+                      f"{pruning['samples']} test examples."]
+    return lines
+
+
+def _parity_lines(parity: dict) -> list[str]:
+    """The table of exports, each checked against Keras in its own runtime."""
+    lines: list[str] = []
+    lines += ["", "### Exports, each checked against Keras in its own runtime", "",
+              "| format | max abs diff | label agreement | accuracy delta | p50 ms | size MB | passed |",
+              "|---|---|---|---|---|---|---|"]
+    for fmt, p in parity.items():
+        lines.append(f"| {fmt}{' (' + p['quantize'] + ')' if p.get('quantize') not in (None, 'none') else ''}"
+                     f" | {p['max_abs_diff']:.2e} | {p['label_agreement']:.2%} | "
+                     + ("n/a" if p["accuracy_delta"] is None
+                        else f"{p['accuracy_delta'] * 100:+.2f} pts")
+                     + f" | {p['latency_ms_p50']:.2f} | "
+                     f"{p['size_bytes'] / 1e6:.2f} | {'yes' if p['passed'] else 'no'} |")
+    return lines
+
+
 def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, model=None, *,
            pruning: Optional[dict] = None, chance: Optional[str] = None, cfg=None) -> str:
     ft = runs.read_manifest(finetune_run)
@@ -215,28 +296,7 @@ def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, 
     modality = dataset.modality
     source = dataset.source
     n_pool, n_train = dataset.count("unlabeled"), dataset.count("train")
-    task = ("tabular-regression" if regression else dataset.kind.card_tag)
-    metric_rows = []
-    if metrics and regression:
-        metric_rows = [{"type": k, "value": round(float(metrics[k]), 6)}
-                       for k in ("mse", "mae", "r2")]
-    elif metrics:
-        metric_rows = [{"type": "accuracy", "value": round(float(metrics["accuracy"]), 6)},
-                       {"type": "f1", "name": "macro F1",
-                        "value": round(float(metrics["f1_macro"]), 6)}]
-    meta = {"license": _spdx(source.get("licence")), "library_name": "keras",
-            "pipeline_tag": task,
-            "tags": ["pretrainer", "self-supervised", *([pre.pretext] if pre.pretext
-                                                        else []), modality],
-            "datasets": [dataset.name],
-            "metrics": [m["type"] for m in metric_rows] or ["accuracy"]}
-    if metric_rows:
-        meta["model-index"] = [{"name": name, "results": [{
-            "task": {"type": task},
-            "dataset": {"name": dataset.name, "type": str(source.get("dataset")
-                                                              or source.get("name")),
-                        "split": metrics.get("split", "test")},
-            "metrics": metric_rows}]}]
+    meta = _meta(name, dataset, pre, metrics)
     params = model.count_params() if model is not None else None
     lines = _front_matter(meta) + ["", f"# {name}", ""]
     if chance:
@@ -272,45 +332,8 @@ def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, 
               f"- unreadable inputs skipped: {dataset.skipped.get('count', 0)}",
               "", "## Training procedure", ""]
     lines += _hyperparameters(pre_cfg, ft_cfg, pre, ft)
-    lines += ["", "## Evaluation", ""]
-    if metrics and regression:
-        lines += [f"On the {metrics['split']} split ({metrics['samples']} examples): "
-                  f"MSE {metrics['mse']:.6g}, MAE {metrics['mae']:.6g}, R² {metrics['r2']:.4f}."]
-    elif metrics:
-        lines += [f"On the {metrics['split']} split ({metrics['samples']} examples): "
-                  f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}, "
-                  f"weighted F1 {metrics['f1_weighted']:.4f}."]
-    else:
-        lines += ["No evaluate run found for this model: run `pretrainer evaluate --run "
-                  f"{Path(finetune_run).name}`."]
-    if comparison:
-        ci, s = comparison["interval"], comparison["scratch"]
-        if regression:
-            lines += ["", f"Same architecture from scratch on the same labels "
-                          f"(`{comparison['scratch_run']}`): MSE {s['mse']:.6g}. Pretrained "
-                          f"minus scratch squared error: {-ci['mean']:+.4g} (95 % CI "
-                          f"{-ci['high']:+.4g} to {-ci['low']:+.4g}, {ci['method']})."]
-        else:
-            from pretrainer.stats import verdict
-
-            lines += ["", f"Same architecture from scratch on the same labels "
-                          f"(`{comparison['scratch_run']}`): accuracy {s['accuracy']:.4f}. "
-                          f"Pretrained minus scratch: {verdict(ci)}."]
-    if pruning:
-        lines += ["", f"Pruned to {pruning['achieved_sparsity']:.1%} zero weights "
-                      f"(target {pruning['target_sparsity']:.0%}): accuracy "
-                      f"{pruning['accuracy_before']:.4f} -> {pruning['accuracy_after']:.4f} on "
-                      f"{pruning['samples']} test examples."]
-    lines += ["", "### Exports, each checked against Keras in its own runtime", "",
-              "| format | max abs diff | label agreement | accuracy delta | p50 ms | size MB | passed |",
-              "|---|---|---|---|---|---|---|"]
-    for fmt, p in parity.items():
-        lines.append(f"| {fmt}{' (' + p['quantize'] + ')' if p.get('quantize') not in (None, 'none') else ''}"
-                     f" | {p['max_abs_diff']:.2e} | {p['label_agreement']:.2%} | "
-                     + ("n/a" if p["accuracy_delta"] is None
-                        else f"{p['accuracy_delta'] * 100:+.2f} pts")
-                     + f" | {p['latency_ms_p50']:.2f} | "
-                     f"{p['size_bytes'] / 1e6:.2f} | {'yes' if p['passed'] else 'no'} |")
+    lines += _evaluation_lines(metrics, regression, comparison, finetune_run, pruning)
+    lines += _parity_lines(parity)
     lines += [""] + _usage(name, dataset, list(parity))
     lines += ["## Limits", "",
               f"- Trained with {n_train} labeled examples from one source: "
