@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 from pretrainer.config import USER_CONFIG_DIR, builtin_config_dir
+from pretrainer.data.folders import IMAGE_EXTENSIONS
+from pretrainer.data.textfiles import decode
 from pretrainer.errors import ConfigError, DataError
 from pretrainer.files import atomic_write_text
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}  # (data/folders.py reads these)
 SCAN_LIMIT = 5000  # files looked at to tell images from text
 LABELED_FRACTION = 0.1  # the label budget an experiment file starts with (folder_ae's)
 
@@ -52,7 +54,7 @@ def detect(path: Path) -> tuple[str, str]:
         if n >= SCAN_LIMIT:
             break
         suffix = f.suffix.lower()
-        kind = "images" if suffix in IMAGE_SUFFIXES else "text" if suffix == ".txt" else None
+        kind = "images" if suffix in IMAGE_EXTENSIONS else "text" if suffix == ".txt" else None
         if kind:
             counts[kind] += 1
     # class folders: the subfolders, or those of train/ when the splits are given
@@ -60,7 +62,7 @@ def detect(path: Path) -> tuple[str, str]:
     classes = sorted(d.name for d in top.iterdir() if d.is_dir() and not d.name.startswith("."))
 
     if not counts:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no .txt files "
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) and no .txt files "
                         f"under {path}")
     kind, n = counts.most_common(1)[0]
     shown = ", ".join(classes[:5]) + (f", … ({len(classes)} in all)" if len(classes) > 5 else "")
@@ -71,8 +73,12 @@ def detect(path: Path) -> tuple[str, str]:
 
 
 def _csv_columns(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        return next(csv.reader(f), [])
+    """The header as `collect` reads it (the same codec detection: BOMs, latin-1 ...)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    text, _ = decode(head.split(b"\n", 1)[0])
+    return [h.strip() for h in next(csv.reader(io.StringIO(text)), [])]
+
 
 
 def experiment(name: str, data: Path, target: Optional[str] = None,

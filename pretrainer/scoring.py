@@ -29,3 +29,22 @@ def example_scores(evaluated_run: Path) -> np.ndarray:
     if np.issubdtype(p.dtype, np.floating):
         return -(p.astype(np.float64) - y) ** 2
     return (p == y).astype(np.float64)
+
+
+def evaluations_beside(ev: Path, init: str):
+    """(evaluate run, its finetune run, that run's manifest) for each finished evaluation
+    beside `ev` (newest first) of a model finetuned with `init` on the same store: the
+    models `ev`'s model can be compared with example by example."""
+    from pretrainer import runs
+
+    key = runs.read_manifest(ev).dataset_manifest_sha256
+    for other in sorted(Path(ev).parent.glob("evaluate-*"), reverse=True):
+        if other == Path(ev) or not runs.is_done(other):
+            continue
+        om = runs.read_manifest(other)
+        parent = om.parent
+        if om.dataset_manifest_sha256 != key or parent is None or not parent.is_dir():
+            continue
+        model = runs.read_manifest(parent)
+        if model.init == init:
+            yield other, parent, model

@@ -3,7 +3,7 @@ higher layer (imports inside functions count: they are cycles deferred, not avoi
 
 The layers, lowest first (docs/architecture.md, "Layout of the code"):
 
-- base: errors, files (atomic writes, checksums), console, config, stats, precision, scaffold, the
+- base: errors, files (atomic writes, checksums), console, config, stats, precision, the
   package's __init__
 - runs: run directories and what hangs off them (records: the typed run manifest, runs,
   tracking, scoring, strategy, report, explain)
@@ -24,12 +24,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "pretrainer"
 
 LAYERS = [
-    ("base", ["errors", "files", "console", "config", "stats", "precision", "scaffold", ""]),
+    ("base", ["errors", "files", "console", "config", "stats", "precision", ""]),
     ("runs", ["records", "runs", "tracking", "scoring", "strategy", "report", "explain"]),
     ("data", ["data"]),
     ("models", ["models", "pretext"]),
     ("learning", ["train", "semi", "frozen", "baselines", "exports", "prune"]),
-    ("stages", ["stages", "sweep"]),
+    ("stages", ["stages", "sweep", "scaffold"]),
     ("interface", ["cli", "entry", "__main__", "api"]),
 ]
 

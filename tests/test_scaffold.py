@@ -64,3 +64,10 @@ def test_a_path_that_is_no_dataset_is_one_line(tmp_path):
         scaffold.detect(tmp_path)
     with pytest.raises(ConfigError, match="experiment name"):
         scaffold.write("../evil", str(tmp_path))
+
+
+def test_a_latin1_csv_header_is_read_as_collect_reads_it(tmp_path, monkeypatch):
+    (tmp_path / "prix.csv").write_bytes("surface,catégorie,prix\n50,a,100\n".encode("latin-1"))
+    monkeypatch.chdir(tmp_path)
+    scaffold.write("prix", "prix.csv", target="catégorie")  # the column, not 'cat\ufffdgorie'
+    assert compose("prix").data.target == "catégorie"

@@ -90,30 +90,24 @@ def _scratch_comparison(finetune_run: Path, evaluation: Optional[tuple]) -> Opti
     test examples of the same store (what `pipeline` prints)."""
     if evaluation is None or runs.read_manifest(finetune_run).init in ("scratch", "classical"):
         return None
-    from pretrainer.scoring import example_scores
+    from pretrainer.scoring import evaluations_beside, example_scores
     from pretrainer.stats import paired_bootstrap
 
     ev, metrics = evaluation
     if not (ev / "predictions.npz").is_file():  # an evaluation from before they were kept
         return None
     mine = example_scores(ev)
-
-    key = runs.read_manifest(ev).dataset_manifest_sha256
     # the scratch run of the same recipe first (pipeline also trains one on the labels
     # alone for a FixMatch recipe), else the newest scratch run
     semi = runs.read_manifest(finetune_run).semi_supervised
     found = []
-    for other in sorted(Path(ev).parent.glob("evaluate-*"), reverse=True):
-        if other == ev or not runs.is_done(other) or not (other / "predictions.npz").is_file():
-            continue
-        om = runs.read_manifest(other)
-        parent = om.parent
-        if (om.dataset_manifest_sha256 != key or parent is None or not parent.is_dir()
-                or runs.read_manifest(parent).init != "scratch"):
+    for other, parent, model in evaluations_beside(ev, "scratch"):
+        if not (other / "predictions.npz").is_file():
             continue
         theirs = example_scores(other)
         if len(theirs) == len(mine):
-            same = runs.read_manifest(parent).semi_supervised == semi
+            same = model.semi_supervised == semi
+
             found.append((not same, len(found), other, parent, theirs))
     if not found:
         return None

@@ -168,18 +168,14 @@ def _classical_beside(out: Path, result: dict) -> Optional[dict]:
     if result.get("init") == "classical":
         return None
     key = "mse" if "mse" in result else "accuracy"
-    mine = runs.read_manifest(out)
-    for ev in sorted(out.parent.glob("evaluate-*"), reverse=True):
-        if ev == out or not runs.is_done(ev) or not (ev / "metrics.json").is_file():
-            continue
-        other = runs.read_manifest(ev)
-        if (other.dataset_manifest_sha256 != mine.dataset_manifest_sha256
-                or other.parent is None or runs.read_manifest(other.parent).init != "classical"):
+    for ev, _, model in scoring.evaluations_beside(out, "classical"):
+        if not (ev / "metrics.json").is_file():
             continue
         metrics = json.loads((ev / "metrics.json").read_text())
         if metrics.get("split") == result.get("split") and key in metrics:
-            return {"mode": runs.read_manifest(other.parent).mode, "score": metrics[key]}
+            return {"mode": model.mode, "score": metrics[key]}
     return None
+
 
 
 def _confusion_png(cm: np.ndarray, names: list[str], path: Path) -> None:

@@ -349,7 +349,7 @@ class Server:
         self._server = create_server(
             app, map=self._map, _dispatcher=_dispatcher(workers, backlog), host=host, port=port,
             threads=workers, channel_timeout=int(SOCKET_TIMEOUT_S), cleanup_interval=1,
-            max_request_body_size=max_body or MAX_BODY_BYTES,
+            max_request_body_size=self.max_body,
             max_request_header_size=MAX_HEAD_BYTES,
             connection_limit=MAX_CONNECTIONS, asyncore_use_poll=True, ident="pretrainer-serve",
             clear_untrusted_proxy_headers=True)
@@ -358,13 +358,11 @@ class Server:
 
     def serve_forever(self) -> None:
         """Serve until shutdown(); Ctrl-C and SIGTERM end it as KeyboardInterrupt (waitress's
-        run() returns quietly on those: the CLI would have said nothing and exited 0)."""
-        from pretrainer import errors
-
+        run() returns quietly on those; `run` below tells them from a shutdown())."""
         self._server.run()
         if not self._closing:
-            raise (errors.Terminated("SIGTERM") if errors.stop_requested is not None
-                   else KeyboardInterrupt())
+            raise KeyboardInterrupt
+
 
     def shutdown(self) -> None:
         from waitress import wasyncore
