@@ -56,6 +56,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/precision.py
 	$(BIN)/python benchmarks/collect_read.py
 	$(BIN)/python benchmarks/seed_at_size.py
+	$(BIN)/python benchmarks/mlm_epochs.py
 	$(BIN)/python benchmarks/memory_scale.py
 	$(BIN)/python benchmarks/serve_latency.py
 	bash benchmarks/gpu_check.sh --quick

@@ -114,3 +114,11 @@ def test_the_gpu_check_runs_on_a_cpu_and_prints_its_table(tmp_path):
     assert result["input_vs_step"]["train_examples_per_s"] > 0 and result["xla"]["xla_off"] > 0
     for line in ("auto picks:", "| masked_lm |", "input pipeline alone", "XLA on"):
         assert line in proc.stdout
+
+
+@slow_harness
+def test_mlm_epochs_benchmark_smoke(tmp_path):
+    stdout, results = _smoke("mlm_epochs.py", tmp_path / "m.json", timeout=900)
+    assert "| plain |" in stdout and "| pretrainer |" in stdout and results["cpu"]
+    assert results["fit_s"]["plain"] > 0 and results["fit_s"]["pretrainer"] > 0
+    assert all(1 < p < float("inf") for p in results["val_perplexity"].values())

@@ -168,3 +168,32 @@ def test_fitted_length_covers_99_percent_of_the_pool_in_multiples_of_8():
     longer = ["a " * 20] * 500 + ["b " * 45] * 500  # p99 = 45 tokens -> 48
     assert fitted_length(vocab, tf.data.Dataset.from_tensor_slices(longer).batch(64), 64) == 48
     assert fitted_length(vocab, tf.data.Dataset.from_tensor_slices(longer).batch(64), 32) == 32
+
+
+def test_a_linear_probe_trains_its_head_on_the_features_it_serves(tmp_path):
+    """models.freeze: the transformer's dropout stays off in training mode (before, a frozen
+    backbone still dropped out while the head trained); the saved model still loads."""
+    import tensorflow as tf
+
+    from pretrainer.models import freeze
+    from pretrainer.models.heads import text_classifier
+    from pretrainer.models.transformer import tokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[MASK]", "[BOS]", "[EOS]", "a", "b", "c", "d"]
+    texts = tf.constant(["a b c d a b", "d c b", "a a a c"])
+
+    def backbone():
+        return build_backbone((8,), BackboneConfig(
+            name="transformer", latent_dim=16, num_layers=2, num_heads=2, intermediate_dim=16,
+            sequence_length=8, vocabulary_size=len(vocab), causal=False))
+
+    full = text_classifier(backbone(), tokenizer(vocab, 8), 3)  # finetuned: dropout trains
+    assert not np.allclose(np.asarray(full(texts, training=True)),
+                           np.asarray(full(texts, training=False)), atol=1e-6)
+    probe = text_classifier(freeze(backbone()), tokenizer(vocab, 8), 3)
+    assert not probe.get_layer("transformer").trainable
+    np.testing.assert_allclose(np.asarray(probe(texts, training=True)),
+                               np.asarray(probe(texts, training=False)), atol=1e-6)
+    probe.save(tmp_path / "probe.keras")
+    loaded = keras.saving.load_model(tmp_path / "probe.keras")
+    np.testing.assert_allclose(np.asarray(loaded(texts)), np.asarray(probe(texts)), atol=1e-6)

@@ -30,3 +30,18 @@ def build_backbone(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.M
     except ValueError as exc:  # e.g. an input too small for the convolutions
         raise ConfigError(f"Backbone '{cfg.name}' cannot take input shape {tuple(input_shape)}: "
                           f"{str(exc).splitlines()[0]}") from exc
+
+
+def freeze(backbone: keras.Model) -> keras.Model:
+    """A linear probe's backbone: not trained, and computing its features while the head
+    trains as it does when the model is served. Keras keeps a frozen layer's dropout
+    active in training mode (and a `training=False` call inside a functional model is
+    overridden by the outer call), so the dropout rates inside are set to 0; saved
+    models keep their configured rate, which only training would use."""
+    backbone.trainable = False
+    # _flatten_layers: Keras' own walk over nested layers (keras-hub blocks hold their
+    # Dropout layers as attributes, not in .layers)
+    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    return backbone

@@ -39,10 +39,12 @@ def transformer(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Mode
     """
     import keras_hub
 
-    if tuple(input_shape) != (cfg.sequence_length,):
+    if tuple(input_shape) not in ((cfg.sequence_length,), (None,)):
         raise ValueError(f"transformer: input_shape {tuple(input_shape)} differs from "
                          f"backbone.sequence_length={cfg.sequence_length}")
-    inputs = keras.Input(shape=(cfg.sequence_length,), dtype="int32", name="token_ids")
+    # (None,): any length up to sequence_length (pretraining on batches cut to their
+    # longest text); the saved backbone takes exactly sequence_length (fixed_length)
+    inputs = keras.Input(shape=tuple(input_shape), dtype="int32", name="token_ids")
     # An explicit padding mask, not mask_zero: an implicit Keras mask would follow the
     # outputs into the losses and metrics and be applied there a second time.
     padding = padding_mask(inputs)
@@ -60,6 +62,15 @@ def transformer(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Mode
                 x, padding_mask=padding)
     x = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")(x)
     return keras.Model(inputs, x, name="transformer")
+
+
+def fixed_length(backbone: keras.Model, cfg: BackboneConfig) -> keras.Model:
+    """The transformer `backbone` (built for any length) rebuilt for inputs of exactly
+    cfg.sequence_length tokens, with the same weights: the shape finetuning, exports and
+    older runs expect."""
+    fixed = transformer((cfg.sequence_length,), cfg)
+    fixed.set_weights(backbone.get_weights())
+    return fixed
 
 
 def train_vocabulary(texts_ds, size: int) -> list[str]:

@@ -13,7 +13,7 @@ from pretrainer.data import pipeline
 from pretrainer.data.records import StoreManifest
 from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import ConfigError, DataError
-from pretrainer.models import build_backbone
+from pretrainer.models import build_backbone, freeze
 from pretrainer.models.heads import classifier, normalizer, regressor, text_classifier
 from pretrainer.stages import load_keras_artifact, save_artifact, training_run
 from pretrainer.stages.collect import ensure_store
@@ -188,7 +188,7 @@ def _build(cfg: Config, parent: Optional[Path], store, manifest: StoreManifest,
         backbone = (pretrained if ft.init == "pretrained"
                     else build_backbone(manifest.shape, cfg.backbone))
     if ft.mode == "linear_probe":
-        backbone.trainable = False
+        freeze(backbone)
     norm = normalizer(manifest.feature_stats) if manifest.modality == "tabular" else None
     if text:
         wide = (_wide_ngrams(store, backbone, tok, ft.wide_max_tokens)

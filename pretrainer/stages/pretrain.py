@@ -13,6 +13,7 @@ from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, join, read_manifest
 from pretrainer.errors import DataError
 from pretrainer.models import build_backbone
+from pretrainer.models.transformer import fixed_length
 from pretrainer.pretext import get_pretext
 from pretrainer.pretext.adversarial import GeneratedGrid
 from pretrainer.pretext.health import EmbeddingRank
@@ -57,29 +58,47 @@ def run(cfg: Config) -> Path:
     return tr.path
 
 
+XLA_MIN_STEPS = 2000  # language pretexts: XLA on the CPU from this many steps in a run
+
+
 def _train(cfg: Config, pretext, store, manifest, strategy, tr):
     """Build the pretext model on a new backbone and train it; (model, backbone,
     history, validation stream or None)."""
     shape = manifest.shape
     bcfg, targets, prepare = cfg.backbone, pretext.targets, None
+    # texts train in batches cut to their longest text (grouped by length), on a backbone
+    # that takes any length; the saved backbone takes the sequence length (_finish). Not
+    # with static batches (a TPU compiles one shape).
+    by_length = manifest.modality == "text" and not pipeline.static_batches()
     if manifest.modality == "text":
         bcfg, targets, prepare = _text_setup(cfg, pretext, store, tr.path)
-        shape = (bcfg.sequence_length,)
+        shape = (None,) if by_length else (bcfg.sequence_length,)
+    bs = cfg.trainer.batch_size
+    # XLA compiles each of trim_padding's few lengths once (~20 s on 2 cores), repaid
+    # from about 2,000 steps on; not across workers, whose collectives it was not
+    # measured with
+    xla = (by_length and not is_multi_worker(strategy)
+           and pipeline.steps(store, "unlabeled", bs) * cfg.trainer.epochs >= XLA_MIN_STEPS)
     with strategy.scope():
         backbone = build_backbone(shape, bcfg)
         model = pretext.build(backbone, cfg.pretext, bcfg, cfg.seed,
-                              **compile_kwargs(cfg.trainer))
-    bs = cfg.trainer.batch_size
+                              **compile_kwargs(cfg.trainer, xla_on_cpu=xla))
 
     def read(split: str, batch_size: int = bs, **kw):
         ds = pipeline.examples(store, split, batch_size=batch_size, labels=False,
                                cache=cfg.data.cache,
                                shuffle_buffer=cfg.data.shuffle_buffer, **kw)
-        return (ds.map(prepare) if prepare else ds).map(targets)
+        ds = ds.map(prepare) if prepare else ds
+        return ds.map(pipeline.trim_padding) if by_length and split == "val" else ds
 
     def train_data(start_batch: int):
-        return read("unlabeled", shuffle=True, repeat=True, seed=cfg.seed,
-                    start_batch=start_batch)
+        def stream(start: int):
+            return read("unlabeled", shuffle=True, repeat=True, seed=cfg.seed,
+                        start_batch=start)
+
+        ds = (pipeline.grouped_by_length(stream, start_batch, cfg.seed) if by_length
+              else stream(start_batch))
+        return ds.map(targets).prefetch(2)
 
     steps_per_epoch, note = epoch_steps(pipeline.steps(store, "unlabeled", bs),
                                         cfg.trainer.steps_per_execution)
@@ -89,7 +108,7 @@ def _train(cfg: Config, pretext, store, manifest, strategy, tr):
     if manifest.count("val") > 0:  # (its steps a multiple of steps/execution)
         vbs = pipeline.validation_batch(store, "val", bs, steps_per_epoch,
                                         cfg.trainer.steps_per_execution)
-        val_ds = read("val", batch_size=vbs, repeat=True)
+        val_ds = read("val", batch_size=vbs, repeat=True).map(targets)
         val_steps = pipeline.steps(store, "val", vbs)
     extra = []
     if pretext.embedding_rank:
@@ -103,6 +122,8 @@ def _train(cfg: Config, pretext, store, manifest, strategy, tr):
     history = fit(model, train_data, plan, run_dir=tr.path, trainer=cfg.trainer,
                   title="pretrain", val_ds=val_ds, restore_from=tr.restore_from,
                   callbacks=tuple(extra))
+    if by_length:
+        backbone = fixed_length(backbone, bcfg)
     return model, backbone, history, val_ds
 
 
@@ -186,6 +207,7 @@ def _text_setup(cfg: Config, pretext, store, run_dir: Path):
                  f"most; backbone.fit_length=false keeps it)")
     bcfg = dataclasses.replace(cfg.backbone, vocabulary_size=len(vocab), sequence_length=length)
     tok = tokenizer(vocab, bcfg.sequence_length)
-    targets = (pretext.targets_for(len(vocab), bcfg.sequence_length) if pretext.targets_for
+    targets = (pretext.targets_for(len(vocab), bcfg.sequence_length, cfg.seed)
+               if pretext.targets_for
                else pretext.targets)
     return bcfg, targets, lambda texts: tok(texts)
