@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from pretrainer import runs
 from pretrainer.config import Config, to_yaml
 from pretrainer.console import esc, info
@@ -30,6 +32,7 @@ from pretrainer.train import (
     optimizer_step,
     setup,
 )
+from pretrainer.train.cached import FeatureRows, probe_parts
 
 
 def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
@@ -71,9 +74,12 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                      and ft.ema_momentum is None else None)
         if keep_best is not None:
             callbacks.append(keep_best)
-        history = fit(built.trained, lambda start: _train_data(cfg, store, plan, start),
+        rows = built.rows or (lambda *batch: batch)  # texts -> cached features (a probe)
+        history = fit(built.trained,
+                      lambda start: _train_data(cfg, store, plan, start).map(rows),
                       plan.training, run_dir=tr.path, trainer=cfg.trainer,
-                      title=f"finetune[{ft.init}]", val_ds=plan.val_ds,
+                      title=f"finetune[{ft.init}]",
+                      val_ds=plan.val_ds.map(rows) if plan.val_ds is not None else None,
                       restore_from=tr.restore_from, class_weight=built.class_weight,
                       callbacks=tuple(callbacks))
         if tr.chief:  # a worker's scratch dir is not a run: the chief writes it
@@ -167,6 +173,7 @@ class _Built:
     trained: object  # what fit trains: the model, or FixMatch's wrapper around it
     class_weight: Optional[dict]
     callbacks: tuple = ()
+    rows: Optional[object] = None  # a frozen text trunk's features, computed once (a map)
 
 
 def _build(cfg: Config, parent: Optional[Path], store, manifest: StoreManifest,
@@ -206,7 +213,11 @@ def _build(cfg: Config, parent: Optional[Path], store, manifest: StoreManifest,
     if ft.label_smoothing > 0 and not regression:  # needs one-hot targets
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=ft.label_smoothing)
     class_weight = _class_weight(ft, manifest) if not regression else None
-    trained = model
+    trained, rows = model, None
+    if text and ft.mode == "linear_probe" and probe_parts(model):
+        trunk, trained = probe_parts(model)  # the softmax trains on features cached once
+        rows = FeatureRows(trunk, np.concatenate([_split_texts(store, s)
+                                                  for s in ("train", "val")]))
     if ft.semi_supervised != "none":
         trained = _consistency(cfg, model, pretrained, parent, store, manifest, run_dir,
                                plan, class_weight)
@@ -223,7 +234,7 @@ def _build(cfg: Config, parent: Optional[Path], store, manifest: StoreManifest,
         callbacks.append(ScaledUpdates(backbone.trainable_variables, ft.backbone_lr_multiplier))
     if ft.mode == "gradual":
         callbacks.append(GradualUnfreeze(backbone_blocks(backbone), ft.unfreeze_every))
-    return _Built(model, trained, class_weight, tuple(callbacks))
+    return _Built(model, trained, class_weight, tuple(callbacks), rows)
 
 
 def _consistency(cfg: Config, model, pretrained, parent, store, manifest: StoreManifest,
@@ -301,8 +312,6 @@ def _warn_few_labels(manifest: StoreManifest, cfg: Config) -> None:
 
 def _print_linear(model, manifest: StoreManifest, run_dir: Path) -> None:
     """A linear model on standardised features, stated in the data's own units."""
-    import numpy as np
-
     w, b = (np.asarray(v, np.float64) for v in model.get_layer("prediction").get_weights())
     mean = np.asarray(manifest.feature_stats.mean)
     std = np.asarray(manifest.feature_stats.std)
@@ -353,16 +362,19 @@ def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
 
 def _wide_ngrams(store, backbone, tok, max_tokens: int) -> dict:
     """The Wide & Deep n-gram part, fitted on the labeled split's texts."""
-    import numpy as np
     import tensorflow as tf
 
     from pretrainer.models.heads import ngram_features, text_embedding
 
-    batches = pipeline.texts(store, "train", batch_size=512, labels=False, cache=False)
-    texts = np.concatenate(list(batches.as_numpy_iterator()))
+    texts = _split_texts(store, "train")
     pooled = text_embedding(backbone, tok)
     return ngram_features(texts, lambda t: pooled.predict(tf.constant(t), batch_size=256,
                                                           verbose=0), max_tokens)
+
+
+def _split_texts(store, split: str):
+    batches = pipeline.texts(store, split, batch_size=512, labels=False, cache=False)
+    return np.concatenate(list(batches.as_numpy_iterator()) or [np.array([], object)])
 
 
 def _public_backbone(cfg: Config, shape: tuple):
