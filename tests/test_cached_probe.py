@@ -64,10 +64,17 @@ def test_the_cached_probe_trains_the_same_softmax_as_the_texts_do(tmp_path):
                                np.asarray(model(tf.constant(x[:20]))), atol=1e-5)
 
 
-def test_a_head_dropout_keeps_the_probe_on_texts():
+def test_a_probe_with_a_head_dropout_shares_it():
     x, _ = _data()
     vocab = train_vocabulary(tf.data.Dataset.from_tensor_slices(x).batch(64), 100)
     backbone = freeze(build_backbone((16,), BackboneConfig(
         name="transformer", latent_dim=16, num_layers=1, num_heads=2, intermediate_dim=16,
         sequence_length=16, vocabulary_size=len(vocab), causal=False)))
-    assert probe_parts(text_classifier(backbone, tokenizer(vocab, 16), 3, dropout=0.2)) is None
+    model = text_classifier(backbone, tokenizer(vocab, 16), 3, dropout=0.2)
+    trunk, head = probe_parts(model)
+    assert [layer.name for layer in head.layers] == ["features", "head_dropout",
+                                                     "probabilities"]
+    assert head.get_layer("head_dropout") is model.get_layer("head_dropout")
+    rows = FeatureRows(trunk, x[:50])
+    np.testing.assert_allclose(np.asarray(head(rows(tf.constant(x[:8]))[0])),
+                               np.asarray(model(tf.constant(x[:8]))), atol=1e-5)
