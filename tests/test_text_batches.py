@@ -91,33 +91,3 @@ def test_a_backbone_trained_on_any_length_is_saved_for_the_sequence_length():
     np.testing.assert_allclose(np.asarray(free(ids[:, :12]))[:, :10],
                                np.asarray(free(ids))[:, :10], atol=1e-5)
 
-
-def test_masks_are_drawn_from_the_seed_and_the_batch_not_global_state():
-    from pretrainer.models.transformer import MASK
-    from pretrainer.pretext.language import masked_targets
-
-    rng = np.random.default_rng(0)
-    ids = rng.integers(5, 500, size=(64, 32)).astype(np.int32)
-    ids[:, 20:] = 0  # padding is never chosen
-    fn = masked_targets(500, 32, seed=1)
-    (a, ta), (b, tb) = fn(tf.constant(ids)), fn(tf.constant(ids))
-    tf.random.set_seed(123)  # global state plays no part
-    (c, tc) = fn(tf.constant(ids))
-    for x, y in ((a, b), (a, c)):
-        np.testing.assert_array_equal(x["token_ids"], y["token_ids"])
-        np.testing.assert_array_equal(x["mask_positions"], y["mask_positions"])
-    np.testing.assert_array_equal(ta, tb)
-    np.testing.assert_array_equal(ta, tc)
-    other = masked_targets(500, 32, seed=2)(tf.constant(ids))[1]
-    assert not np.array_equal(np.asarray(other), np.asarray(ta))
-    pos, target, shown = (np.asarray(a["mask_positions"]), np.asarray(ta),
-                          np.asarray(a["token_ids"]))
-    chosen = target >= 0
-    assert pos.shape == (64, 5) and (pos[chosen] < 20).all()
-    assert 0.1 < chosen.mean() * 5 / 20 < 0.2  # ~15 % of the real tokens
-    rows = np.broadcast_to(np.arange(64)[:, None], pos.shape)
-    np.testing.assert_array_equal(target[chosen], ids[rows[chosen], pos[chosen]])
-    assert (shown[rows[chosen], pos[chosen]] == MASK).mean() > 0.6
-    unchosen = np.ones_like(ids, bool)
-    unchosen[rows[chosen], pos[chosen]] = False
-    np.testing.assert_array_equal(shown[unchosen], ids[unchosen])

@@ -38,7 +38,7 @@ class Pretext:
     modality: tuple  # the kinds of data it trains on
     embedding_rank: bool = False  # log the backbone's effective rank, alarm on collapse
     samples: str = ""  # images saved in the run: reconstructions | generated
-    # text: (vocabulary size, sequence length, seed) -> the targets map, when it needs them
+    # text: (vocabulary size, sequence length) -> the targets map, when it needs them
     targets_for: Optional[Callable] = None
     causal: Optional[bool] = None  # the transformer block kind this pretext needs
 
@@ -56,8 +56,7 @@ PRETEXTS: dict[str, Pretext] = {
                          modality=("text",), causal=True),
     "masked_lm": Pretext(build=build_masked_lm, targets=None, health="perplexity",
                          modality=("text",), causal=False,
-                         targets_for=lambda vocab, length, seed=0: masked_targets(
-                             vocab, length, seed=seed)),
+                         targets_for=lambda vocab, length: masked_targets(vocab, length)),
     "dcgan": Pretext(build=build_dcgan, targets=_no_target, health="d_accuracy",
                      modality=("image",), embedding_rank=True, samples="generated"),
 }

@@ -207,7 +207,6 @@ def _text_setup(cfg: Config, pretext, store, run_dir: Path):
                  f"most; backbone.fit_length=false keeps it)")
     bcfg = dataclasses.replace(cfg.backbone, vocabulary_size=len(vocab), sequence_length=length)
     tok = tokenizer(vocab, bcfg.sequence_length)
-    targets = (pretext.targets_for(len(vocab), bcfg.sequence_length, cfg.seed)
-               if pretext.targets_for
+    targets = (pretext.targets_for(len(vocab), bcfg.sequence_length) if pretext.targets_for
                else pretext.targets)
     return bcfg, targets, lambda texts: tok(texts)
