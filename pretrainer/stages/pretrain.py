@@ -58,7 +58,7 @@ def run(cfg: Config) -> Path:
     return tr.path
 
 
-XLA_MIN_STEPS = 2000  # language pretexts: XLA on the CPU from this many steps in a run
+XLA_MIN_STEPS = 1000  # language pretexts: XLA on the CPU from this many steps in a run
 
 
 def _train(cfg: Config, pretext, store, manifest, strategy, tr):
@@ -66,23 +66,26 @@ def _train(cfg: Config, pretext, store, manifest, strategy, tr):
     history, validation stream or None)."""
     shape = manifest.shape
     bcfg, targets, prepare = cfg.backbone, pretext.targets, None
-    # texts train in batches cut to their longest text (grouped by length), on a backbone
-    # that takes any length; the saved backbone takes the sequence length (_finish). Not
-    # with static batches (a TPU compiles one shape).
-    by_length = manifest.modality == "text" and not pipeline.static_batches()
-    if manifest.modality == "text":
+    bs = cfg.trainer.batch_size
+    text = manifest.modality == "text"
+    # Texts train in batches cut to their longest text (grouped by length) where XLA
+    # compiles the step: each of trim_padding's few lengths once (~20 s on 2 cores),
+    # repaid from about 1,000 steps on. Without XLA, varying lengths made some epochs
+    # slower than fixed ones (23-41 s against 33-36 s on 32k lines), so they stay fixed;
+    # so do static batches (a TPU) and workers (XLA was not measured with collectives).
+    kwargs = compile_kwargs(cfg.trainer, xla_on_cpu=(
+        text and not is_multi_worker(strategy)
+        and pipeline.steps(store, "unlabeled", bs) * cfg.trainer.epochs >= XLA_MIN_STEPS))
+    by_length = text and kwargs["jit_compile"] and not pipeline.static_batches()
+    if text:
         bcfg, targets, prepare = _text_setup(cfg, pretext, store, tr.path)
         shape = (None,) if by_length else (bcfg.sequence_length,)
-    bs = cfg.trainer.batch_size
-    # XLA compiles each of trim_padding's few lengths once (~20 s on 2 cores), repaid
-    # from about 2,000 steps on; not across workers, whose collectives it was not
-    # measured with
-    xla = (by_length and not is_multi_worker(strategy)
-           and pipeline.steps(store, "unlabeled", bs) * cfg.trainer.epochs >= XLA_MIN_STEPS)
+    if by_length:
+        info("  pretrain: batches grouped by text length, XLA compiles each length once "
+             "(the first epoch is slower)")
     with strategy.scope():
         backbone = build_backbone(shape, bcfg)
-        model = pretext.build(backbone, cfg.pretext, bcfg, cfg.seed,
-                              **compile_kwargs(cfg.trainer, xla_on_cpu=xla))
+        model = pretext.build(backbone, cfg.pretext, bcfg, cfg.seed, **kwargs)
 
     def read(split: str, batch_size: int = bs, **kw):
         ds = pipeline.examples(store, split, batch_size=batch_size, labels=False,

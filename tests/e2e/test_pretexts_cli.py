@@ -208,7 +208,7 @@ def test_short_lines_train_a_shorter_transformer_pretrained_and_from_scratch(in_
         (tmp_path / "lines" / name / "lines.txt").write_text("\n".join(lines) + "\n")
     data = ["data=text_files", f"data.path={tmp_path / 'lines'}", "data.text_split=line",
             "data.labeled_fraction=0.2", "data.max_samples=null", "data.max_test=null"]
-    # pretrained on batches cut to their longest line, with XLA (auto: from 2,000 steps)
+    # pretrained on batches cut to their longest line, with XLA (auto: from 1,000 steps)
     _stages("text_mlm", ["pretrain", "finetune"], [*TEXT, *data],
             pretrain_extra=["trainer.jit_compile=true"])
     _stages("text_mlm", ["finetune"], [*TEXT, *data, "finetune.init=scratch"])
