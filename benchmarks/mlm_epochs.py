@@ -39,18 +39,19 @@ sys.path.insert(0, str(ROOT))
 FORTUNES = Path("/usr/share/games/fortunes")
 
 PLAIN = """
-import json, sys, time
+import dataclasses, json, sys, time
+from pathlib import Path
 import numpy as np, keras, keras_hub, tensorflow as tf
 from pretrainer.config import compose
-from pretrainer.models.transformer import load_vocabulary, transformer
-import dataclasses
-store, vocab_file, length, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 from pretrainer.data import pipeline
-texts = np.concatenate(list(pipeline.texts(__import__("pathlib").Path(store), "unlabeled",
-    batch_size=1024, labels=False, cache=False).as_numpy_iterator()))
-val = np.concatenate(list(pipeline.texts(__import__("pathlib").Path(store), "val",
-    batch_size=1024, labels=False, cache=False).as_numpy_iterator()))
-vocab = load_vocabulary(__import__("pathlib").Path(vocab_file))
+from pretrainer.models.transformer import load_vocabulary, transformer
+from pretrainer.pretext.language import build_masked_lm
+store, vocab_file, length, epochs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def split(name):  # the store's texts, read once into memory as a user's list would be
+    return np.concatenate(list(pipeline.texts(store, name, batch_size=1024, labels=False,
+                                              cache=False).as_numpy_iterator()))
+texts, val = split("unlabeled"), split("val")
+vocab = load_vocabulary(Path(vocab_file))
 cfg = compose("text_mlm", [])
 b = dataclasses.replace(cfg.backbone, vocabulary_size=len(vocab), sequence_length=length)
 keras.utils.set_random_seed(0)
@@ -68,7 +69,6 @@ def stream(x, shuffle):
     ds = tf.data.Dataset.from_tensor_slices(x)
     ds = ds.shuffle(len(x), seed=0) if shuffle else ds
     return ds.batch(64).map(prep).prefetch(2)
-from pretrainer.pretext.language import build_masked_lm
 model = build_masked_lm(transformer((length,), b), cfg.pretext, b, 0)
 t = time.perf_counter()
 h = model.fit(stream(texts, True), validation_data=stream(val, False), epochs=epochs,

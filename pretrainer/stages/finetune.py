@@ -74,12 +74,12 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                      and ft.ema_momentum is None else None)
         if keep_best is not None:
             callbacks.append(keep_best)
-        rows = built.rows or (lambda *batch: batch)  # texts -> cached features (a probe)
-        history = fit(built.trained,
-                      lambda start: _train_data(cfg, store, plan, start).map(rows),
+        def inputs(ds):  # a probe's texts -> their cached features
+            return ds.map(built.rows) if built.rows is not None and ds is not None else ds
+
+        history = fit(built.trained, lambda start: inputs(_train_data(cfg, store, plan, start)),
                       plan.training, run_dir=tr.path, trainer=cfg.trainer,
-                      title=f"finetune[{ft.init}]",
-                      val_ds=plan.val_ds.map(rows) if plan.val_ds is not None else None,
+                      title=f"finetune[{ft.init}]", val_ds=inputs(plan.val_ds),
                       restore_from=tr.restore_from, class_weight=built.class_weight,
                       callbacks=tuple(callbacks))
         if tr.chief:  # a worker's scratch dir is not a run: the chief writes it
@@ -214,8 +214,9 @@ def _build(cfg: Config, parent: Optional[Path], store, manifest: StoreManifest,
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=ft.label_smoothing)
     class_weight = _class_weight(ft, manifest) if not regression else None
     trained, rows = model, None
-    if text and ft.mode == "linear_probe" and probe_parts(model):
-        trunk, trained = probe_parts(model)  # the softmax trains on features cached once
+    parts = probe_parts(model) if text and ft.mode == "linear_probe" else None
+    if parts:  # the head trains on the frozen trunk's features, computed once per text
+        trunk, trained = parts
         rows = FeatureRows(trunk, np.concatenate([_split_texts(store, s)
                                                   for s in ("train", "val")]))
     if ft.semi_supervised != "none":

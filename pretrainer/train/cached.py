@@ -4,10 +4,11 @@ A Wide & Deep text classifier (`models.heads.text_classifier` over a frozen tran
 spends nearly all of a training step in its frozen part: WordPiece, the transformer and
 the two n-gram TF-IDF vectorizers, the same for a text every epoch. Here that part runs
 once over the labeled and validation texts; each text's feature row (sparse: a few
-hundred of ~100k columns are non-zero) is kept, and the head (dropout, softmax) trains on rows looked up
-by text and densified per batch. The training stream is unchanged (same batches, same order, exact resume):
-only its texts are replaced by their rows. The saved model is the whole classifier
-(the softmax layer is shared), so exports still take raw strings.
+hundred of ~100k columns are non-zero) is kept, and the head (dropout, softmax) trains
+on rows looked up by text and densified per batch. The training stream is unchanged
+(same batches, same order, exact resume): only its texts are replaced by their rows.
+The saved model is the whole classifier (the head's layers are shared), so exports
+still take raw strings.
 
 Written here rather than with tf.data's cache(): the stream is shuffled per pass and
 cached records would be the strings, not the features.
@@ -37,7 +38,7 @@ def probe_parts(model: keras.Model) -> Optional[tuple[keras.Model, keras.Model]]
 
 
 class FeatureRows:
-    """Texts -> their trunk features as a sparse batch, looked up from rows computed once."""
+    """Texts -> their trunk features, looked up from rows computed once and kept sparse."""
 
     def __init__(self, trunk: keras.Model, texts: np.ndarray, batch_size: int = 256):
         import tensorflow as tf
@@ -47,11 +48,10 @@ class FeatureRows:
         for start in range(0, len(keys), batch_size):
             dense = np.asarray(trunk(tf.constant(keys[start:start + batch_size]),
                                      training=False), np.float32)
-            for row in dense:
-                nz = np.flatnonzero(row)
-                cols.append(nz)
-                vals.append(row[nz])
-                lengths.append(len(nz))
+            row, col = np.nonzero(dense)  # row-major: each row's columns in order
+            cols.append(col)
+            vals.append(dense[row, col])
+            lengths.extend(np.bincount(row, minlength=len(dense)))
         self.width = int(trunk.output.shape[-1])
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(keys),
