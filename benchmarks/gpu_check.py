@@ -56,16 +56,16 @@ def _mlm(policy: str, batch: int, steps: int, length: int = 64) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from pretrainer.config import BackboneConfig, PretextConfig
+    from pretrainer.config import LanguageModelConfig, TransformerConfig
     from pretrainer.models import build_backbone
     from pretrainer.pretext.language import build_masked_lm, masked_targets
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    bcfg = BackboneConfig(name="transformer", causal=False, vocabulary_size=8000,
+    bcfg = TransformerConfig(name="transformer", causal=False, vocabulary_size=8000,
                           sequence_length=length)
-    model = build_masked_lm(build_backbone((length,), bcfg), PretextConfig(name="masked_lm"),
+    model = build_masked_lm(build_backbone((length,), bcfg), LanguageModelConfig(name="masked_lm"),
                             bcfg, 0)
     ids = np.random.default_rng(0).integers(5, 8000, (batch * (steps + 3), length), np.int32)
     ds = tf.data.Dataset.from_tensor_slices(ids).batch(batch).map(
@@ -109,7 +109,7 @@ def input_vs_step(quick: bool, rounds: int) -> dict:
     """The bundled sample's store read alone vs the seed CNN trained on the same stream."""
     import keras
 
-    from pretrainer.config import BackboneConfig
+    from pretrainer.config import ConvConfig
     from pretrainer.data import pipeline
     from pretrainer.models import build_backbone
     from pretrainer.models.heads import classifier
@@ -128,7 +128,7 @@ def input_vs_step(quick: bool, rounds: int) -> dict:
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy("float32")
-    model = classifier(build_backbone((28, 28, 1), BackboneConfig(
+    model = classifier(build_backbone((28, 28, 1), ConvConfig(
         name="seed_cnn", filters=[32, 64, 64], latent_dim=64, batch_norm=False)), 10)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(stream(), steps_per_epoch=3, epochs=1, verbose=0)
@@ -153,7 +153,7 @@ def xla(quick: bool, rounds: int) -> dict:
     import keras
     import numpy as np
 
-    from pretrainer.config import BackboneConfig
+    from pretrainer.config import ConvConfig
     from pretrainer.models import build_backbone
     from pretrainer.models.heads import classifier
 
@@ -165,7 +165,7 @@ def xla(quick: bool, rounds: int) -> dict:
         for jit in per:
             keras.backend.clear_session()
             keras.mixed_precision.set_global_policy("float32")
-            model = classifier(build_backbone((28, 28, 1), BackboneConfig(
+            model = classifier(build_backbone((28, 28, 1), ConvConfig(
                 name="seed_cnn", filters=[32, 64, 64], latent_dim=64, batch_norm=False)), 10)
             model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                           jit_compile=jit)

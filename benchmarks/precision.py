@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 def _build(name: str, policy: str):
     import keras
 
-    from pretrainer.config import BackboneConfig, PretextConfig
+    from pretrainer.config import ApplicationConfig, ConvConfig, ReconstructionConfig, SimCLRConfig
     from pretrainer.models import build_backbone
     from pretrainer.models.heads import classifier
 
@@ -36,12 +36,12 @@ def _build(name: str, policy: str):
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
     if name == "resnet_classifier":
-        shape, bcfg = (32, 32, 3), BackboneConfig(name="resnet")
+        shape, bcfg = (32, 32, 3), ApplicationConfig(name="resnet")
     elif name == "seed_cnn_classifier":
-        shape, bcfg = (28, 28, 1), BackboneConfig(name="seed_cnn", filters=[32, 64, 64],
-                                                  latent_dim=64, batch_norm=False)
+        shape, bcfg = (28, 28, 1), ConvConfig(name="seed_cnn", filters=[32, 64, 64],
+                                        latent_dim=64, batch_norm=False)
     else:
-        shape, bcfg = (28, 28, 1), BackboneConfig()
+        shape, bcfg = (28, 28, 1), ConvConfig()
     backbone = build_backbone(shape, bcfg)
     if name.endswith("classifier"):
         model = classifier(backbone, 10)
@@ -50,10 +50,10 @@ def _build(name: str, policy: str):
     if name == "autoencoder":
         from pretrainer.pretext.reconstruction import build_autoencoder
 
-        return build_autoencoder(backbone, PretextConfig(), bcfg, 0), shape, "inputs"
+        return build_autoencoder(backbone, ReconstructionConfig(), bcfg, 0), shape, "inputs"
     from pretrainer.pretext.contrastive import build_simclr
 
-    return build_simclr(backbone, PretextConfig(name="simclr"), bcfg, 0), shape, "zeros"
+    return build_simclr(backbone, SimCLRConfig(), bcfg, 0), shape, "zeros"
 
 
 def measure(name: str, policy: str, batch: int, steps: int) -> float:

@@ -75,11 +75,11 @@ def _store(tmp: Path, n: int):
 def _seed_cnn(shape, num_classes: int):
     import keras
 
-    from pretrainer.config import BackboneConfig
+    from pretrainer.config import ConvConfig
     from pretrainer.models import build_backbone
     from pretrainer.models.heads import classifier
 
-    cfg = BackboneConfig(name="seed_cnn", filters=[32, 64, 64], latent_dim=64, batch_norm=False)
+    cfg = ConvConfig(name="seed_cnn", filters=[32, 64, 64], latent_dim=64, batch_norm=False)
     model = classifier(build_backbone(shape, cfg), num_classes)
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     keras.utils.set_random_seed(0)

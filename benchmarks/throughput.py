@@ -67,7 +67,7 @@ def _pretext_model(name: str, precision: str, seq_len: int, vocab: int):
     import keras
     import tensorflow as tf
 
-    from pretrainer.config import BackboneConfig, PretextConfig
+    from pretrainer.config import ConvConfig, TransformerConfig, option_class
     from pretrainer.models import build_backbone
     from pretrainer.pretext import PRETEXTS
 
@@ -75,14 +75,14 @@ def _pretext_model(name: str, precision: str, seq_len: int, vocab: int):
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     if name == "causal_lm":
-        bcfg = BackboneConfig(name="transformer", latent_dim=128, num_layers=2, num_heads=4,
-                              intermediate_dim=256, sequence_length=seq_len,
-                              vocabulary_size=vocab, causal=True)
+        bcfg = TransformerConfig(latent_dim=128, num_layers=2, num_heads=4,
+                                 intermediate_dim=256, sequence_length=seq_len,
+                                 vocabulary_size=vocab, causal=True)
         shape, dtype = (seq_len,), tf.int32
     else:
-        bcfg, shape, dtype = BackboneConfig(), (28, 28, 1), tf.float32
+        bcfg, shape, dtype = ConvConfig(), (28, 28, 1), tf.float32
     backbone = build_backbone(shape, bcfg)
-    model = PRETEXTS[name].build(backbone, PretextConfig(name=name), bcfg, 0)
+    model = PRETEXTS[name].build(backbone, option_class("pretext", name)(name=name), bcfg, 0)
     one = tf.TensorSpec([1, *shape], dtype)
     if name == "dcgan":
         g = forward_flops(lambda z: model.generator(z, training=True),
@@ -163,14 +163,14 @@ def bench_export(rounds: int, requests: int) -> dict:
     import keras
     import numpy as np
 
-    from pretrainer.config import BackboneConfig
+    from pretrainer.config import ConvConfig
     from pretrainer.exports import litert, onnx, savedmodel
     from pretrainer.exports.parity import RUNTIMES
     from pretrainer.models import build_backbone
     from pretrainer.models.heads import classifier
 
     keras.utils.set_random_seed(0)
-    model = classifier(build_backbone((28, 28, 1), BackboneConfig()), 10)
+    model = classifier(build_backbone((28, 28, 1), ConvConfig()), 10)
     x = np.random.default_rng(0).random((requests, 28, 28, 1)).astype("float32")
     runners = {"keras": lambda a: model(a, training=False).numpy()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ HELP_ARGS = (["--help"], ["-h"])
 _ENV = ("COLUMNS", "LINES", "TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE",
         "TTY_INTERACTIVE", "_TYPER_FORCE_DISABLE_TERMINAL", "TYPER_USE_RICH",
         "_TYPER_STANDARD_TRACEBACK", "JUPYTER_COLUMNS", "JUPYTER_LINES", "LANG", "LC_ALL")
-_SOURCES = ("cli.py", "config.py", "__init__.py", "entry.py")
+_SOURCES = ("cli/__init__.py", "config/__init__.py", "__init__.py", "entry.py")
 
 
 def cache_dir() -> Path:

@@ -1,4 +1,5 @@
-"""Writing files so that a killed process never leaves half of one, and their checksums.
+"""Writing files so that a killed process never leaves half of one, their checksums, and
+the OS-level locks that keep one writer per run directory or dataset store.
 
 Every artifact goes to a temporary name in its own directory, is fsynced and then
 renamed into place: a reader opens the old file or the whole new one. The lowest
@@ -8,13 +9,16 @@ layer of the package (it imports nothing of pretrainer but its errors).
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import hashlib
 import json
 import os
+import platform
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from pretrainer.errors import RunError
 
@@ -124,3 +128,67 @@ def any_sha256(path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+# Locks this process holds: {resolved lock path: open file}. flock belongs to an open
+# file, and a second open of the same file in this process would conflict with the
+# first, so a stage that takes a lock its own process already holds keeps it.
+_HELD: dict[str, Any] = {}
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, json.JSONDecodeError):
+        return "another process"
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')}"
+
+
+def acquire_lock(path: Path, what: str, *, wait: bool = False,
+                 on_wait: Optional[Callable[[str], None]] = None) -> None:
+    """Hold an OS-level lock (flock) on `path` until release_lock or process exit.
+
+    Held by a live process: raise RunError naming it (or, with `wait`, block until it
+    is free after telling `on_wait`). A lock left by a dead process is free (the OS
+    drops flock locks when their process ends), so it is simply taken over.
+    """
+    import fcntl
+
+    path = Path(path)
+    key = str(path.resolve())
+    if key in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        who = _holder(path)
+        if not wait:
+            f.close()
+            raise RunError(f"{what} is in use by {who}; wait for it to finish or stop it "
+                           f"(lock: {path})") from None
+        if on_wait:
+            on_wait(f"waiting for {who}, which holds {what}")
+        fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": platform.node(),
+                        "since": _dt.datetime.now().isoformat(timespec="seconds"),
+                        "command": sys.argv}))
+    f.flush()
+    _HELD[key] = f
+
+
+def holds_lock(path: Path) -> bool:
+    """Whether this process holds the lock on `path`."""
+    return str(Path(path).resolve()) in _HELD
+
+
+def release_lock(path: Path) -> None:
+    import fcntl
+
+    f = _HELD.pop(str(Path(path).resolve()), None)
+    if f is not None:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()

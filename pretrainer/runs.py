@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -23,70 +22,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from pretrainer.errors import RunError
-from pretrainer.files import any_sha256, atomic_write_json, atomic_write_text
+from pretrainer.files import (
+    acquire_lock,
+    any_sha256,
+    atomic_write_json,
+    atomic_write_text,
+    holds_lock,
+    release_lock,
+)
 from pretrainer.records import RunManifest
 
 DONE = "DONE"
 LOCK = ".lock"
-
-# Locks this process holds: {resolved lock path: open file}. flock belongs to an open
-# file, and a second open of the same file in this process would conflict with the
-# first, so a stage that takes a lock its own process already holds keeps it.
-_HELD: dict[str, Any] = {}
-
-
-def _holder(path: Path) -> str:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, json.JSONDecodeError):
-        return "another process"
-    return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')}"
-
-
-def acquire_lock(path: Path, what: str, *, wait: bool = False,
-                 on_wait: Optional[Callable[[str], None]] = None) -> None:
-    """Hold an OS-level lock (flock) on `path` until release_lock or process exit.
-
-    Held by a live process: raise RunError naming it (or, with `wait`, block until it
-    is free after telling `on_wait`). A lock left by a dead process is free (the OS
-    drops flock locks when their process ends), so it is simply taken over.
-    """
-    import fcntl
-
-    path = Path(path)
-    key = str(path.resolve())
-    if key in _HELD:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        who = _holder(path)
-        if not wait:
-            f.close()
-            raise RunError(f"{what} is in use by {who}; wait for it to finish or stop it "
-                           f"(lock: {path})") from None
-        if on_wait:
-            on_wait(f"waiting for {who}, which holds {what}")
-        fcntl.flock(f, fcntl.LOCK_EX)
-    f.seek(0)
-    f.truncate()
-    f.write(json.dumps({"pid": os.getpid(), "host": platform.node(),
-                        "since": _dt.datetime.now().isoformat(timespec="seconds"),
-                        "command": sys.argv}))
-    f.flush()
-    _HELD[key] = f
-
-
-def release_lock(path: Path) -> None:
-    import fcntl
-
-    f = _HELD.pop(str(Path(path).resolve()), None)
-    if f is not None:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
-
 
 def lock_run(run: Path) -> None:
     """One writer per run directory (released by mark_done or at process exit)."""
@@ -235,7 +182,7 @@ def _refuse_live_twin(base: Path, stage: str, cfg_yaml: str) -> None:
     checkpointed ones); dead ones without a checkpoint are left for a new run."""
     for path in _runs_with_config(base, stage, cfg_yaml):
         lock = path / LOCK
-        if str(lock.resolve()) in _HELD or is_done(path) or not lock.is_file():
+        if holds_lock(lock) or is_done(path) or not lock.is_file():
             continue
         acquire_lock(lock, f"run {path}")  # held by a live process: RunError here
         release_lock(lock)

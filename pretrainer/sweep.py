@@ -133,7 +133,7 @@ def run(verb: str, config: str, overrides: list[str], runs_root: str, experiment
             done[tuple(combo)] = entry
             files.atomic_write_json(state_file, state)
     finally:
-        runs.release_lock(out / runs.LOCK)
+        files.release_lock(out / runs.LOCK)
     rows = [done[tuple(c)] for c in combos]
     _write_table(out, state, verb, overrides, swept, rows)
     return out
@@ -328,7 +328,7 @@ def search(verb: str, config: str, overrides: list[str], runs_root: str, experim
                 study.tell(trial, value)
             files.atomic_write_json(state_file, state)
     finally:
-        runs.release_lock(out / runs.LOCK)
+        files.release_lock(out / runs.LOCK)
     done = [t for t in state["combinations"] if t["status"] == "done"]
     sign = -1 if direction() == "maximize" else 1
     done.sort(key=lambda t: sign * t["value"] if t["value"] == t["value"] else float("inf"))

@@ -7,7 +7,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from pretrainer.config import BackboneConfig  # noqa: E402
+from pretrainer.config import TransformerConfig  # noqa: E402
 from pretrainer.models import build_backbone, freeze  # noqa: E402
 from pretrainer.models.heads import ngram_features, text_classifier  # noqa: E402
 from pretrainer.models.transformer import tokenizer, train_vocabulary  # noqa: E402
@@ -29,7 +29,7 @@ def _data():
 def _probe(x, vocab):
     keras.utils.set_random_seed(1)
     tok = tokenizer(vocab, 16)
-    backbone = freeze(build_backbone((16,), BackboneConfig(
+    backbone = freeze(build_backbone((16,), TransformerConfig(
         name="transformer", latent_dim=16, num_layers=1, num_heads=2, intermediate_dim=16,
         sequence_length=16, vocabulary_size=len(vocab), causal=False)))
     wide = ngram_features(x[:120], lambda t: np.asarray(backbone(tok(tf.constant(t)))).mean(1),
@@ -67,7 +67,7 @@ def test_the_cached_probe_trains_the_same_softmax_as_the_texts_do(tmp_path):
 def test_a_probe_with_a_head_dropout_shares_it():
     x, _ = _data()
     vocab = train_vocabulary(tf.data.Dataset.from_tensor_slices(x).batch(64), 100)
-    backbone = freeze(build_backbone((16,), BackboneConfig(
+    backbone = freeze(build_backbone((16,), TransformerConfig(
         name="transformer", latent_dim=16, num_layers=1, num_heads=2, intermediate_dim=16,
         sequence_length=16, vocabulary_size=len(vocab), causal=False)))
     model = text_classifier(backbone, tokenizer(vocab, 16), 3, dropout=0.2)

@@ -161,18 +161,18 @@ def test_help_screen_is_cached_and_printed_without_typer(tmp_path):
 
 
 def test_a_trainer_override_that_finetuning_does_not_use_is_reported(capsys):
-    from pretrainer.cli import _note_ignored
+    from pretrainer.cli.running import note_ignored
     from pretrainer.config import compose
 
     cfg = compose("fashion_ae", ["trainer.epochs=3"])
     assert cfg.finetune.epochs and cfg.finetune.epochs != 3  # the config sets its own
-    _note_ignored("finetune", ["trainer.epochs=3"], cfg)
+    note_ignored("finetune", ["trainer.epochs=3"], cfg)
     err = capsys.readouterr().err
     assert "trainer.epochs=3 applies to pretraining" in err
     assert f"finetune.epochs={cfg.finetune.epochs}" in err
     for verb, overrides in (("pretrain", ["trainer.epochs=3"]),  # it does apply there
                             ("finetune", ["trainer.epochs=3", "finetune.epochs=3"])):
-        _note_ignored(verb, overrides, compose("fashion_ae", overrides))
+        note_ignored(verb, overrides, compose("fashion_ae", overrides))
         assert capsys.readouterr().err == ""
 
 
@@ -189,14 +189,14 @@ def test_an_override_that_needs_quotes_says_how_to_quote_it():
 
 
 def test_a_full_disk_in_tensorflows_own_writes_is_the_full_disk_line():
-    from pretrainer.cli import _explain_damage
+    from pretrainer.cli.running import explain_damage
 
     class ResourceExhaustedError(Exception):  # what TensorFlow's SaveV2 raises
         pass
 
     exc = ResourceExhaustedError("runs/x/ckpt/ckpt-86_temp/part-00000; No space left on device")
-    assert _explain_damage(None, exc).startswith("the disk is full (while writing)")
-    assert _explain_damage(None, RuntimeError("something else")) is None
+    assert explain_damage(None, exc).startswith("the disk is full (while writing)")
+    assert explain_damage(None, RuntimeError("something else")) is None
 
 
 def test_work_that_outlived_a_swallowed_sigterm_still_exits_143(monkeypatch):
@@ -207,7 +207,8 @@ def test_work_that_outlived_a_swallowed_sigterm_still_exits_143(monkeypatch):
     import pytest
     import typer
 
-    from pretrainer import cli, errors
+    from pretrainer import errors
+    from pretrainer.cli import running
 
     monkeypatch.setattr(errors, "stop_requested", None)
 
@@ -215,6 +216,6 @@ def test_work_that_outlived_a_swallowed_sigterm_still_exits_143(monkeypatch):
         errors.stop_requested = signal.SIGTERM  # what the handler records
 
     with pytest.raises(typer.Exit) as exit_:
-        cli._execute("fashion_ae", None, [], False, False, body)
+        running.execute("fashion_ae", None, [], False, False, body)
     assert exit_.value.exit_code == 143
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

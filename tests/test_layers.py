@@ -143,3 +143,22 @@ def test_no_two_test_modules_share_a_name():
 
     names = Counter(p.name for p in (PACKAGE.parent / "tests").rglob("test_*.py"))
     assert not [n for n, c in names.items() if c > 1]
+
+
+MAX_MODULE_LINES = 420  # a module that grows past this holds two subjects: split it
+MAX_FUNCTION_LINES = 80  # docstring included
+
+
+def test_no_module_or_function_outgrows_one_subject():
+    """Issue 26's size rule, checked: modules up to ~400 lines, functions up to 80."""
+    long_modules, long_functions = [], []
+    for name, path in sorted(_modules().items()):
+        text = path.read_text()
+        if text.count("\n") > MAX_MODULE_LINES:
+            long_modules.append(f"pretrainer.{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    long_functions.append(f"pretrainer.{name}.{node.name}: {size} lines")
+    assert long_modules == [] and long_functions == []

@@ -2,7 +2,13 @@ import keras
 import numpy as np
 import pytest
 
-from pretrainer.config import BackboneConfig, PretextConfig
+from pretrainer.config import (
+    ApplicationConfig,
+    BackboneConfig,
+    ConvConfig,
+    ReconstructionConfig,
+    TransformerConfig,
+)
 from pretrainer.errors import ConfigError
 from pretrainer.models import build_backbone
 from pretrainer.models.heads import classifier
@@ -12,16 +18,16 @@ from pretrainer.pretext.reconstruction import psnr, reconstruction_loss
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (8, 8, 1), (30, 22, 3)])
 def test_conv_autoencoder_reconstructs_any_input_shape(shape):
-    cfg = BackboneConfig(name="conv_ae", filters=[8, 16], latent_dim=12)
+    cfg = ConvConfig(name="conv_ae", filters=[8, 16], latent_dim=12)
     backbone = build_backbone(shape, cfg)
     assert backbone.output_shape == (None, 12)
-    ae = get_pretext("autoencoder").build(backbone, PretextConfig(), cfg, 0)
+    ae = get_pretext("autoencoder").build(backbone, ReconstructionConfig(), cfg, 0)
     x = np.random.default_rng(0).random((2, *shape)).astype("float32")
     assert ae.predict(x, verbose=0).shape == (2, *shape)
 
 
 def test_seed_cnn_is_the_seed_architecture():
-    cfg = BackboneConfig(name="seed_cnn", filters=[32, 64, 64], latent_dim=64, batch_norm=False)
+    cfg = ConvConfig(name="seed_cnn", filters=[32, 64, 64], latent_dim=64, batch_norm=False)
     model = classifier(build_backbone((32, 32, 3), cfg), 10)
     # the seed's CNN on CIFAR-10 has 122,570 parameters
     assert model.count_params() == 122_570
@@ -34,11 +40,11 @@ def test_unknown_backbone_lists_valid_names():
 
 def test_too_small_input_is_a_clear_error():
     with pytest.raises(ConfigError, match="cannot take input shape"):
-        build_backbone((8, 8, 1), BackboneConfig(name="seed_cnn", filters=[32, 64, 64]))
+        build_backbone((8, 8, 1), ConvConfig(name="seed_cnn", filters=[32, 64, 64]))
 
 
 def test_keras_round_trip_gives_same_predictions(tmp_path):
-    cfg = BackboneConfig(filters=[8, 16], latent_dim=16)
+    cfg = ConvConfig(filters=[8, 16], latent_dim=16)
     model = classifier(build_backbone((28, 28, 1), cfg), 10, hidden=[8], dropout=0.2)
     x = np.random.default_rng(1).random((4, 28, 28, 1)).astype("float32")
     model.save(tmp_path / "m.keras")
@@ -54,11 +60,11 @@ def test_reconstruction_loss_and_psnr_are_consistent():
     np.testing.assert_allclose(np.asarray(psnr(x, x_hat)), [20.0, 20.0], rtol=1e-4)
 
 
-@pytest.mark.parametrize("pretext_cfg", [PretextConfig(),
-                                         PretextConfig(noise_stddev=0.2, mask_fraction=0.3)])
+@pytest.mark.parametrize("pretext_cfg", [ReconstructionConfig(),
+                                         ReconstructionConfig(noise_stddev=0.2, mask_fraction=0.3)])
 def test_twenty_gradient_steps_lower_the_reconstruction_loss(pretext_cfg):
     keras.utils.set_random_seed(0)
-    cfg = BackboneConfig(filters=[8, 16], latent_dim=16)
+    cfg = ConvConfig(filters=[8, 16], latent_dim=16)
     pretext_cfg.learning_rate = 0.01
     ae = get_pretext("autoencoder").build(build_backbone((16, 16, 1), cfg), pretext_cfg, cfg, 0)
     rng = np.random.default_rng(0)
@@ -115,7 +121,7 @@ def test_wide_and_deep_text_classifier_learns_ngrams_and_saves_as_plain_keras(tm
     x, y = np.array(texts), np.array(labels)
     vocab = train_vocabulary(tf.data.Dataset.from_tensor_slices(x).batch(64), 100)
     tok = tokenizer(vocab, 16)
-    backbone = build_backbone((16,), BackboneConfig(name="transformer", latent_dim=16,
+    backbone = build_backbone((16,), TransformerConfig(name="transformer", latent_dim=16,
                                                     num_layers=1, num_heads=2,
                                                     intermediate_dim=16, sequence_length=16,
                                                     vocabulary_size=len(vocab), causal=False))
@@ -140,11 +146,11 @@ def test_keras_applications_backbones_autoencode_save_and_classify_32px_images(t
     """MobileNetV2 / ResNet50V2 from keras.applications on the smallest size they take:
     an autoencoder around it, a .keras round trip, a classifier (the stages treat every
     backbone alike; these two are slow to trace, so they are checked here, not end to end)."""
-    cfg = BackboneConfig(name=name, latent_dim=16, filters=[8, 16])
+    cfg = ApplicationConfig(name=name, latent_dim=16, filters=[8, 16])
     x = np.random.default_rng(0).random((4, 32, 32, 3)).astype("float32")
     backbone = build_backbone((32, 32, 3), cfg)
     if name == "mobilenet":
-        ae = get_pretext("autoencoder").build(backbone, PretextConfig(), cfg, 0)
+        ae = get_pretext("autoencoder").build(backbone, ReconstructionConfig(), cfg, 0)
         assert ae(x).shape == x.shape  # the decoder mirrors to the input size
         backbone.save(tmp_path / "b.keras")
         backbone = keras.saving.load_model(tmp_path / "b.keras")
@@ -183,7 +189,7 @@ def test_a_linear_probe_trains_its_head_on_the_features_it_serves(tmp_path):
     texts = tf.constant(["a b c d a b", "d c b", "a a a c"])
 
     def backbone():
-        return build_backbone((8,), BackboneConfig(
+        return build_backbone((8,), TransformerConfig(
             name="transformer", latent_dim=16, num_layers=2, num_heads=2, intermediate_dim=16,
             sequence_length=8, vocabulary_size=len(vocab), causal=False))
 

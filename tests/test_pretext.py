@@ -4,7 +4,15 @@ import keras
 import numpy as np
 import pytest
 
-from pretrainer.config import BackboneConfig, PretextConfig
+from pretrainer.config import (
+    ConvConfig,
+    DCGANConfig,
+    LanguageModelConfig,
+    MLPConfig,
+    ReconstructionConfig,
+    SimCLRConfig,
+    TransformerConfig,
+)
 from pretrainer.models import build_backbone
 from pretrainer.pretext import PRETEXTS, get_pretext
 from pretrainer.pretext.adversarial import gan_losses
@@ -29,9 +37,9 @@ def test_nt_xent_prefers_matching_views():
 
 def test_simclr_twenty_steps_lower_the_loss():
     keras.utils.set_random_seed(0)
-    cfg = BackboneConfig(filters=[8, 16], latent_dim=16, batch_norm=False)
+    cfg = ConvConfig(filters=[8, 16], latent_dim=16, batch_norm=False)
     model = get_pretext("simclr").build(build_backbone((16, 16, 1), cfg),
-                                        PretextConfig(learning_rate=0.003), cfg, 0)
+                                        SimCLRConfig(learning_rate=0.003), cfg, 0)
     x = _images(128)
     loss = model.fit(x, np.zeros(len(x)), batch_size=32, epochs=5, verbose=0,
                      shuffle=False).history["loss"]  # 4 steps x 5 epochs
@@ -61,9 +69,9 @@ def test_gan_discriminator_loss_falls_when_it_trains():
 
 def test_dcgan_trains_and_keeps_its_discriminator_trunk_as_the_backbone():
     keras.utils.set_random_seed(0)
-    cfg = BackboneConfig(filters=[8, 16], latent_dim=8)
+    cfg = ConvConfig(filters=[8, 16], latent_dim=8)
     backbone = build_backbone((16, 16, 1), cfg)
-    gan = get_pretext("dcgan").build(backbone, PretextConfig(learning_rate=2e-4), cfg, 0)
+    gan = get_pretext("dcgan").build(backbone, DCGANConfig(learning_rate=2e-4), cfg, 0)
     before = [w.copy() for w in backbone.get_weights()]
     logs = gan.fit(_images(64), epochs=2, batch_size=16, verbose=0).history
     assert {"d_loss", "g_loss", "d_accuracy", "loss"} <= set(logs)
@@ -86,10 +94,10 @@ def test_registry_lists_every_pretext():
 
 def test_tabular_denoising_autoencoder_twenty_steps_lower_the_loss():
     keras.utils.set_random_seed(0)
-    cfg = BackboneConfig(name="mlp", filters=[16], latent_dim=4, batch_norm=False)
+    cfg = MLPConfig(filters=[16], latent_dim=4)
     ae = get_pretext("denoising").build(
         build_backbone((6,), cfg),
-        PretextConfig(name="denoising", learning_rate=0.01, noise_stddev=0.1, mask_fraction=0.2),
+        ReconstructionConfig(name="denoising", learning_rate=0.01, noise_stddev=0.1, mask_fraction=0.2),
         cfg, 0)
     rng = np.random.default_rng(0)
     z = rng.normal(size=(128, 2))
@@ -99,7 +107,7 @@ def test_tabular_denoising_autoencoder_twenty_steps_lower_the_loss():
 
 
 def test_mlp_without_layers_is_the_identity():
-    cfg = BackboneConfig(name="mlp", filters=[], latent_dim=0)
+    cfg = MLPConfig(filters=[], latent_dim=0)
     backbone = build_backbone((3,), cfg)
     x = np.arange(6, dtype="float32").reshape(2, 3)
     np.testing.assert_array_equal(backbone.predict(x, verbose=0), x)
@@ -121,11 +129,10 @@ def test_language_models_twenty_steps_lower_the_loss(name, causal):
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    cfg = BackboneConfig(name="transformer", latent_dim=32, num_layers=1, num_heads=2,
-                         intermediate_dim=64, sequence_length=12, vocabulary_size=50,
-                         causal=causal)
+    cfg = TransformerConfig(latent_dim=32, num_layers=1, num_heads=2, intermediate_dim=64,
+                            sequence_length=12, vocabulary_size=50, causal=causal)
     pretext = get_pretext(name)
-    model = pretext.build(build_backbone((12,), cfg), PretextConfig(learning_rate=3e-3), cfg, 0)
+    model = pretext.build(build_backbone((12,), cfg), LanguageModelConfig(name=name, learning_rate=3e-3), cfg, 0)
     targets = pretext.targets_for(50, 12) if pretext.targets_for else pretext.targets
     ds = tf.data.Dataset.from_tensor_slices(_token_batches()).batch(16).map(targets).repeat()
     loss = model.fit(ds, steps_per_epoch=4, epochs=5, verbose=0).history["loss"]

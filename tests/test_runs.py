@@ -92,20 +92,20 @@ def test_a_run_locked_by_a_live_process_is_refused_naming_its_pid(tmp_path):
 
     lock = tmp_path / "run" / ".lock"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pretrainer import runs; "
-        f"runs.acquire_lock(__import__('pathlib').Path({str(lock)!r}), 'run x'); "
+        "import sys, time; from pretrainer import files; "
+        f"files.acquire_lock(__import__('pathlib').Path({str(lock)!r}), 'run x'); "
         "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunError, match=f"in use by pid {holder.pid}"):
-            runs.acquire_lock(lock, "run x")
+            files.acquire_lock(lock, "run x")
     finally:
         holder.kill()
         holder.wait()
     time.sleep(0.1)
-    runs.acquire_lock(lock, "run x")  # left by a dead process: taken over
+    files.acquire_lock(lock, "run x")  # left by a dead process: taken over
     assert json.loads(lock.read_text())["pid"] == __import__("os").getpid()
-    runs.release_lock(lock)
+    files.release_lock(lock)
 
 
 def test_a_live_run_with_the_same_config_is_refused_before_its_first_checkpoint(tmp_path):
@@ -117,7 +117,7 @@ def test_a_live_run_with_the_same_config_is_refused_before_its_first_checkpoint(
 
     run, resumed = runs.start_run(tmp_path, "exp", "pretrain", "x: 1\n")
     assert not resumed
-    runs.release_lock(run / runs.LOCK)  # hand the run to another live process
+    files.release_lock(run / runs.LOCK)  # hand the run to another live process
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"),
@@ -141,7 +141,7 @@ def test_an_opened_run_is_done_on_success_and_gone_when_it_fails_before_any_prog
     with runs.opened(tmp_path, "exp", "evaluate", "seed: 0\n", extra={"split": "test"}) as r:
         assert (r.path / ".lock").is_file() and not r.resumed
         assert runs.read_manifest(r.path).stage == "evaluate"
-    assert runs.is_done(r.path) and str((r.path / ".lock").resolve()) not in runs._HELD
+    assert runs.is_done(r.path) and not files.holds_lock(r.path / ".lock")
 
     with pytest.raises(KeyboardInterrupt):
         with runs.opened(tmp_path, "exp", "evaluate", "seed: 0\n") as failed:
@@ -164,7 +164,7 @@ def test_a_killed_run_with_progress_is_resumed_by_the_same_config_only(tmp_path)
         with runs.opened(tmp_path, "exp", "study", "seed: 1\n", progress="study.json") as first:
             files.atomic_write_json(first.path / "study.json", {"cells": [1]})
             raise KeyboardInterrupt
-    runs.release_lock(first.path / ".lock")  # (the killed process's lock died with it)
+    files.release_lock(first.path / ".lock")  # (the killed process's lock died with it)
     with runs.opened(tmp_path, "exp", "study", "seed: 2\n", progress="study.json") as other:
         assert not other.resumed and other.path != first.path
     with runs.opened(tmp_path, "exp", "study", "seed: 1\n", progress="study.json") as again:

@@ -4,7 +4,8 @@ import pytest
 from pretrainer.config import DataConfig
 from pretrainer.data import pipeline
 from pretrainer.data.sources import SourceData, get_source
-from pretrainer.data.store import build_store, make_splits, read_manifest, verify
+from pretrainer.data.splits import make_splits
+from pretrainer.data.store import build_store, read_manifest, verify
 from pretrainer.errors import DataError
 
 

@@ -99,7 +99,7 @@ def load_keras(cfg: DataConfig) -> SourceData:
             f"the bundled sample (--config fashion_ae), scikit-learn digits (--config digits_ae), "
             f"or copy the dataset file into ~/.keras/datasets"
         ) from exc
-    text = cfg.dataset in KERAS_TEXT
+    text = cfg.modality == "text"
     return SourceData(
         x_pool=x_tr if text else _as_nhwc(x_tr),
         y_pool=np.asarray(y_tr).reshape(-1).astype(np.int64),
@@ -223,12 +223,12 @@ SOURCES: dict[str, Callable[[DataConfig], SourceData]] = {
 def load(cfg: DataConfig) -> SourceData:
     """Load `cfg.source`, plus `cfg.extra_unlabeled` images shaped like the source's."""
     src = get_source(cfg.source)(cfg)
+    if src.modality != cfg.modality:  # the config checked its options against cfg.modality
+        raise DataError(f"data source '{cfg.source}' gave {src.modality} data where "
+                        f"{cfg.modality} was expected (pretrainer.config SOURCE_MODALITY)")
     if cfg.extra_unlabeled:
         from pretrainer.data.folders import load_unlabeled_folder
 
-        if src.modality != "image":
-            raise DataError("data.extra_unlabeled adds image folders; this source gives "
-                            f"{src.modality} data")
         src.x_extra, skipped = load_unlabeled_folder(cfg.extra_unlabeled, src.x_pool.shape[1:])
         src.skipped += [{**s, "folder": "extra_unlabeled"} for s in skipped]
         src.info["extra_unlabeled"] = {"path": cfg.extra_unlabeled, "count": len(src.x_extra)}

@@ -39,6 +39,23 @@ def load_csv(path: Optional[str], target: Optional[str], task: str,
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"data.path={path} is not a file")
+    header, cols, codec = _columns(file, encoding, target)
+    x, encodings, names = _features(file, header, cols, target)
+    result = {"x": x, "y": None, "class_names": [], "task": "classification", "encoding": codec,
+              "encodings": encodings, "feature_names": names}
+    if target is None:
+        return result
+    tv = cols[target]
+    keep = np.array([v != "" for v in tv])
+    result.update(_target(tv, target, task))
+    result["x"] = x[keep]
+    result["dropped_rows_without_target"] = int((~keep).sum())
+    return result
+
+
+def _columns(file: Path, encoding: str, target: Optional[str]):
+    """(header, column -> stripped cells, codec) of a CSV whose rows all fit the header;
+    missing-value words in the target column read as empty (no label)."""
     from pretrainer.data.textfiles import decode
 
     try:
@@ -65,6 +82,12 @@ def load_csv(path: Optional[str], target: Optional[str], task: str,
     if target is not None and target not in cols:
         raise DataError(f"data.target='{target}' is not a column of {file.name}. Columns: "
                         f"{', '.join(header)}")
+    return header, cols, codec
+
+
+def _features(file: Path, header: list, cols: dict, target: Optional[str]):
+    """(float32 rows, column encodings, feature names): numeric columns with missing
+    cells filled by the mean, the others one-hot."""
     features, encodings, names = [], [], []
     for h in header:
         if h == target:
@@ -88,13 +111,11 @@ def load_csv(path: Optional[str], target: Optional[str], task: str,
             names += [f"{h}={c}" for c in cats]
     if not features:
         raise DataError(f"{file} has no feature columns besides the target")
-    x = np.concatenate(features, axis=1).astype(np.float32)
-    result = {"x": x, "y": None, "class_names": [], "task": "classification", "encoding": codec,
-              "encodings": encodings, "feature_names": names}
-    if target is None:
-        return result
-    tv = cols[target]
-    keep = np.array([v != "" for v in tv])
+    return np.concatenate(features, axis=1).astype(np.float32), encodings, names
+
+
+def _target(tv: list, target: str, task: str) -> dict:
+    """The labeled rows' targets: y, task, and class names for a classification."""
     numeric = all(_is_number(v) for v in tv if v != "")
     distinct = len(set(v for v in tv if v != ""))
     is_regression = task == "regression" or (task == "auto" and numeric and distinct > 20)
@@ -104,14 +125,9 @@ def load_csv(path: Optional[str], target: Optional[str], task: str,
     if is_regression:
         if not numeric:
             raise DataError(f"data.task=regression but target '{target}' is not numeric")
-        y = np.array([float(v) for v in tv if v != ""], np.float32)
-        result.update(y=y, task="regression")
-    else:
-        cats = sorted(set(v for v in tv if v != ""), key=lambda v: (not _is_number(v), float(v)
-                                                                    if _is_number(v) else v))
-        index = {c: i for i, c in enumerate(cats)}
-        result.update(y=np.array([index[v] for v in tv if v != ""], np.int64),
-                      class_names=cats)
-    result["x"] = x[keep]
-    result["dropped_rows_without_target"] = int((~keep).sum())
-    return result
+        return {"y": np.array([float(v) for v in tv if v != ""], np.float32),
+                "task": "regression"}
+    cats = sorted(set(v for v in tv if v != ""), key=lambda v: (not _is_number(v), float(v)
+                                                                if _is_number(v) else v))
+    index = {c: i for i, c in enumerate(cats)}
+    return {"y": np.array([index[v] for v in tv if v != ""], np.int64), "class_names": cats}

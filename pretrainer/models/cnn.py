@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import keras
 
-from pretrainer.config import BackboneConfig
+from pretrainer.config import ApplicationConfig, ConvConfig
 
 
-def conv_encoder(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+def conv_encoder(input_shape: tuple[int, ...], cfg: ConvConfig) -> keras.Model:
     """Strided convolutions (no pooling) -> Flatten -> Dense embedding.
 
     Each stage halves the resolution with a stride-2 conv, then refines with a
@@ -30,7 +30,7 @@ def conv_encoder(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Mod
     return keras.Model(inputs, outputs, name="conv_ae")
 
 
-def seed_cnn(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+def seed_cnn(input_shape: tuple[int, ...], cfg: ConvConfig) -> keras.Model:
     """The seed recipe's CNN without its last Dense: Conv-Pool-Conv-Pool-Conv-Flatten-Dense.
 
     With the default filters [32, 64, 64] and latent_dim 64 this is exactly the
@@ -48,7 +48,7 @@ def seed_cnn(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
-def _application(builder_name: str, input_shape: tuple[int, ...], cfg: BackboneConfig,
+def _application(builder_name: str, input_shape: tuple[int, ...], cfg: ApplicationConfig,
                  name: str) -> keras.Model:
     """A keras.applications trunk (global average pooled) -> Dense embedding.
 
@@ -82,11 +82,11 @@ def _application(builder_name: str, input_shape: tuple[int, ...], cfg: BackboneC
     return keras.Model(inputs, outputs, name=name)
 
 
-def resnet(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+def resnet(input_shape: tuple[int, ...], cfg: ApplicationConfig) -> keras.Model:
     """ResNet50V2 from keras.applications."""
     return _application("ResNet50V2", input_shape, cfg, "resnet")
 
 
-def mobilenet(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+def mobilenet(input_shape: tuple[int, ...], cfg: ApplicationConfig) -> keras.Model:
     """MobileNetV2 from keras.applications (backbone.width = its alpha)."""
     return _application("MobileNetV2", input_shape, cfg, "mobilenet")

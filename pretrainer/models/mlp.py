@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import keras
 
-from pretrainer.config import BackboneConfig
+from pretrainer.config import MLPConfig
 
 
-def mlp(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+def mlp(input_shape: tuple[int, ...], cfg: MLPConfig) -> keras.Model:
     """Dense(relu) layers of `filters` units, then a `latent_dim` embedding.
 
     With no hidden layers and latent_dim 0 the backbone is the identity, so a

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import keras
 
-from pretrainer.config import BackboneConfig
+from pretrainer.config import TransformerConfig
 
 RESERVED = ["[PAD]", "[UNK]", "[MASK]", "[BOS]", "[EOS]"]  # [PAD] must stay id 0
 PAD, UNK, MASK = 0, 1, 2
@@ -30,7 +30,7 @@ def padding_mask(ids):
     return keras.ops.not_equal(ids, PAD)
 
 
-def transformer(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Model:
+def transformer(input_shape: tuple[int, ...], cfg: TransformerConfig) -> keras.Model:
     """Token ids (batch, sequence_length) -> contextual embeddings (batch, length, latent_dim).
 
     `backbone.causal=true` stacks TransformerDecoder blocks with a causal mask (GPT-style,
@@ -64,7 +64,7 @@ def transformer(input_shape: tuple[int, ...], cfg: BackboneConfig) -> keras.Mode
     return keras.Model(inputs, x, name="transformer")
 
 
-def fixed_length(backbone: keras.Model, cfg: BackboneConfig) -> keras.Model:
+def fixed_length(backbone: keras.Model, cfg: TransformerConfig) -> keras.Model:
     """The transformer `backbone` (built for any length) rebuilt for inputs of exactly
     cfg.sequence_length tokens, with the same weights: the shape finetuning, exports and
     older runs expect."""

@@ -1,8 +1,10 @@
 """Pretext registry: `pretext.name` -> a task that trains a backbone without labels.
 
-Each entry builds a compiled Keras model around the backbone and says how to turn
-a batch of unlabeled inputs into (inputs, targets), and which logged metric is
-the label-free health signal.
+Each entry builds a compiled Keras model around the backbone and says how to turn a
+batch of unlabeled inputs into (inputs, targets), and which logged metric is the
+label-free health signal. Which data each one takes and what it needs from the backbone
+is its settings class's to check (`pretrainer.config.options`) when the config is
+composed.
 """
 
 from __future__ import annotations
@@ -35,30 +37,24 @@ class Pretext:
     build: Callable[..., keras.Model]  # (backbone, PretextConfig, BackboneConfig, seed, **compile)
     targets: Callable  # batch of inputs -> (inputs, targets)
     health: str  # metric name logged each epoch (history.csv, TensorBoard)
-    modality: tuple  # the kinds of data it trains on
     embedding_rank: bool = False  # log the backbone's effective rank, alarm on collapse
     samples: str = ""  # images saved in the run: reconstructions | generated
     # text: (vocabulary size, sequence length) -> the targets map, when it needs them
     targets_for: Optional[Callable] = None
-    causal: Optional[bool] = None  # the transformer block kind this pretext needs
 
 
 PRETEXTS: dict[str, Pretext] = {
-    "autoencoder": Pretext(build=build_autoencoder, targets=lambda x: (x, x),
-                           health="psnr", modality=("image", "tabular"),
+    "autoencoder": Pretext(build=build_autoencoder, targets=lambda x: (x, x), health="psnr",
                            samples="reconstructions"),
-    "denoising": Pretext(build=build_autoencoder, targets=lambda x: (x, x),
-                         health="psnr", modality=("image", "tabular"),
+    "denoising": Pretext(build=build_autoencoder, targets=lambda x: (x, x), health="psnr",
                          samples="reconstructions"),
     "simclr": Pretext(build=build_simclr, targets=_no_target, health="effective_rank",
-                      modality=("image",), embedding_rank=True),
-    "causal_lm": Pretext(build=build_causal_lm, targets=causal_targets, health="perplexity",
-                         modality=("text",), causal=True),
+                      embedding_rank=True),
+    "causal_lm": Pretext(build=build_causal_lm, targets=causal_targets, health="perplexity"),
     "masked_lm": Pretext(build=build_masked_lm, targets=None, health="perplexity",
-                         modality=("text",), causal=False,
                          targets_for=lambda vocab, length: masked_targets(vocab, length)),
     "dcgan": Pretext(build=build_dcgan, targets=_no_target, health="d_accuracy",
-                     modality=("image",), embedding_rank=True, samples="generated"),
+                     embedding_rank=True, samples="generated"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from pretrainer.config import BackboneConfig, PretextConfig
+from pretrainer.config import BackboneConfig, SimCLRConfig
 
 
 def _global_views(z1, z2):
@@ -65,7 +65,7 @@ def augmenter(channels: int, seed: int, name: str, zoom: float = 0.5) -> keras.S
     return keras.Sequential(layers, name=name)
 
 
-def build_simclr(backbone: keras.Model, cfg: PretextConfig, backbone_cfg: BackboneConfig,
+def build_simclr(backbone: keras.Model, cfg: SimCLRConfig, backbone_cfg: BackboneConfig,
                  seed: int, **compile_kwargs) -> keras.Model:
     """x -> (view1, view2) -> backbone -> projector -> (B, 2, projection_dim)."""
     shape = tuple(backbone.input_shape[1:])

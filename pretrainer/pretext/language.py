@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from pretrainer.config import BackboneConfig, PretextConfig
+from pretrainer.config import PretextConfig, TransformerConfig
 
 
 def token_loss(y_true, logits):
@@ -40,7 +40,7 @@ class Perplexity(keras.metrics.Mean):
         return {"name": self.name, "dtype": self.dtype}
 
 
-def build_causal_lm(backbone: keras.Model, cfg: PretextConfig, backbone_cfg: BackboneConfig,
+def build_causal_lm(backbone: keras.Model, cfg: PretextConfig, backbone_cfg: TransformerConfig,
                     seed: int, **compile_kwargs) -> keras.Model:
     """Next-token prediction: ids -> causal transformer -> logits over the vocabulary."""
     inputs = keras.Input(shape=backbone.input_shape[1:], dtype="int32", name="token_ids")
@@ -52,7 +52,7 @@ def build_causal_lm(backbone: keras.Model, cfg: PretextConfig, backbone_cfg: Bac
     return model
 
 
-def build_masked_lm(backbone: keras.Model, cfg: PretextConfig, backbone_cfg: BackboneConfig,
+def build_masked_lm(backbone: keras.Model, cfg: PretextConfig, backbone_cfg: TransformerConfig,
                     seed: int, **compile_kwargs) -> keras.Model:
     """Predict the ids hidden at the masked positions (BERT-style)."""
     import keras_hub

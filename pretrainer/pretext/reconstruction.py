@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from pretrainer.config import BackboneConfig, PretextConfig
+from pretrainer.config import BackboneConfig, MLPConfig, ReconstructionConfig
 
 
 @keras.saving.register_keras_serializable(package="pretrainer")
@@ -47,7 +47,7 @@ def psnr(x, x_hat):
     return 10.0 * ops.log(1.0 / ops.maximum(mse, 1e-10)) / math.log(10.0)
 
 
-def build_row_decoder(n_features: int, cfg: BackboneConfig, embed_dim: int) -> keras.Model:
+def build_row_decoder(n_features: int, cfg: MLPConfig, embed_dim: int) -> keras.Model:
     """Embedding -> row: the mlp's hidden layers mirrored, then a linear output."""
     inputs = keras.Input(shape=(embed_dim,), name="embedding")
     x = inputs
@@ -59,7 +59,8 @@ def build_row_decoder(n_features: int, cfg: BackboneConfig, embed_dim: int) -> k
 
 def build_decoder(input_shape: tuple[int, ...], cfg: BackboneConfig,
                   batch_norm: bool = False) -> keras.Model:
-    """Embedding -> image: Dense -> Reshape -> transposed convs (mirrored filters) -> crop."""
+    """Embedding -> image: Dense -> Reshape -> transposed convs (mirrored filters) -> crop.
+    `cfg`: a ConvConfig or ApplicationConfig (both have filters and kernel_size)."""
     h, w, c = input_shape
     n_up = len(cfg.filters)
     sh, sw = math.ceil(h / 2**n_up), math.ceil(w / 2**n_up)
@@ -82,7 +83,7 @@ def build_decoder(input_shape: tuple[int, ...], cfg: BackboneConfig,
     return keras.Model(inputs, x, name="decoder")
 
 
-def build_autoencoder(backbone: keras.Model, cfg: PretextConfig,
+def build_autoencoder(backbone: keras.Model, cfg: ReconstructionConfig,
                       backbone_cfg: BackboneConfig, seed: int, **compile_kwargs) -> keras.Model:
     """corrupt(x) -> backbone -> decoder -> x_hat, trained to reproduce the clean x."""
     input_shape = tuple(backbone.input_shape[1:])

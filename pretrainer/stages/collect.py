@@ -9,7 +9,7 @@ from typing import Optional
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pretrainer import runs
+from pretrainer import files
 from pretrainer.config import Config
 from pretrainer.console import console, esc, info, quiet_tensorflow, table, warn
 from pretrainer.data import sources
@@ -39,12 +39,12 @@ def store_lock(store: str):
         return
     parent, _, name = store.rstrip("/").rpartition("/")
     lock = Path(parent or ".") / f".{name}.lock"
-    runs.acquire_lock(lock, f"dataset store {store}", wait=True,
+    files.acquire_lock(lock, f"dataset store {store}", wait=True,
                       on_wait=lambda msg: info(f"collect: {msg}"))
     try:
         yield
     finally:
-        runs.release_lock(lock)
+        files.release_lock(lock)
 
 
 def ensure_store(cfg: Config) -> str:

@@ -91,26 +91,15 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
 def _check(cfg: Config, store, manifest: StoreManifest) -> None:
     """Settings that cannot train on this store: one line each, before any run exists."""
     ft = cfg.finetune
-    text, tabular = manifest.modality == "text", manifest.modality == "tabular"
     if manifest.count("train") == 0:
         raise DataError(f"{store} holds no labeled examples (an unlabeled-only source): use it "
                         f"to pretrain, then finetune with a labeled data config and --run")
     if not manifest.regression:
         _warn_few_labels(manifest, cfg)
-    if ft.init == "public" and (text or tabular):
-        raise ConfigError(f"finetune.init=public provides ImageNet image backbones; this store "
-                          f"holds {manifest.modality} data. Use init=pretrained or scratch")
-    if ft.init == "public" and cfg.backbone.name not in PUBLIC_WEIGHTS:
-        raise ConfigError(f"finetune.init=public needs a backbone with public weights "
-                          f"({', '.join(PUBLIC_WEIGHTS)}); backbone '{cfg.backbone.name}' has "
-                          f"none. Use backbone=resnet or backbone=mobilenet, or init=pretrained")
-    if ft.wide != "none" and not text:
-        raise ConfigError(f"finetune.wide={ft.wide} is for text classifiers; this store holds "
-                          f"{manifest.modality} data. Set finetune.wide=none")
-    if ft.semi_supervised != "none" and (text or tabular or manifest.regression
-                                         or manifest.count("unlabeled") == 0):
-        raise ConfigError("finetune.semi_supervised=fixmatch needs image classification data "
-                          "with an unlabeled split; set finetune.semi_supervised=none")
+    # what the options need from the data's kind is checked when the config is composed
+    if ft.semi_supervised != "none" and manifest.count("unlabeled") == 0:
+        raise ConfigError("finetune.semi_supervised=fixmatch needs an unlabeled split; this "
+                          "store has none. Set finetune.semi_supervised=none")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def model_entry(cfg: Config, run: Optional[str]):
                            accept=("deploy", "finetune"))
     stage = runs.read_manifest(run_dir).stage
     if stage == "deploy":
-        from pretrainer.stages.serve import find_export
+        from pretrainer.exports.rest import find_export
 
         ft_run = runs.read_manifest(run_dir).parent
         manifest = read_manifest(trained_store(ft_run, store_path(cfg)))

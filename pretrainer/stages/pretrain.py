@@ -11,7 +11,6 @@ from pretrainer.config import Config, to_yaml
 from pretrainer.console import esc, info
 from pretrainer.data import pipeline
 from pretrainer.data.store import MANIFEST, join, read_manifest
-from pretrainer.errors import DataError
 from pretrainer.models import build_backbone
 from pretrainer.models.transformer import fixed_length
 from pretrainer.pretext import get_pretext
@@ -36,9 +35,6 @@ def run(cfg: Config) -> Path:
     store = ensure_store(cfg)
     manifest = read_manifest(store)
     pretext = get_pretext(cfg.pretext.name)
-    if manifest.modality not in pretext.modality:
-        raise DataError(f"pretext '{cfg.pretext.name}' needs {' or '.join(pretext.modality)} "
-                        f"data; {store} holds {manifest.modality}")
     strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest.modality,
                                                   "backbone": cfg.backbone.name,
                                                   "pretext": cfg.pretext.name})
@@ -187,9 +183,6 @@ def _text_setup(cfg: Config, pretext, store, run_dir: Path):
         train_vocabulary,
     )
 
-    if pretext.causal is not None and cfg.backbone.causal != pretext.causal:
-        raise DataError(f"pretext '{cfg.pretext.name}' needs backbone.causal="
-                        f"{str(pretext.causal).lower()}")
     vocab_file = Path(run_dir) / "vocab.txt"
     if vocab_file.is_file():  # resuming: the same vocabulary as before
         vocab = load_vocabulary(vocab_file)

@@ -17,33 +17,12 @@ from pretrainer.train.checkpoint import Preempted, _catch_stop_signals, _StopReq
 from pretrainer.train.plan import TrainingError
 
 
-def _fit_multi_worker(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int,
-                      run_dir: Path, trainer: TrainerConfig, title: str, val_ds,
-                      validation_steps: Optional[int], start: int, manager
-                      ) -> dict[str, list[float]]:
-    """A distributed training loop of our own (strategy.run) for several workers.
-
-    Keras 3.15's model.fit fails under MultiWorkerMirroredStrategy with more than one
-    worker (keras-team/keras#20585: a reduce of nested PerReplica values), so this
-    loop does what fit does for our models: the per-example loss averaged over the
-    global batch, gradients all-reduced by the optimizer, the loss summed over
-    replicas for logging, checkpoints on every worker (non-chief ones in their own
-    directory) and the same history.csv. Compiled metrics other than the loss are
-    not computed here.
-    """
+def _distributed_steps(model: keras.Model, loss_fn):
+    """(train_step, val_step, sync_stats) for `model` under its strategy: one replicated
+    step each, the loss summed over replicas, and the BatchNorm statistics averaged."""
     import tensorflow as tf
 
-    from pretrainer.errors import ConfigError
-
-    if type(model).train_step is not keras.Model.train_step:
-        raise ConfigError(f"{type(model).__name__} trains with its own step, which the "
-                          f"multi-worker loop does not run; use autoencoder, denoising or "
-                          f"simclr with trainer.strategy=multi_worker")
     strategy = model.distribute_strategy
-    loss_fn = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
-    total = epochs * steps_per_epoch
-    if start:
-        console.print(f"  {esc(title)}: resuming from the checkpoint at step {start}/{total}")
 
     def replica_loss(batch, training: bool):
         x, y = batch
@@ -86,6 +65,38 @@ def _fit_multi_worker(model: keras.Model, train_ds, *, steps_per_epoch: int, epo
                      for t in replica_stats()]
             for v, m in zip(stats, means, strict=True):
                 v.assign(m)
+
+    return train_step, val_step, sync_stats
+
+
+def _fit_multi_worker(model: keras.Model, train_ds, *, steps_per_epoch: int, epochs: int,
+                      run_dir: Path, trainer: TrainerConfig, title: str, val_ds,
+                      validation_steps: Optional[int], start: int, manager
+                      ) -> dict[str, list[float]]:
+    """A distributed training loop of our own (strategy.run) for several workers.
+
+    Keras 3.15's model.fit fails under MultiWorkerMirroredStrategy with more than one
+    worker (keras-team/keras#20585: a reduce of nested PerReplica values), so this
+    loop does what fit does for our models: the per-example loss averaged over the
+    global batch, gradients all-reduced by the optimizer, the loss summed over
+    replicas for logging, checkpoints on every worker (non-chief ones in their own
+    directory) and the same history.csv. Compiled metrics other than the loss are
+    not computed here.
+    """
+
+    from pretrainer.errors import ConfigError
+
+    if type(model).train_step is not keras.Model.train_step:
+        raise ConfigError(f"{type(model).__name__} trains with its own step, which the "
+                          f"multi-worker loop does not run; use autoencoder, denoising or "
+                          f"simclr with trainer.strategy=multi_worker")
+    strategy = model.distribute_strategy
+    loss_fn = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+    total = epochs * steps_per_epoch
+    if start:
+        console.print(f"  {esc(title)}: resuming from the checkpoint at step {start}/{total}")
+
+    train_step, val_step, sync_stats = _distributed_steps(model, loss_fn)
 
     def save(at: int) -> None:
         sync_stats()
