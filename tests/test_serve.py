@@ -281,7 +281,9 @@ def test_stalled_clients_do_not_hold_threads_or_block_others(image, capfd):
     for _ in range(3):  # answered at once: no worker is waiting on the stalled clients
         code, _ = _call(url + ":predict", {**PIXELS, "instances": np.zeros((1, 8, 8, 1), int).tolist()})
         assert code == 200
-    assert time.monotonic() - t0 < serve.SOCKET_TIMEOUT_S / 2
+    elapsed = time.monotonic() - t0
+    print(f"3 requests beside 100 half-sent and 100 silent connections: {elapsed:.3f} s")
+    assert elapsed < 3.0  # issue 28: each answered within a second
     for s in stalled + idle:
         s.close()  # disconnect mid-request
     time.sleep(0.5)
