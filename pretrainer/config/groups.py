@@ -32,6 +32,13 @@ class PathsConfig:
     data: str = "data"  # root of dataset stores: <data>/<dataset>/
     runs: str = "runs"  # root of run directories: <runs>/<experiment>/<stage>-<stamp>/
 
+    def __post_init__(self) -> None:
+        if "://" in self.runs:
+            raise ConfigError(f"paths.runs={self.runs}: run directories are local (they rely "
+                              f"on file locks and atomic renames); dataset stores can live "
+                              f"there (paths.data={self.runs.rsplit('/', 1)[0]}/data). Sync "
+                              f"finished runs to the bucket afterwards (gsutil rsync)")
+
 
 # What each data source gives (`data.source` -> modality), known before anything is
 # loaded so that compose can check the backbone, pretext and finetune options against it;

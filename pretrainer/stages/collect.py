@@ -33,9 +33,13 @@ from pretrainer.errors import DataError
 @contextlib.contextmanager
 def store_lock(store: str):
     """One writer per store: a second collect of it waits (and says so) for the first.
-    Stores on gs:// and other remote filesystems are not locked (no flock there)."""
+    On gs:// and other object stores (no flock there) the lock is an object beside the
+    store (pretrainer.data.object_lock)."""
     if "://" in store:
-        yield
+        from pretrainer.data import object_lock
+
+        with object_lock.held(store, on_wait=lambda msg: info(f"collect: {msg}")):
+            yield
         return
     parent, _, name = store.rstrip("/").rpartition("/")
     lock = Path(parent or ".") / f".{name}.lock"
