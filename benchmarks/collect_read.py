@@ -25,6 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pretrainer.precision import cpu_name  # noqa: E402  (a light module: no TF)
+
 READER = """
 import resource, sys, time
 from pretrainer.data import pipeline
@@ -96,9 +98,10 @@ def main() -> None:
         "read_images_per_s": read["images_per_s"],
         "rss_1x_mib": rss1["peak_rss_mib"], "rss_10x_mib": rss10["peak_rss_mib"],
         "rss_ratio_10x_over_1x": rss10["peak_rss_mib"] / rss1["peak_rss_mib"],
-        "images": n, "smoke": args.smoke,
+        "images": n, "smoke": args.smoke, "cpu": cpu_name(),
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"on {cpu_name()}\n")
     print("| measure | value |\n|---|---|")
     print(f"| collect ({n} JPEGs, 32x32) | {results['collect_images_per_s']:.0f} images/s |")
     print(f"| read back (streaming) | {results['read_images_per_s']:.0f} images/s |")

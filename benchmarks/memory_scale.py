@@ -27,7 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
 from throughput import _peak_rss_mib  # noqa: E402  (a peer script: one way to read peak RSS)
+
+from pretrainer.precision import cpu_name  # noqa: E402  (a light module: no TF)
 
 IDX = Path("/usr/share/datasets/fashion-mnist")
 
@@ -90,10 +93,11 @@ def main() -> None:
             rows.append(row)
     small, large = rows
     result = {"source": source, "rows": rows, "factor": factor, "smoke": args.smoke,
+              "cpu": cpu_name(),
               "ratio_cached": large["cached"] / small["cached"],
               "ratio_streamed": large["streamed"] / small["streamed"]}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\npretrain peak RSS (MiB), {source}, one epoch, fashion_ae")
+    print(f"\npretrain peak RSS (MiB), {source}, one epoch, fashion_ae, {cpu_name()}")
     print("| images | data.cache=true (default) | data.cache=false (streamed) |")
     print("|---|---|---|")
     for r in rows:

@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pretrainer.precision import cpu_name  # noqa: E402  (a light module: no TF)
+
 
 def _build(name: str, policy: str):
     import keras
@@ -102,9 +104,9 @@ def main() -> None:
             rows.append({"model": name, "batch": batch, "samples_per_s": med,
                          "ratio_vs_float32": {p: med[p] / med["float32"] for p in policies}})
             print(json.dumps(rows[-1]), flush=True)
-    result = {"backend": keras.config.backend(), "gpu": gpu, "rows": rows}
+    result = {"backend": keras.config.backend(), "gpu": gpu, "rows": rows, "cpu": cpu_name()}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nbackend {result['backend']}, gpu {gpu}")
+    print(f"\nbackend {result['backend']}, gpu {gpu}, {cpu_name()}")
     print("| model | batch | float32 samples/s | " + " | ".join(f"{p} / float32" for p in
                                                           policies[1:]) + " |")
     print("|---|---|---|" + "---|" * (len(policies) - 1))

@@ -200,8 +200,12 @@ def main() -> None:
     if not args.smoke:  # the same harnesses with another setting: smoke checks them once
         results["seed_recipe_bf16"] = bench_seed_recipe(repeats, epochs, limit, "mixed_bfloat16")
         results["input_pipeline_streamed"] = bench_input_pipeline(repeats, n, cache=False)
-    results["_meta"] = {"smoke": args.smoke, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    from pretrainer.precision import cpu_name
+
+    results["_meta"] = {"smoke": args.smoke, "cpus": os.cpu_count(), "cpu": cpu_name(),
+                        "python": sys.version.split()[0]}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"on {cpu_name()}\n")
     print("| benchmark | what | baseline | pretrainer | speed ratio |")
     print("|---|---|---|---|---|")
     for name, r in results.items():

@@ -33,6 +33,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from pretrainer.precision import cpu_name  # noqa: E402  (a light module: no TF)
+
 IDX = Path("/usr/share/datasets/fashion-mnist")
 
 SEED = """
@@ -137,10 +140,11 @@ def main() -> None:
               "speedup_float32": rows["seed"]["wall_s"] / rows["float32"]["wall_s"],
               "speedup_auto": rows["seed"]["wall_s"] / rows["auto"]["wall_s"],
               "auto_policy": measured["auto"][-1]["strategy"], "smoke": args.smoke,
+              "cpu": cpu_name(),
               "each_round": measured}  # this 2-core machine is noisy: the spread is shown
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nseed CNN, Fashion-MNIST {limit} images x {epochs} epochs, batch 64, "
-          f"{rounds} alternating round(s), medians")
+          f"{rounds} alternating round(s), medians, {cpu_name()}")
     print("| | wall s (process) | fit s | test accuracy | speed vs seed (wall) |")
     print("|---|---|---|---|---|")
     for name, label in (("seed", "seed recipe (Keras, float32)"),

@@ -101,7 +101,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     results: dict = {"latency_ms": {}, "requests_per_s": {}}
     for batch in (1, 32):
-        body = json.dumps({"instances": rng.integers(0, 256, (batch, 28, 28, 1)).tolist()}
+        body = json.dumps({"signature_name": "serve_pixels",
+                           "instances": rng.integers(0, 256, (batch, 28, 28, 1)).tolist()}
                           ).encode()
         for url in urls.values():
             _latency(url, body, 10)  # warm-up
@@ -112,7 +113,8 @@ def main() -> None:
         results["latency_ms"][f"batch_{batch}"] = {
             name: {"p50": statistics.median(t), "p95": float(np.percentile(t, 95))}
             for name, t in times.items()}
-    body = json.dumps({"instances": rng.integers(0, 256, (1, 28, 28, 1)).tolist()}).encode()
+    body = json.dumps({"signature_name": "serve_pixels",
+                       "instances": rng.integers(0, 256, (1, 28, 28, 1)).tolist()}).encode()
     for name, url in urls.items():
         results["requests_per_s"][name] = _throughput(url, body, 8, each)
     ours.shutdown()

@@ -31,8 +31,9 @@ def training_table(small: dict | None, large: dict | None) -> list[str]:
     """The seed CNN trained by the seed's few lines and by `pretrainer finetune`, a row
     per size: whole seconds, speed ratio (seed / pretrainer) and test accuracy."""
     lines = ["| data x epochs (batch 64) | seed recipe, float32 | pretrainer, float32 | "
-             "pretrainer, mixed_bfloat16 (auto's pick on AMX) | test accuracy seed / f32 / bf16 |",
-             "|---|---|---|---|---|"]
+             "pretrainer, mixed_bfloat16 (auto's pick on AMX) | test accuracy seed / f32 / bf16 | "
+             "measured on |",
+             "|---|---|---|---|---|---|"]
     if small and "seed_recipe_bf16" in small:
         f32, bf16 = small["seed_recipe"], small["seed_recipe_bf16"]
         lines.append(
@@ -41,7 +42,7 @@ def training_table(small: dict | None, large: dict | None) -> list[str]:
             f"{f32['candidate_s']:.1f} s ({f32['speedup']:.2f}x) | {bf16['candidate_s']:.1f} s "
             f"({bf16['speedup']:.2f}x) | {100 * f32['test_accuracy_seed']:.1f} / "
             f"{100 * f32['test_accuracy_pretrainer']:.1f} / "
-            f"{100 * bf16['test_accuracy_pretrainer']:.1f} % |")
+            f"{100 * bf16['test_accuracy_pretrainer']:.1f} % | {_cpu(small.get('_meta', {}))} |")
     if large:
         rows = large["rows"]
         seed = rows["seed"]["wall_s"]
@@ -52,17 +53,25 @@ def training_table(small: dict | None, large: dict | None) -> list[str]:
             f"({seed / rows['auto']['wall_s']:.2f}x) | "
             f"{100 * rows['seed']['test_accuracy']:.1f} / "
             f"{100 * rows['float32']['test_accuracy']:.1f} / "
-            f"{100 * rows['auto']['test_accuracy']:.1f} % |")
+            f"{100 * rows['auto']['test_accuracy']:.1f} % | {_cpu(large)} |")
     return lines
 
 
+def _cpu(result: dict) -> str:
+    """The CPU (name, cores, bf16 units) a result was measured on; results written before
+    the benchmarks recorded it say so."""
+    return result.get("cpu") or "(not recorded)"
+
+
 def memory_table(scale: dict | None) -> list[str]:
-    lines = ["| images | data cached (default) | streamed (data.cache=false) |", "|---|---|---|"]
+    lines = ["| images | data cached (default) | streamed (data.cache=false) | measured on |",
+             "|---|---|---|---|"]
     if scale:
         for r in scale["rows"]:
-            lines.append(f"| {r['images']:,} | {r['cached']:.0f} MiB | {r['streamed']:.0f} MiB |")
+            lines.append(f"| {r['images']:,} | {r['cached']:.0f} MiB | {r['streamed']:.0f} MiB | "
+                         f"{_cpu(scale)} |")
         lines.append(f"| {scale['factor']}x / 1x | {scale['ratio_cached']:.2f} | "
-                     f"{scale['ratio_streamed']:.2f} |")
+                     f"{scale['ratio_streamed']:.2f} | |")
     return lines
 
 
@@ -75,8 +84,7 @@ def main() -> None:
     scale = _load(args.dir, "memory_scale.json")
     from pretrainer.precision import cpu_name
 
-    print(f"\nThis machine: {cpu_name()} (each figure below is from the machine its "
-          f"benchmark ran on)")
+    print(f"\nThis machine: {cpu_name()} (each row says the machine it was measured on)")
     print("\nTraining the seed CNN, per size (ratio: seed seconds / pretrainer seconds)\n")
     print("\n".join(training_table(small, large)))
     if large:

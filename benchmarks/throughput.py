@@ -31,6 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pretrainer.precision import cpu_name  # noqa: E402  (a light module: no TF)
+
 
 def matmul_ceiling(dtype: str, n: int = 2048, reps: int = 10) -> float:
     import tensorflow as tf
@@ -219,8 +221,9 @@ def main() -> None:
                                                       if args.smoke else {})),
                "memory": bench_memory(mem_n, full_data=not args.smoke),
                "export": bench_export(rounds, 20 if args.smoke else 100),
-               "_meta": {"smoke": args.smoke, "cpus": os.cpu_count()}}
+               "_meta": {"smoke": args.smoke, "cpus": os.cpu_count(), "cpu": cpu_name()}}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"on {cpu_name()}")
     print(f"matmul ceilings: float32 {ceilings['float32']:.0f} GFLOP/s, "
           f"bfloat16 {ceilings['bfloat16']:.0f} GFLOP/s\n")
     print("| pretext | precision | samples/s | tokens/s | GFLOP/s | % of ceiling |")

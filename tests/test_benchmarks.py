@@ -81,7 +81,7 @@ def test_summary_prints_a_table_per_size_and_ignores_smoke_runs(tmp_path):
             for k, w in (("seed", 54.1), ("float32", 60.0), ("auto", 46.1))}
     (tmp_path / "seed_at_size.json").write_text(json.dumps({
         "images": 60000, "epochs": 3, "rows": rows, "auto_policy": "mixed_bfloat16",
-        "smoke": False}))
+        "smoke": False, "cpu": "AMD EPYC 9B14, 2 core(s), CPU with AVX512-BF16"}))
     (tmp_path / "memory_scale.json").write_text(json.dumps({"smoke": True, "rows": []}))
     out = subprocess.run([sys.executable, "benchmarks/summary.py", "--dir", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -89,7 +89,9 @@ def test_summary_prints_a_table_per_size_and_ignores_smoke_runs(tmp_path):
     assert "| fashion_bundled, 6,000 images x 5 (in one process) | 5.6 s | 5.2 s (1.08x) |" \
         in out.stdout
     assert "| full Fashion-MNIST, 60,000 images x 3 (whole process) | 54.1 s | 60.0 s (0.90x) " \
-        "| 46.1 s (1.17x) | 88.8 / 88.8 / 88.8 % |" in out.stdout
+        "| 46.1 s (1.17x) | 88.8 / 88.8 / 88.8 % | AMD EPYC 9B14, 2 core(s), CPU with " \
+        "AVX512-BF16 |" in out.stdout  # each row names the CPU it was measured on
+    assert "(in one process) | 5.6 s" in out.stdout and "| (not recorded) |" in out.stdout
     assert "memory_scale.json: only a --smoke run" in out.stdout
 
 
