@@ -283,6 +283,43 @@ def embed(source: Annotated[Optional[str], typer.Argument(
     execute(config, config_dir, [], False, debug, body)
 
 
+@app.command("data-service")
+def data_service(role: Annotated[str, typer.Argument(
+                     help="dispatcher (one per cluster) or worker (one per CPU machine).",
+                     show_default=False)],
+                 port: Annotated[int, typer.Option(
+                     help="Port to listen on (a worker's 0: any free one).")] = 5050,
+                 dispatcher: Annotated[Optional[str], typer.Option(
+                     help="worker: the dispatcher, grpc://HOST:PORT.")] = None,
+                 host: Annotated[Optional[str], typer.Option(
+                     help="worker: the name trainers reach it by (default: this host's).")]
+                 = None,
+                 work_dir: Annotated[Optional[str], typer.Option(
+                     "--work-dir", help="dispatcher: keep its state here to survive a "
+                                        "restart.")] = None,
+                 debug: Debug = False) -> None:
+    """Run a tf.data service dispatcher or worker: training verbs given
+    data.service=grpc://HOST:PORT read their training examples from its workers.
+
+    [bold]Example[/bold] (docs/distributed.md): pretrainer data-service dispatcher --port 5050,
+    on each CPU machine pretrainer data-service worker --dispatcher grpc://HOST:5050, then
+    pretrainer pretrain -c fashion_ae data.service=grpc://HOST:5050
+    """
+    def body(_: Config):
+        from pretrainer.data import service
+
+        if role == "dispatcher":
+            service.run_dispatcher(port, work_dir)
+        elif role == "worker":
+            if not dispatcher:
+                raise UserError("a worker needs --dispatcher grpc://HOST:PORT")
+            service.run_worker(dispatcher, port, host)
+        else:
+            raise UserError(f"unknown role '{role}'. Choose from: dispatcher, worker")
+
+    execute(DEFAULT_EXPERIMENT, None, [], False, debug, body)
+
+
 @app.command()
 def doctor(overrides: Overrides = None, config: ConfigName = DEFAULT_EXPERIMENT,
            config_dir: ConfigDir = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import List, Optional
+from urllib.parse import urlparse
 
 from pretrainer.errors import ConfigError
 
@@ -38,6 +39,19 @@ class PathsConfig:
                               f"on file locks and atomic renames); dataset stores can live "
                               f"there (paths.data={self.runs.rsplit('/', 1)[0]}/data). Sync "
                               f"finished runs to the bucket afterwards (gsutil rsync)")
+
+
+def parse_address(url: str) -> tuple[str, int]:
+    """(host, port) of 'grpc://HOST:PORT'; a ConfigError in one line otherwise."""
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "grpc" or not parsed.hostname or port is None:
+        raise ConfigError(f"data.service={url}: expected grpc://HOST:PORT, the address of a "
+                          f"tf.data service dispatcher (`pretrainer data-service dispatcher`)")
+    return parsed.hostname, port
 
 
 # What each data source gives (`data.source` -> modality), known before anything is
@@ -75,6 +89,7 @@ class DataConfig:
     shard_size: int = 4096  # examples per TFRecord shard
     cache: bool = True  # cache decoded splits in memory when they are small (< 512 MB)
     shuffle_buffer: int = 10_000  # records permuted together when a split streams from disk
+    service: Optional[str] = None  # grpc://HOST:PORT: training streams read by tf.data service
 
     @property
     def modality(self) -> str:
@@ -90,6 +105,8 @@ class DataConfig:
                               f"'{self.source}' gives {self.modality} data")
         check_choice("data.color", self.color, ("auto", "rgb", "grayscale"))
         check_choice("data.task", self.task, ("auto", "classification", "regression"))
+        if self.service:
+            parse_address(self.service)
         import codecs
 
         if self.shuffle_buffer < 1:

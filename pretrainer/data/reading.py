@@ -13,6 +13,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from pretrainer.data import service
 from pretrainer.data.records import SplitInfo
 from pretrainer.data.store import join, read_manifest
 from pretrainer.errors import DataError
@@ -130,6 +131,8 @@ def records(store: Path, split: str, *, labels: bool, modality: str, parse, shuf
     at record k * batch_size), so a resumed run that starts at `start_batch` sees
     exactly the batches an uninterrupted run would.
     Unshuffled reads keep the stored order; with `repeat` each pass is the same.
+    With data.service set, shuffled repeated reads come from tf.data service workers
+    (`service.served_records`): every record once per pass, in the order they arrive.
     """
     manifest, n, files = _open_split(store, split, labels=labels, modality=modality)
     workers = max(1, min(4, os.cpu_count() or 1))
@@ -154,10 +157,14 @@ def records(store: Path, split: str, *, labels: bool, modality: str, parse, shuf
 
     drop = repeat and _STATIC["on"]  # static batches: the endless stream loses nothing
 
-    if cached:
+    if repeat and service.service():  # training streams: read on tf.data service workers
+        ds = service.served_records(files, parse, n, first, seed, shuffle_buffer)
+    elif cached:
         return _gathered_from_memory(stored_order(), n, passes, pass_seed, offset, batch_size,
                                      drop), manifest, workers
-    ds = _interleaved_from_disk(files, parse, n, passes, pass_seed, workers, shuffle_buffer)
+    else:
+        ds = _interleaved_from_disk(files, parse, n, passes, pass_seed, workers,
+                                    shuffle_buffer)
     ds = ds.skip(offset) if offset else ds
     return ds.batch(batch_size, drop_remainder=drop), manifest, workers
 

@@ -48,7 +48,8 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
     manifest = read_manifest(store)
     _check(cfg, store, manifest)
     strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest.modality,
-                                                  "backbone": cfg.backbone.name})
+                                                  "backbone": cfg.backbone.name},
+                          data_service=cfg.data.service)
     if ft.semi_supervised != "none" and is_multi_worker(strategy):
         raise ConfigError("finetune.semi_supervised=fixmatch runs on one machine (cpu, gpu, "
                           "mirrored or tpu), not multi_worker")

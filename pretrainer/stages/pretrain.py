@@ -37,7 +37,8 @@ def run(cfg: Config) -> Path:
     pretext = get_pretext(cfg.pretext.name)
     strategy, why = setup(cfg.trainer, cfg.seed, {"modality": manifest.modality,
                                                   "backbone": cfg.backbone.name,
-                                                  "pretext": cfg.pretext.name})
+                                                  "pretext": cfg.pretext.name},
+                          data_service=cfg.data.service)
     with training_run(cfg.paths.runs, cfg.experiment, "pretrain", strategy, to_yaml(cfg),
                       dataset_manifest=join(store, MANIFEST),
                       extra={"strategy": why, "seed": cfg.seed, "pretext": cfg.pretext.name,

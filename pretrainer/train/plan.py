@@ -10,7 +10,7 @@ import keras
 
 from pretrainer import precision
 from pretrainer.config import TrainerConfig
-from pretrainer.errors import UserError
+from pretrainer.errors import ConfigError, UserError
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,14 @@ class TrainingError(UserError):
     """Training diverged (NaN/Inf loss)."""
 
 
-def setup(trainer: TrainerConfig, seed: int, workload: Optional[dict] = None):
+def setup(trainer: TrainerConfig, seed: int, workload: Optional[dict] = None,
+          data_service: Optional[str] = None):
     """Seed every RNG, set the precision policy and pick the strategy (built before any op).
     Returns (strategy, a line saying which strategy and precision were chosen and why).
-    `workload`: what trains ({"modality", "backbone", "pretext"}), for precision auto."""
-    from pretrainer.strategy import get_strategy
+    `workload`: what trains ({"modality", "backbone", "pretext"}), for precision auto;
+    `data_service`: data.service, the tf.data service the training streams come from."""
+    from pretrainer.data import service
+    from pretrainer.strategy import get_strategy, is_multi_worker
 
     keras.utils.set_random_seed(seed)
     policy, precision_why = precision.resolve(trainer.precision, workload)
@@ -56,6 +59,16 @@ def setup(trainer: TrainerConfig, seed: int, workload: Optional[dict] = None):
     pipeline.set_static_batches(static)
     if static:
         why += "; batches of one size (static shapes)"
+    if data_service and is_multi_worker(strategy):
+        raise ConfigError("data.service with several training workers: each would read "
+                          "every example. Use it with one training process (any number "
+                          "of devices), or drop data.service")
+    if data_service:
+        service.check_reachable(data_service, trainer.connect_timeout)
+        why += (f"; training examples from the tf.data service at {data_service}, in the "
+                f"order its workers send them (not reproducible batch for batch; a resumed "
+                f"run reads the rest of its epoch's count)")
+    service.set_service(data_service)
     return strategy, why if policy == "float32" else f"{why}; {precision_why}"
 
 
