@@ -9,7 +9,9 @@ Measured (steady-state training samples/s, mixed_bfloat16 / float32):
   accuracy 0.59 vs 0.58).
 - Not faster on those CPUs: DCGAN (0.54x), the transformer LM (1.00x). On an H200
   neither bf16 nor fp16 gained consistently for these small models, so GPUs stay
-  float32. CPUs without bf16 instructions (AVX2 only) emulate bf16: float32.
+  float32. CPUs without bf16 instructions (AVX2 only) emulate bf16: float32 (AMD EPYC, AVX2 only,
+  2 cores, benchmarks/precision.py: mixed_bfloat16 0.14x float32 for the seed CNN at
+  batch 64, 0.21x at 256, 0.13-0.14x for SimCLR).
 
 So `auto` is mixed_bfloat16 for convolutional image models on a CPU with bf16 units
 (AMX-BF16 or AVX512-BF16) and no GPU, float32 everywhere else.
