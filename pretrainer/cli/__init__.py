@@ -301,7 +301,7 @@ def data_service(role: Annotated[str, typer.Argument(
     """Run a tf.data service dispatcher or worker: training verbs given
     data.service=grpc://HOST:PORT read their training examples from its workers.
 
-    [bold]Example[/bold] (docs/distributed.md): pretrainer data-service dispatcher --port 5050,
+    [bold]Example[/bold] (docs/architecture.md): pretrainer data-service dispatcher --port 5050,
     on each CPU machine pretrainer data-service worker --dispatcher grpc://HOST:5050, then
     pretrainer pretrain -c fashion_ae data.service=grpc://HOST:5050
     """
