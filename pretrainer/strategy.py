@@ -157,8 +157,8 @@ def _cpu(gpus: list) -> tf.distribute.Strategy:
     """The CPU: TensorFlow's default strategy (no distribution) where no GPU is visible,
     which places everything on the CPU; OneDeviceStrategy("/cpu:0") only where a GPU is
     visible (the default strategy would place ops on it). OneDeviceStrategy("/cpu:0")
-    measured 1.6x slower per step for the seed CNN (46.8 vs 28.5 ms, 2-core AMD EPYC, Keras fit on the same stream) with ten
-    times the page faults (4,461 vs 441 per step: its distributed input and step
+    measured 1.6x slower per step for the seed CNN (46.8 vs 28.5 ms, 2-core AMD EPYC,
+    Keras fit on the same stream) with ten times the page faults (4,461 vs 441 per step: its distributed input and step
     functions allocate fresh buffers every step, a third of the process's time spent in
     the kernel zeroing pages)."""
     return tf.distribute.OneDeviceStrategy("/cpu:0") if gpus else tf.distribute.get_strategy()
