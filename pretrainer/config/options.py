@@ -177,13 +177,17 @@ class SimCLRConfig(PretextConfig):
     temperature: float = 0.2  # NT-Xent temperature
     projection_dim: int = 64  # projection head output size
     zoom: float = 0.5  # views zoom in by up to this fraction of the image side
+    # > 0 adds RotNet's loss (which of 4 quarter turns a view got) times this weight
+    rotation_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("pretext.temperature", self.temperature, 0.0, 10.0, lo_open=True)
         check_range("pretext.zoom", self.zoom, 0.0, 0.9)
-        if self.projection_dim < 1:
-            raise ConfigError(f"Expected pretext.projection_dim >= 1. Received: "
+        check_range("pretext.rotation_weight", self.rotation_weight, 0.0, 100.0)
+        least = 4 if self.rotation_weight > 0 else 1
+        if self.projection_dim < least:
+            raise ConfigError(f"Expected pretext.projection_dim >= {least}. Received: "
                               f"{self.projection_dim}")
 
 

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from pretrainer.config import BackboneConfig, SimCLRConfig
+from pretrainer.errors import ConfigError
 
 
 def _global_views(z1, z2):
@@ -65,6 +66,34 @@ def augmenter(channels: int, seed: int, name: str, zoom: float = 0.5) -> keras.S
     return keras.Sequential(layers, name=name)
 
 
+@keras.saving.register_keras_serializable(package="pretrainer")
+class QuarterTurns(keras.layers.Layer):
+    """`quarter_turns` as a layer (a Lambda would not reload in Keras' safe mode)."""
+
+    def call(self, x):
+        return quarter_turns(x)
+
+
+def quarter_turns(x):
+    """Rotate the i-th quarter of the batch by i x 90 degrees; the targets are the quarter
+    indices (`rotation_targets`). Labels follow from positions, so nothing extra travels
+    with the batch; under a strategy each replica turns quarters of its own slice."""
+    b = ops.shape(x)[0]
+    turns = rotation_targets(b)[:, None, None, None]
+    transposed = ops.transpose(x, (0, 2, 1, 3))  # square images: (H, W) -> (W, H)
+    by_turn = [x, ops.flip(transposed, axis=1), ops.flip(ops.flip(x, axis=1), axis=2),
+               ops.flip(transposed, axis=2)]  # 0, 90, 180, 270 degrees anticlockwise
+    out = by_turn[0]
+    for k in (1, 2, 3):
+        out = ops.where(ops.equal(turns, k), by_turn[k], out)
+    return out
+
+
+def rotation_targets(b):
+    return ops.cast(ops.floor(ops.arange(b, dtype="float32") * 4.0 / ops.cast(b, "float32")),
+                    "int32")
+
+
 def build_simclr(backbone: keras.Model, cfg: SimCLRConfig, backbone_cfg: BackboneConfig,
                  seed: int, **compile_kwargs) -> keras.Model:
     """x -> (view1, view2) -> backbone -> projector -> (B, 2, projection_dim)."""
@@ -77,12 +106,28 @@ def build_simclr(backbone: keras.Model, cfg: SimCLRConfig, backbone_cfg: Backbon
     views = [augmenter(shape[-1], seed + 10 * i, f"view{i + 1}", cfg.zoom)(inputs)
              for i in range(2)]
     zs = [keras.layers.Reshape((1, cfg.projection_dim))(projector(backbone(v))) for v in views]
+    weight = cfg.rotation_weight
+    if weight > 0:  # RotNet as an auxiliary task: which quarter turn was applied to view 1
+        if shape[0] != shape[1]:
+            raise ConfigError(f"pretext.rotation_weight needs square images. Received: "
+                              f"{shape[0]}x{shape[1]}")
+        turned = QuarterTurns(name="quarter_turns")(views[0])
+        logits = keras.layers.Dense(4, dtype="float32", name="rotation")(backbone(turned))
+        # carried as a third row of the output, padded to the projection width
+        pad = keras.layers.ZeroPadding1D((0, cfg.projection_dim - 4))(
+            keras.layers.Reshape((4, 1))(logits))
+        zs.append(keras.layers.Reshape((1, cfg.projection_dim))(pad))
     outputs = keras.layers.Concatenate(axis=1, name="views", dtype="float32")(zs)
     model = keras.Model(inputs, outputs, name="simclr")
     temperature = cfg.temperature
 
     def loss(_, y_pred):
-        return nt_xent(y_pred[:, 0], y_pred[:, 1], temperature)
+        total = nt_xent(y_pred[:, 0], y_pred[:, 1], temperature)
+        if weight > 0:
+            targets = rotation_targets(ops.shape(y_pred)[0])
+            total = total + weight * keras.losses.sparse_categorical_crossentropy(
+                targets, y_pred[:, 2, :4], from_logits=True)
+        return total
 
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss,
                   **compile_kwargs)
