@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e ".[dev,onnx,mlflow,optuna]"
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e ".[dev,onnx,mlflow,optuna,beam]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

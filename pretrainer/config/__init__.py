@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pretrainer.config.groups import (  # noqa: F401  (the package's public names)
+    BEAM_SOURCES,
     KERAS_TEXT_DATASETS,
     SOURCE_MODALITY,
+    CollectConfig,
     DataConfig,
     DeployConfig,
     EvaluateConfig,
@@ -58,6 +60,7 @@ class Config:
     seed: int = 42
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
     # the backbone's and the pretext's keys depend on the option (options.py): untyped in
     # the Hydra schema, given their option's class by __post_init__
     backbone: Any = field(default_factory=lambda: {"name": "conv_ae"})
@@ -74,6 +77,13 @@ class Config:
         self.pretext = typed("pretext", self.pretext, "autoencoder")
         for group in (self.backbone, self.pretext, self.finetune):
             group.check(self)
+        if self.collect.beam and self.data.source not in BEAM_SOURCES:
+            raise ConfigError(f"collect.runner={self.collect.runner} reads files: data.source "
+                              f"must be one of {', '.join(BEAM_SOURCES)}. Received: "
+                              f"{self.data.source} (collect it with collect.runner=inprocess)")
+        if self.collect.beam and self.data.extra_unlabeled:
+            raise ConfigError("collect.runner=beam does not read data.extra_unlabeled yet: "
+                              "collect it with collect.runner=inprocess")
 
 
 _GROUPS = ("data", "backbone", "pretext", "finetune", "trainer", "deploy")

@@ -330,6 +330,38 @@ class EvaluateConfig:
             raise ConfigError(f"Expected evaluate.explain in [0, 256]. Received: {self.explain}")
 
 
+BEAM_SOURCES = ("image_folder", "text_files", "csv")
+
+
+@dataclass
+class CollectConfig:
+    """How `collect` runs. `inprocess`: this process (forked image decoders). `beam`: an
+    Apache Beam pipeline on Beam's local runner (pip install 'pretrainer[beam]'); any
+    other value names a Beam runner (DataflowRunner, FlinkRunner, SparkRunner, ...), its
+    pipeline options in `options`. Every runner writes the same store: the runner is not
+    part of the store's config key."""
+    runner: str = "inprocess"
+    options: List[str] = field(default_factory=list)  # e.g. ["--project=p", "--region=r"]
+    workers: int = 0  # Beam's local runner: worker processes (0: the CPUs this process has)
+
+    def __post_init__(self) -> None:
+        if not self.runner or not self.runner.replace("_", "").isalnum():
+            raise ConfigError(f"collect.runner='{self.runner}' is not valid. Choose from: "
+                              f"inprocess, beam, or a Beam runner's name (DataflowRunner, ...)")
+        bad = [o for o in self.options if not str(o).startswith("--")]
+        if bad:
+            raise ConfigError(f"collect.options takes Beam pipeline flags (--name=value). "
+                              f"Received: {bad[0]}")
+        if any(str(o).split("=")[0] == "--runner" for o in self.options):
+            raise ConfigError("collect.options: give the runner as collect.runner=NAME")
+        if self.workers < 0:
+            raise ConfigError(f"Expected collect.workers >= 0. Received: {self.workers}")
+
+    @property
+    def beam(self) -> bool:
+        return self.runner != "inprocess"
+
+
 @dataclass
 class StudyConfig:
     fractions: List[float] = field(default_factory=lambda: [0.01, 0.1])  # labeled fractions

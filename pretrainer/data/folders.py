@@ -179,8 +179,8 @@ def _decode_chunk(files: list[Path], size: tuple[int, int], mode: str, root: str
     return out[:len(kept)], kept, skipped
 
 
-def _labeled(folder: Path, classes: list[str], size, mode, root, label: str = "",
-             listed: Optional[dict] = None) -> tuple:
+def _labeled_files(folder: Path, classes: list[str], listed: Optional[dict] = None
+                   ) -> tuple[list[Path], list[int]]:
     files, labels = [], []
     for c, name in enumerate(classes):
         d = folder / name
@@ -188,12 +188,15 @@ def _labeled(folder: Path, classes: list[str], size, mode, root, label: str = ""
             found = listed[name] if listed is not None else _images_under(d)
             files += found
             labels += [c] * len(found)
-    x, kept, skipped = load_images(files, size, mode, root, label=label)
-    return x, np.asarray(labels, dtype=np.int64)[kept], skipped
+    return files, labels
 
 
-def load_folder(root_path: Optional[str], image_size, color: str):
-    """Return the pieces of a SourceData for an image folder (see sources.load_image_folder)."""
+def list_folder(root_path: Optional[str], image_size, color: str) -> dict:
+    """What an image folder holds, before anything is decoded: {root, layout, mode, size,
+    class_names, empty_classes, parts}; parts maps pool (and test, val for the
+    train/test[/val] layout) to (files, labels or None, progress label), in the order
+    their images are decoded and numbered. collect's in-process and Beam paths both
+    start here, so they number the same files the same way."""
     if not root_path:
         raise DataError("data.source=image_folder needs data.path=DIR (a folder of images)")
     root = Path(root_path).expanduser()
@@ -204,33 +207,46 @@ def load_folder(root_path: Optional[str], image_size, color: str):
     all_files = _images_under(root)
     if not all_files:
         raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
-    mode = _choose_mode(all_files, color)
-    result = {"layout": layout, "mode": mode, "size": size}
+    result = {"root": root, "layout": layout, "mode": _choose_mode(all_files, color),
+              "size": size, "class_names": [], "empty_classes": []}
     if layout == "flat":
-        x, _, skipped = load_images(all_files, size, mode, root, label="decode")
-        result.update(x_pool=x, y_pool=None, class_names=[], skipped=skipped)
+        result["parts"] = {"pool": (all_files, None, "decode")}
         return result
     top = root / next(d.name for d in _class_dirs(root) if d.name.lower() == "train") \
         if layout == "splits" else root
     listed = {d.name: _images_under(d) for d in _class_dirs(top)}  # list each folder once
     classes = [name for name, found in listed.items() if found]
-    empty = [name for name, found in listed.items() if not found]
     if len(classes) < 2:
         raise DataError(f"Found {len(classes)} class folder(s) with images under {top}; "
                         f"need at least 2 (or a flat folder for unlabeled data)")
-    x, y, skipped = _labeled(top, classes, size, mode, root,
-                             label=f"decode {top.name}" if layout == "splits" else "decode",
-                             listed=listed)
-    result.update(x_pool=x, y_pool=y, class_names=classes, skipped=skipped,
-                  empty_classes=empty)
+    result.update(class_names=classes,
+                  empty_classes=[name for name, found in listed.items() if not found])
+    parts = {"pool": (*_labeled_files(top, classes, listed),
+                      f"decode {top.name}" if layout == "splits" else "decode")}
     if layout == "splits":
         subdirs = {d.name.lower(): d for d in _class_dirs(root)}
         for split in ("test", "val"):
             if split in subdirs:
-                xs, ys, sk = _labeled(subdirs[split], classes, size, mode, root,
-                                      label=f"decode {subdirs[split].name}")
-                result[f"x_{split}"], result[f"y_{split}"] = xs, ys
-                skipped += sk
+                parts[split] = (*_labeled_files(subdirs[split], classes),
+                                f"decode {subdirs[split].name}")
+    result["parts"] = parts
+    return result
+
+
+def load_folder(root_path: Optional[str], image_size, color: str):
+    """Return the pieces of a SourceData for an image folder (see sources.load_image_folder)."""
+    listing = list_folder(root_path, image_size, color)
+    root, size, mode = listing["root"], listing["size"], listing["mode"]
+    result = {k: listing[k] for k in ("layout", "mode", "size", "class_names")}
+    result["empty_classes"] = listing["empty_classes"]
+    skipped = []
+    for part, (files, labels, label) in listing["parts"].items():
+        x, kept, sk = load_images(files, size, mode, root, label=label)
+        skipped += sk
+        name = "pool" if part == "pool" else part
+        result[f"x_{name}"] = x
+        result[f"y_{name}"] = None if labels is None else np.asarray(labels, np.int64)[kept]
+    result["skipped"] = skipped
     return result
 
 

@@ -82,17 +82,19 @@ def _hashes(x: np.ndarray) -> list[bytes]:
     return [hashlib.blake2b(_row_bytes(row), digest_size=16).digest() for row in x]
 
 
-def check_contamination(arrays: dict, dedupe: bool) -> dict:
+def check_contamination(arrays: dict, dedupe: bool, digests=_hashes) -> dict:
     """Exact duplicates of test examples in the pretraining pool, train and val.
 
     Reported in the manifest; with `dedupe` they are removed from those splits
     (in place in `arrays`), so the test score is not inflated by memorisation.
+    `digests`: rows -> their content digests (collect on Beam passes record numbers
+    and looks up the digests its workers computed).
     """
-    test = set(_hashes(arrays["test"][0]))
+    test = set(digests(arrays["test"][0]))
     report = {"method": "exact bytes (blake2b)", "deduped": dedupe}
     for split in ("unlabeled", "train", "val"):
         x, y = arrays[split]
-        dup = np.array([h in test for h in _hashes(x)], dtype=bool)
+        dup = np.array([h in test for h in digests(x)], dtype=bool)
         report[f"{split}_in_test"] = int(dup.sum())
         if dedupe and dup.any():
             arrays[split] = (x[~dup], None if y is None else y[~dup])

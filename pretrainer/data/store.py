@@ -79,7 +79,10 @@ def _example(modality: str, row, label, regression: bool) -> bytes:
     else:
         feats["label"] = f(int64_list=tf.train.Int64List(value=[-1 if label is None
                                                                  else int(label)]))
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+    # deterministic: map entries in key order, whatever process (or Beam worker, whose
+    # protobuf may order maps by hash) serialises it, so shard checksums are reproducible
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(
+        deterministic=True)
 
 
 def write_split(out_dir, split: str, x, y: Optional[np.ndarray], shard_size: int,
@@ -201,6 +204,51 @@ def _shape(src) -> list[int]:
     return [int(d) for d in np.asarray(src.x_pool[:1]).shape[1:]]
 
 
+def plan_splits(src, cfg: DataConfig, seed: int, digests=None) -> tuple[dict, dict]:
+    """({split: (x, y)} in each split's seeded order, contamination report): every rule
+    that decides what a store holds. `digests`: see splits.check_contamination (the
+    Beam path's x are record numbers)."""
+    if len(src.x_pool) == 0:
+        shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:3])
+        raise DataError("The source gave no readable examples"
+                        + (f": all {len(src.skipped)} file(s) were skipped, e.g. {shown}"
+                           if src.skipped else ""))
+    arrays = split_arrays(src, cfg, seed)
+    if src.x_extra is not None and len(src.x_extra):
+        arrays["unlabeled"] = (np.concatenate([arrays["unlabeled"][0], src.x_extra]), None)
+    contamination = (check_contamination(arrays, dedupe=cfg.dedupe) if digests is None else
+                     check_contamination(arrays, dedupe=cfg.dedupe, digests=digests))
+    return shuffled(arrays, seed), contamination
+
+
+def staging_dir(store, cfg: DataConfig, seed: int) -> str:
+    """Where a store is written before it is renamed into place (kept by a collect that
+    was cut, for the next one with the same config)."""
+    parent, name = _parent_and_name(store)
+    _gfile().makedirs(parent)
+    return join(parent, f".{name}.partial-{config_key(cfg, seed)}")
+
+
+def split_entry(split: str, y, shards: list[dict], class_names, regression: bool) -> dict:
+    """A split's entry in the manifest."""
+    per_class = ({} if y is None or regression else
+                 {class_names[int(c)]: int(n)
+                  for c, n in zip(*np.unique(y, return_counts=True), strict=True)})
+    return {"count": sum(s["count"] for s in shards) if shards else 0,
+            "labeled": split != "unlabeled", "per_class": per_class, "shards": shards}
+
+
+def publish(store, staging: str, cfg: DataConfig, seed: int, src, arrays: dict,
+            splits: dict, contamination: dict, shape: Optional[list] = None) -> StoreManifest:
+    """The manifest written last and the store renamed into place (`shape`: an example's,
+    when src holds record numbers)."""
+    manifest = _manifest_json(cfg, seed, src, arrays, splits, contamination,
+                              config_key(cfg, seed), shape)
+    _publish(store, staging, manifest, {sh["file"] for sp in splits.values()
+                                        for sh in sp["shards"]})
+    return StoreManifest.from_json(manifest)
+
+
 def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
                 advance=None, share_from=None) -> StoreManifest:
     """Split `src` (a SourceData) and write the store at `store`; return the manifest.
@@ -214,27 +262,11 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
     differs, as in study cells), its unlabeled, val and test shards are hard-linked, not
     written again.
     """
-    if len(src.x_pool) == 0:
-        shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:3])
-        raise DataError("The source gave no readable examples"
-                        + (f": all {len(src.skipped)} file(s) were skipped, e.g. {shown}"
-                           if src.skipped else ""))
-    arrays = split_arrays(src, cfg, seed)
-    if src.x_extra is not None and len(src.x_extra):
-        arrays["unlabeled"] = (np.concatenate([arrays["unlabeled"][0], src.x_extra]), None)
-    contamination = check_contamination(arrays, dedupe=cfg.dedupe)
-    arrays = shuffled(arrays, seed)
-    gfile = _gfile()
-    parent, name = _parent_and_name(store)
-    gfile.makedirs(parent)
-    key = config_key(cfg, seed)
-    staging = join(parent, f".{name}.partial-{key}")
-    gfile.makedirs(staging)
+    arrays, contamination = plan_splits(src, cfg, seed)
+    staging = staging_dir(store, cfg, seed)
+    _gfile().makedirs(staging)
     splits = _write_splits(staging, cfg, seed, src, arrays, progress, advance, share_from)
-    manifest = _manifest_json(cfg, seed, src, arrays, splits, contamination, key)
-    _publish(store, staging, manifest, {sh["file"] for sp in splits.values()
-                                        for sh in sp["shards"]})
-    return StoreManifest.from_json(manifest)
+    return publish(store, staging, cfg, seed, src, arrays, splits, contamination)
 
 
 def _write_splits(staging: str, cfg: DataConfig, seed: int, src, arrays: dict, progress,
@@ -275,18 +307,14 @@ def _write_splits(staging: str, cfg: DataConfig, seed: int, src, arrays: dict, p
             continue
         shards = write_split(staging, split, x, y, cfg.shard_size, src.modality, regression,
                              done=done, on_shard=record, advance=advance)
-        per_class = ({} if y is None or regression else
-                     {src.class_names[int(c)]: int(n)
-                      for c, n in zip(*np.unique(y, return_counts=True), strict=True)})
-        splits[split] = {"count": int(len(x)), "labeled": split != "unlabeled",
-                         "per_class": per_class, "shards": shards}
+        splits[split] = split_entry(split, y, shards, src.class_names, regression)
         if progress:
             progress(split, len(x))
     return splits
 
 
 def _manifest_json(cfg: DataConfig, seed: int, src, arrays: dict, splits: dict,
-                   contamination: dict, key: str) -> dict:
+                   contamination: dict, key: str, shape: Optional[list] = None) -> dict:
     """The store's manifest.json as written (StoreManifest reads it back)."""
     regression = src.task == "regression"
     kind = modalities.get(src.modality)
@@ -299,7 +327,7 @@ def _manifest_json(cfg: DataConfig, seed: int, src, arrays: dict, splits: dict,
         "feature_spec": {**kind.stored,
                          **({"target": "float32, NaN = none"} if regression
                             else {"label": "int64, -1 = none"})},
-        "shape": _shape(src),
+        "shape": _shape(src) if shape is None else shape,
         "dtype": kind.dtype,
         "num_classes": 0 if regression else len(src.class_names),
         "class_names": [] if regression else list(src.class_names),

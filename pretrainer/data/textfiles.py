@@ -83,42 +83,56 @@ def _txt(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def load_text_files(path: str | None, how: str, encoding: str = "auto") -> dict:
+def list_text_files(path: str | None) -> dict:
+    """{root, layout, files: [(file, class index or None)], class_names}, nothing read yet:
+    collect's in-process and Beam paths both number documents in this order."""
     if not path:
         raise DataError("data.source=text_files needs data.path=DIR (a folder of .txt files)")
     root = Path(path).expanduser()
     if not root.exists():
         raise DataError(f"data.path={path} does not exist")
-    skipped: list = []
-    codecs: dict = {}
-
-    def read(f: Path) -> list[str]:
-        return _read(f, root, how, skipped, encoding, codecs)
-
     if root.is_file():
-        docs = read(root)
-        return {"texts": np.array(docs, dtype=object), "labels": None, "class_names": [],
-                "skipped": skipped, "layout": "file", "codecs": codecs}
+        return {"root": root, "layout": "file", "files": [(root, None)], "class_names": []}
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
                         and _txt(d))
     loose = [p for p in root.glob("*.txt") if p.is_file()]
     if len(class_dirs) >= 2 and not loose:
-        texts, labels = [], []
-        for c, d in enumerate(class_dirs):
-            for f in _txt(d):
-                found = read(f)
-                texts += found
-                labels += [c] * len(found)
-        if not texts:
-            raise DataError(f"No readable text under {root} ({len(skipped)} file(s) skipped)")
-        return {"texts": np.array(texts, dtype=object), "labels": np.array(labels, np.int64),
-                "class_names": [d.name for d in class_dirs], "skipped": skipped,
-                "layout": "classes", "codecs": codecs}
+        return {"root": root, "layout": "classes", "class_names": [d.name for d in class_dirs],
+                "files": [(f, c) for c, d in enumerate(class_dirs) for f in _txt(d)]}
     files = _txt(root)
     if not files:
         raise DataError(f"No .txt files under {root}")
-    texts = [doc for f in files for doc in read(f)]
-    if not texts:
-        raise DataError(f"No readable text under {root} ({len(skipped)} file(s) skipped)")
-    return {"texts": np.array(texts, dtype=object), "labels": None, "class_names": [],
-            "skipped": skipped, "layout": "flat", "codecs": codecs}
+    return {"root": root, "layout": "flat", "files": [(f, None) for f in files],
+            "class_names": []}
+
+
+def read_file(path: Path, root: Path, how: str, encoding: str = "auto"
+              ) -> tuple[list[str], list, dict]:
+    """(documents, skipped [{file, reason}], {codec: 1}) of one listed file."""
+    skipped: list = []
+    codecs: dict = {}
+    return _read(path, root, how, skipped, encoding, codecs), skipped, codecs
+
+
+def no_text_error(root: Path, skipped: list) -> DataError:
+    return DataError(f"No readable text under {root} ({len(skipped)} file(s) skipped)")
+
+
+def load_text_files(path: str | None, how: str, encoding: str = "auto") -> dict:
+    listing = list_text_files(path)
+    root = listing["root"]
+    texts, labels, skipped, codecs = [], [], [], {}
+    for f, c in listing["files"]:
+        docs, sk, used = read_file(f, root, how, encoding)
+        texts += docs
+        labels += [c] * len(docs)
+        skipped += sk
+        for codec, n in used.items():
+            codecs[codec] = codecs.get(codec, 0) + n
+    labeled = listing["layout"] == "classes"
+    if not texts and listing["layout"] != "file":
+        raise no_text_error(root, skipped)
+    return {"texts": np.array(texts, dtype=object),
+            "labels": np.array(labels, np.int64) if labeled else None,
+            "class_names": listing["class_names"], "skipped": skipped,
+            "layout": listing["layout"], "codecs": codecs}

@@ -126,15 +126,48 @@ def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> st
     _require_path(cfg)
     what = cfg.data.path if cfg.data.source == "image_folder" else cfg.data.dataset
     info(f"[bold]collect[/bold]: {esc(cfg.data.source)}:{esc(what)} -> {esc(store)}")
+    if cfg.collect.beam:
+        manifest = _collect_beam(cfg, store)
+    else:
+        manifest = _collect_inprocess(cfg, store, share_from)
+    c = manifest.contamination
+    dups = {k: v for k, v in c.items() if k.endswith("_in_test") and v}
+    if dups:
+        listed = ", ".join(f"{v} in {k.removesuffix('_in_test')}" for k, v in dups.items())
+        warn(f"exact duplicates of test examples: {listed}; "
+             + ("removed (data.dedupe=true)" if c["deduped"]
+                else "kept (set data.dedupe=true to drop them)"))
+    _summary(store, manifest)
+    return store
+
+
+def _collect_beam(cfg: Config, store: str) -> StoreManifest:
+    from pretrainer.data import beam
+
+    info(f"collect: an Apache Beam pipeline on {esc(cfg.collect.runner)} "
+         f"(the same store as collect.runner=inprocess)")
+    quiet_tensorflow()
+    manifest = beam.collect(store, cfg, store_seed(cfg), lambda line: info(esc(line)))
+    skipped = manifest.skipped
+    if skipped["count"]:
+        _warn_skipped(skipped["files"], skipped["count"], store)
+    return manifest
+
+
+def _warn_skipped(listed: list, count: int, store: str) -> None:
+    shown = "; ".join(f"{s['file']} ({s['reason']})" for s in listed[:5])
+    more = f" and {count - 5} more" if count > 5 else ""
+    warn(f"skipped {count} unreadable file(s): {shown}{more} "
+         f"(all listed in {join(store, MANIFEST)})")
+
+
+def _collect_inprocess(cfg: Config, store: str, share_from: Optional[str]) -> StoreManifest:
     if cfg.data.source != "image_folder":  # (other loaders may import TensorFlow)
         quiet_tensorflow()
     src = sources.load(cfg.data)  # image folders decode in forks, before TensorFlow loads
     quiet_tensorflow()
     if src.skipped and len(src.x_pool):  # (all skipped: build_store says so and stops)
-        shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:5])
-        more = f" and {len(src.skipped) - 5} more" if len(src.skipped) > 5 else ""
-        warn(f"skipped {len(src.skipped)} unreadable file(s): {shown}{more} "
-             f"(all listed in {join(store, MANIFEST)})")
+        _warn_skipped(src.skipped, len(src.skipped), store)
     def said(split: str, n: int) -> None:
         if split == "resume":
             info(f"  resuming an interrupted collect: {n} shard(s) already written")
@@ -155,15 +188,7 @@ def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> st
 
         manifest = build_store(store, cfg.data, store_seed(cfg), src, progress=said,
                                advance=advance, share_from=share_from)
-    c = manifest.contamination
-    dups = {k: v for k, v in c.items() if k.endswith("_in_test") and v}
-    if dups:
-        listed = ", ".join(f"{v} in {k.removesuffix('_in_test')}" for k, v in dups.items())
-        warn(f"exact duplicates of test examples: {listed}; "
-             + ("removed (data.dedupe=true)" if c["deduped"]
-                else "kept (set data.dedupe=true to drop them)"))
-    _summary(store, manifest)
-    return store
+    return manifest
 
 
 def _summary(store: str, manifest: StoreManifest) -> None:

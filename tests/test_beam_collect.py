@@ -1,0 +1,147 @@
+"""collect on Apache Beam's local runner writes the store the in-process path writes:
+the same manifest, splits, record order and shard checksums, byte for byte."""
+
+import csv
+import filecmp
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("apache_beam")
+
+from pretrainer.config import compose  # noqa: E402
+from pretrainer.errors import ConfigError, DataError  # noqa: E402
+
+CLI = [sys.executable, "-m", "pretrainer"]
+
+
+def _same_tree(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    assert len(names) > 5  # the manifest and several shards per store
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    assert not mismatch and not errors, mismatch or errors
+
+
+def _collect(config: str, overrides: list[str], data: Path, runner: list[str]) -> Path:
+    from pretrainer.stages import collect
+
+    cfg = compose(config, [*overrides, f"paths.data={data}", *runner])
+    return Path(collect.run(cfg))
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """2,000 PNGs in 3 class folders (spaces and brackets in the names), one corrupt file,
+    and 20 exact copies of other images (contamination for data.dedupe)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("beam") / "photos [2026]"
+    for c, name in enumerate(["cat s", "dog [1]", "emu"]):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(666 + (c == 0) * 2):
+            img = (rng.random((12, 10, 3)) * 80 + c * 80).astype(np.uint8)
+            Image.fromarray(img).save(d / f"img {i:04d}.png")
+    for i in range(20):
+        (root / "emu" / f"copy {i}.png").write_bytes((root / "emu" / f"img {i:04d}.png")
+                                                     .read_bytes())
+    (root / "emu" / "broken.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
+def test_image_folder_store_is_identical_on_beam(image_folder, tmp_path):
+    """As a user runs it: two `pretrainer collect` commands; Beam with 2 worker processes
+    and 10 shards per split, data.dedupe on (digests computed by the workers)."""
+    common = ["collect", "-c", "folder_ae", f"data.path='{image_folder}'",
+              "data.image_size=[8,8]", "data.shard_size=150", "data.dedupe=true"]
+    env = {**os.environ, "NO_COLOR": "1"}
+    ours = subprocess.run([*CLI, *common, f"paths.data={tmp_path / 'a'}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    beam = subprocess.run([*CLI, *common, f"paths.data={tmp_path / 'b'}",
+                           "collect.runner=beam", "collect.workers=2"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert beam.returncode == 0, beam.stderr[-2000:]
+    out = beam.stdout + beam.stderr
+    assert "skipped 1 unreadable file(s): emu/broken.png" in " ".join(out.split())
+    _same_tree(tmp_path / "a" / "image_folder", tmp_path / "b" / "image_folder")
+    import json
+
+    manifest = json.loads((tmp_path / "b" / "image_folder" / "manifest.json").read_text())
+    found = manifest["contamination"]  # copies of test images found by digest, and dropped
+    assert found["deduped"] and found["unlabeled_in_test"] > 0
+    test, pool = manifest["splits"]["test"]["count"], manifest["splits"]["unlabeled"]["count"]
+    assert test + pool + manifest["splits"]["val"]["count"] == 2000 + 20 - \
+        found["unlabeled_in_test"]
+    assert len(manifest["splits"]["unlabeled"]["shards"]) >= 9
+
+
+def _texts(root: Path) -> Path:
+    random.seed(1)
+    words = "alpha beta gamma delta épée naïve café zeta eta theta".split()
+    for c in ["news [a]", "sport s", "misc"]:
+        d = root / c
+        d.mkdir(parents=True)
+        for f in range(5):
+            lines = [" ".join(random.choice(words) for _ in range(random.randint(3, 12)))
+                     for _ in range(120)]
+            codec = {0: "latin-1", 1: "utf-16"}.get(f, "utf-8")
+            (d / f"file {f}.txt").write_bytes("\n".join(lines).encode(codec))
+    return root
+
+
+def test_text_folder_store_is_identical_on_beam(tmp_path):
+    root = _texts(tmp_path / "texts")
+    args = ["data=text_files", f"data.path={root}", "data.text_split=line",
+            "data.labeled_fraction=0.1", "data.shard_size=200", "collect.workers=2"]
+    a = _collect("text_mlm", args, tmp_path / "a", [])
+    b = _collect("text_mlm", args, tmp_path / "b", ["collect.runner=beam"])
+    _same_tree(a, b)
+
+
+def test_csv_store_is_identical_on_beam(tmp_path):
+    random.seed(2)
+    path = tmp_path / "table.csv"
+    with open(path, "w", newline="", encoding="latin-1") as f:
+        w = csv.writer(f)
+        w.writerow(["size", "colour", "note", "kind"])
+        for i in range(1200):
+            w.writerow([f"{random.random() * 10:.3f}" if i % 37 else "",
+                        random.choice(["red", "grün", "blue"]),
+                        random.choice(["a", "b, quoted", "multi\nline"]),
+                        random.choice(["x", "y", "z"]) if i % 50 else ""])
+    args = ["data=csv", f"data.path={path}", "data.target=kind", "data.shard_size=100"]
+    a = _collect("house_linear", args, tmp_path / "a", [])
+    b = _collect("house_linear", args, tmp_path / "b", ["collect.runner=beam",
+                                                        "collect.workers=2"])
+    _same_tree(a, b)
+
+
+def test_a_file_changed_between_scan_and_write_is_an_error(tmp_path):
+    from pretrainer.data import beam
+
+    path = tmp_path / "a.txt"
+    path.write_text("one\ntwo\n")
+    task = {"split": "train", "file": "train-00000-of-00001.tfrecord", "staging": str(tmp_path),
+            "modality": "text", "regression": False, "labels": [0, 1], "root": str(tmp_path),
+            "how": "line", "encoding": "auto", "refs": [[str(path), 0], [str(path), 1]],
+            "digests": [beam.digest(b"one"), beam.digest(b"two")]}
+    beam.write_shard(task)
+    assert (tmp_path / "train-00000-of-00001.tfrecord").stat().st_size > 0
+    path.write_text("one\nthree\n")
+    with pytest.raises(DataError, match="changed while collect ran"):
+        beam.write_shard(task)
+
+
+def test_beam_runner_is_refused_for_sources_it_cannot_read():
+    with pytest.raises(ConfigError, match="image_folder, text_files, csv"):
+        compose("fashion_ae", ["collect.runner=beam"])
+    with pytest.raises(ConfigError, match="--name=value"):
+        compose("fashion_ae", ['collect.options=["project=x"]'])
