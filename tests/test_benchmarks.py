@@ -124,3 +124,11 @@ def test_mlm_epochs_benchmark_smoke(tmp_path):
     assert "| plain |" in stdout and "| pretrainer |" in stdout and results["cpu"]
     assert results["fit_s"]["plain"] > 0 and results["fit_s"]["pretrainer"] > 0
     assert all(1 < p < float("inf") for p in results["val_perplexity"].values())
+
+
+@slow_harness
+def test_beam_collect_benchmark_smoke(tmp_path):
+    pytest.importorskip("apache_beam")
+    stdout, results = _smoke("beam_collect.py", tmp_path / "beam.json")
+    assert [r["identical"] for r in results["rows"]] == [True, True]
+    assert "| 2,000 |" in stdout

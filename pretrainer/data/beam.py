@@ -238,9 +238,9 @@ def plan_from_scan(listing: Listing, scanned: dict[int, dict]) -> Plan:
 
 
 def shard_tasks(plan: Optional[Plan], arrays: dict, cfg, staging: str, modality: str,
-                regression: bool, writer: dict) -> list[dict]:
-    """One element per shard, named and cut exactly as `store.write_split` does."""
-    tasks = []
+                regression: bool, writer: dict):
+    """One element per shard, named and cut exactly as `store.write_split` does (yielded:
+    they are streamed to the pipeline's input file)."""
     for split in splitting.SPLITS:
         x, y = arrays[split]
         n = len(x)
@@ -255,8 +255,7 @@ def shard_tasks(plan: Optional[Plan], arrays: dict, cfg, staging: str, modality:
             else:
                 task["refs"] = [plan.refs[i] for i in x[lo:hi]]
                 task["digests"] = [plan.digests[i] for i in x[lo:hi]]
-            tasks.append(task)
-    return tasks
+            yield task
 
 
 def pipeline_flags(collect_cfg) -> list[str]:
@@ -276,20 +275,32 @@ def pipeline_flags(collect_cfg) -> list[str]:
 LOCAL_RUNNERS = ("beam", "DirectRunner", "PrismRunner")
 
 
-def _run(elements: list, fn, out_prefix: str, flags: list[str], what: str) -> list[dict]:
-    """elements -> fn on Beam's workers -> JSON lines written under out_prefix -> parsed."""
+def _from_json(line: str) -> dict:
+    return json.loads(line)
+
+
+def _run(elements, fn, work: str, flags: list[str], what: str) -> list[dict]:
+    """elements (an iterable of dicts) -> fn on Beam's workers -> their JSON lines, parsed.
+
+    The elements are streamed to a JSON-lines file that the pipeline reads (Beam splits
+    it between workers by byte ranges), not handed to beam.Create: Create would pickle
+    them all into the launching process and the local runner would buffer them there."""
     import logging
 
     beam = require_beam()
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pretrainer.data.store import _gfile
+    from pretrainer.data.store import _gfile, join
 
+    source, out_prefix = join(work, f"{what}-elements.jsonl"), join(work, f"{what}-results")
+    with _gfile().GFile(source, "w") as f:
+        for element in elements:
+            f.write(json.dumps(element) + "\n")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         with beam.Pipeline(options=PipelineOptions(flags)) as p:
-            _ = (p | f"{what} elements" >> beam.Create(elements)
-                 | "spread" >> beam.Reshuffle()
+            _ = (p | f"read {what} elements" >> beam.io.ReadFromText(source)
+                 | "parse" >> beam.Map(_from_json)
                  | what >> beam.Map(fn)
                  | "results" >> beam.io.WriteToText(out_prefix, file_name_suffix=".jsonl"))
     except Exception as exc:  # a worker's error comes back wrapped in the runner's
@@ -335,8 +346,7 @@ def collect(store: str, cfg, seed: int, say) -> "StoreManifest":  # noqa: F821
         records = sum(len(u.get("paths", [])) or 1 for u in listing.units)
         say(f"  scan: {records} {'images' if listing.modality == 'image' else 'files'} in "
             f"{len(listing.units)} elements ({' '.join(flags)})")
-        scanned = {r["unit"]: r for r in _run(listing.units, scan_unit, join(work, "scan"),
-                                               flags, "scan")}
+        scanned = {r["unit"]: r for r in _run(listing.units, scan_unit, work, flags, "scan")}
         plan = plan_from_scan(listing, scanned)
         src, writer = plan.src, listing.writer
         if listing.modality == "image":
@@ -346,14 +356,13 @@ def collect(store: str, cfg, seed: int, say) -> "StoreManifest":  # noqa: F821
             src, data, seed, digests=lambda ids: [bytes.fromhex(plan.digests[i]) for i in ids])
     tasks = shard_tasks(plan, arrays, data, staging, src.modality,
                         src.task == "regression", writer)
-    say(f"  write: {len(tasks)} shards of {sum(len(a[0]) for a in arrays.values())} examples")
-    written = {r["file"]: r for r in _run(tasks, write_shard, join(work, "written"), flags,
-                                          "write")}
+    say(f"  write: {sum(len(a[0]) for a in arrays.values())} examples into shards")
+    written = _run(tasks, write_shard, work, flags, "write")
     gfile.rmtree(work)
     splits = {}
     for split in splitting.SPLITS:
-        shards = [{k: written[t["file"]][k] for k in ("file", "count", "sha256")}
-                  for t in tasks if t["split"] == split]
+        shards = sorted(({k: r[k] for k in ("file", "count", "sha256")}
+                         for r in written if r["split"] == split), key=lambda r: r["file"])
         splits[split] = split_entry(split, arrays[split][1], shards, src.class_names,
                                     src.task == "regression")
     say(f"  beam: {time.perf_counter() - t0:.1f} s")
