@@ -106,10 +106,41 @@ def _cli() -> None:
     cli_main()
 
 
+STOPPED = 143  # the exit code of a command stopped by SIGTERM (cli/running.py)
+_exit_code: list = []
+
+
+def _leave_after_sigterm() -> None:
+    """Registered before anything else, so it runs after every other atexit handler
+    (logging's, TensorFlow's): a command stopped by SIGTERM has saved its run and said
+    so, and what remains is the interpreter's teardown of TensorFlow (thread pools, C++
+    destructors), measured at ~1.2 s on 2 cores, while a scheduler that sent SIGTERM
+    counts down to SIGKILL. Objects nobody holds any more are collected (summary writers
+    flush as they go), output is flushed, and the process ends."""
+    if _exit_code != [STOPPED]:
+        return
+    import gc
+
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(STOPPED)
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args not in HELP_ARGS or os.environ.get("PRETRAINER_NO_HELP_CACHE"):
-        _cli()
+        import atexit
+
+        atexit.register(_leave_after_sigterm)
+        try:
+            _cli()
+        except SystemExit as exc:
+            _exit_code.append(exc.code)
+            raise
         return
     path = cache_dir() / f"help-{help_key(args, sys.stdout)}.txt"
     try:
