@@ -57,6 +57,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/collect_read.py
 	$(BIN)/python benchmarks/seed_at_size.py
 	$(BIN)/python benchmarks/mlm_epochs.py
+	$(BIN)/python benchmarks/pretext_epochs.py
 	$(BIN)/python benchmarks/memory_scale.py
 	$(BIN)/python benchmarks/beam_collect.py
 	$(BIN)/python benchmarks/serve_latency.py

@@ -132,3 +132,11 @@ def test_beam_collect_benchmark_smoke(tmp_path):
     stdout, results = _smoke("beam_collect.py", tmp_path / "beam.json")
     assert [r["identical"] for r in results["rows"]] == [True, True]
     assert "| 2,000 |" in stdout
+
+
+@slow_harness
+def test_pretext_epochs_benchmark_smoke(tmp_path):
+    stdout, results = _smoke("pretext_epochs.py", tmp_path / "pe.json")
+    assert results["simclr"]["seconds_per_epoch"] > 0
+    assert results["text_finetune"]["fit_seconds"] > 0
+    assert "| SimCLR pretraining" in stdout and "before issue 29" in stdout
