@@ -146,14 +146,30 @@ class Consistency(keras.Model):
         return self.compute_metrics(x, y, p_l, sample_weight=sample_weight)
 
 
+def feature_layer(backbone: keras.Model, layer: str) -> keras.Model:
+    """The backbone up to `layer` (its output when empty); an unknown name lists the
+    backbone's layers."""
+    from pretrainer.errors import ConfigError
+
+    if not layer:
+        return backbone
+    names = [lay.name for lay in backbone.layers]
+    if layer not in names:
+        raise ConfigError(f"finetune.prior_layer='{layer}' is not a layer of the backbone. "
+                          f"Choose from: {', '.join(names[1:])}")
+    return keras.Model(backbone.input, backbone.get_layer(layer).output,
+                       name=f"{backbone.name}_to_{layer}")
+
+
 def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
-                      pool_max: int | None = None):
+                      pool_max: int | None = None, layer: str = ""):
     """(prior model, facts): the labels spread over a kNN graph of the pretrained
     embedding of the labeled split + the pool (pretrainer.frozen), made inductive by a
     logistic regression on the pool's spread labels (weighted by their confidence) that
     runs inside the model: frozen backbone -> standardise -> L2-normalise -> softmax.
     The graph's k and the regression's C are chosen on the val split when it has
-    examples. The backbone is used frozen, in inference mode (its BatchNorm statistics)."""
+    examples. The backbone is used frozen, in inference mode (its BatchNorm statistics),
+    up to `layer` when one is named (feature_layer)."""
     import time
 
     import numpy as np
@@ -163,6 +179,7 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
     from pretrainer.baselines import dense_weights
 
     t0 = time.perf_counter()
+    backbone = feature_layer(backbone, layer)
     featurize = frozen.image_featurizer(backbone)
     x_tr, y_tr = frozen.split_features(featurize, store, "train")
     x_va, y_va = frozen.split_features(featurize, store, "val")

@@ -173,6 +173,9 @@ class FinetuneConfig:
     # propagation: the share of the run over which the exponent decays linearly to 0
     # (0: it stays prior_weight throughout)
     prior_decay: float = 0.0
+    # propagation: the backbone layer whose output is the graph's features (a layer name,
+    # e.g. flatten: conv_ae's trunk before its embedding Dense); empty: the backbone's output
+    prior_layer: str = ""
     # keep an exponential moving average of the weights and end with it (Keras' use_ema);
     # null: off. FixMatch evaluates such an average.
     ema_momentum: Optional[float] = None

@@ -239,11 +239,13 @@ def _consistency(cfg: Config, model, pretrained, parent, store, manifest: StoreM
         info("  finetune: finetune.prior=propagation needs pretrained features; this "
              f"{ft.init} run trains without the prior")
     elif ft.prior == "propagation":
-        prior, facts = propagation_prior(pretrained, store, manifest.num_classes)
+        prior, facts = propagation_prior(pretrained, store, manifest.num_classes,
+                                         layer=ft.prior_layer)
         shown = (f", val accuracy {facts['val_accuracy']:.2%}"
                  if facts["val_accuracy"] is not None else "")
         info(f"  prior pseudo-labels: labels spread over a {facts['graph_k']}-NN graph "
-             f"of {facts['pool']:,} pool embeddings, C={facts['C']:g}{shown} "
+             f"of {facts['pool']:,} pool {ft.prior_layer or 'embedding'} features, "
+             f"C={facts['C']:g}{shown} "
              f"({facts['seconds']:.0f} s)")
         runs.update_manifest(run_dir, prior=facts)
     return Consistency(model, threshold=ft.confidence, weight=ft.unlabeled_weight,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pretrainer.config import FinetuneConfig, TrainerConfig, compose
+from pretrainer.errors import ConfigError
 from pretrainer.stages import finetune, pretrain
 
 pytestmark = pytest.mark.e2e
@@ -153,3 +154,8 @@ def test_fixmatch_takes_prior_pseudo_labels_from_the_pretrained_features(in_tmp)
         model = keras.saving.load_model(ft / "model.keras")
         assert model.name == "classifier"  # the prior is not part of the saved model
         assert not any("prior" in layer.name for layer in model.layers)
+    # the graph over another layer's features (conv_ae's trunk before its embedding)
+    ft = finetune.run(compose("fashion_ae", [*semi, "finetune.prior_layer=flatten"]), run=pre)
+    assert "prior" in json.loads((ft / "manifest.json").read_text())
+    with pytest.raises(ConfigError, match="not a layer of the backbone. Choose from: .*flatten"):
+        finetune.run(compose("fashion_ae", [*semi, "finetune.prior_layer=nope"]), run=pre)
