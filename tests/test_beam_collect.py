@@ -145,3 +145,11 @@ def test_beam_runner_is_refused_for_sources_it_cannot_read():
         compose("fashion_ae", ["collect.runner=beam"])
     with pytest.raises(ConfigError, match="--name=value"):
         compose("fashion_ae", ['collect.options=["project=x"]'])
+
+
+def test_without_apache_beam_collect_says_how_to_install_it(monkeypatch):
+    from pretrainer.data import beam
+
+    monkeypatch.setitem(sys.modules, "apache_beam", None)  # import fails as if absent
+    with pytest.raises(DataError, match=r"pip install 'pretrainer\[beam\]'"):
+        beam.require_beam()
