@@ -45,7 +45,9 @@ def featurizer(run_dir: Path, manifest: StoreManifest):
         # a Wide & Deep text model (finetune.wide=ngrams): the pooled embedding, not the
         # tens of thousands of n-gram columns beside it
         names = {layer.name for layer in model.layers}
-        features = keras.Model(model.inputs, model.get_layer("mean_pool").output
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # (a list
+        # of one input warns "the structure of inputs doesn't match" on every call)
+        features = keras.Model(inputs, model.get_layer("mean_pool").output
                                if "wide_and_deep" in names else model.layers[-1].input)
 
         def call(x):
