@@ -28,7 +28,6 @@ in-process and only its shards are written by the pipeline.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -43,11 +42,11 @@ from pretrainer.data.sources import SourceData
 from pretrainer.errors import DataError
 
 SCAN_CHUNK = 256  # images per scan element: enough work per element to hide Beam's overhead
-DIGEST_BYTES = 16
 
 
 def digest(payload: bytes) -> str:
-    return hashlib.blake2b(payload, digest_size=DIGEST_BYTES).hexdigest()
+    """The contamination check's digest of a record (splits.digest), as hex for JSON."""
+    return splitting.digest(payload).hex()
 
 
 def require_beam():
@@ -94,26 +93,15 @@ def scan_unit(unit: dict) -> str:
 
 def write_shard(task: dict) -> str:
     """One write element -> its shard in the staging folder; a JSON line of its record."""
-    import tensorflow as tf
-
-    from pretrainer.data.store import _example, _gfile, join
-    from pretrainer.files import any_sha256
+    from pretrainer.data import store
 
     rows = task.get("rows")
     if rows is None:
         rows = _materialise(task)
-    labels = task["labels"]
-    final = join(task["staging"], task["file"])
-    tmp = join(task["staging"], f".{task['file']}.tmp-{os.getpid()}")
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for i, row in enumerate(rows):
-            label = None if labels is None else labels[i]
-            if task["modality"] == "tabular":
-                row = np.asarray(row, np.float32)
-            writer.write(_example(task["modality"], row, label, task["regression"]))
-    _gfile().rename(tmp, final, overwrite=True)
-    return json.dumps({"split": task["split"], "file": task["file"], "count": len(rows),
-                       "sha256": any_sha256(final)})
+    record = store.write_shard(task["staging"], task["file"], rows, task["labels"],
+                               task["modality"], task["regression"],
+                               tmp_suffix=f"tmp-{os.getpid()}")
+    return json.dumps({"split": task["split"], **record})
 
 
 def _materialise(task: dict) -> list:

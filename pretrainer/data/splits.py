@@ -78,8 +78,12 @@ def _row_bytes(row) -> bytes:
     return row.encode("utf-8") if isinstance(row, str) else np.asarray(row).tobytes()
 
 
+def digest(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
 def _hashes(x: np.ndarray) -> list[bytes]:
-    return [hashlib.blake2b(_row_bytes(row), digest_size=16).digest() for row in x]
+    return [digest(_row_bytes(row)) for row in x]
 
 
 def check_contamination(arrays: dict, dedupe: bool, digests=_hashes) -> dict:

@@ -85,6 +85,24 @@ def _example(modality: str, row, label, regression: bool) -> bytes:
         deterministic=True)
 
 
+def write_shard(out_dir, name: str, rows, labels, modality: str, regression: bool,
+                advance=None, tmp_suffix: str = "tmp") -> dict:
+    """One shard under a temporary name, renamed into place: {file, count, sha256}."""
+    import tensorflow as tf
+
+    final, tmp = join(out_dir, name), join(out_dir, f".{name}.{tmp_suffix}")
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for i, row in enumerate(rows):
+            writer.write(_example(modality, row, None if labels is None else labels[i],
+                                  regression))
+            if advance and i % 256 == 255:
+                advance(256)
+    if advance:
+        advance(len(rows) % 256)
+    _gfile().rename(tmp, final, overwrite=True)
+    return {"file": name, "count": len(rows), "sha256": any_sha256(final)}
+
+
 def write_split(out_dir, split: str, x, y: Optional[np.ndarray], shard_size: int,
                 modality: str = "image", regression: bool = False, done: Optional[dict] = None,
                 on_shard=None, advance=None) -> list[dict]:
@@ -94,8 +112,6 @@ def write_split(out_dir, split: str, x, y: Optional[np.ndarray], shard_size: int
     record; such shards are verified and kept instead of rewritten. Each shard is
     written under a temporary name and renamed, then reported to `on_shard`.
     """
-    import tensorflow as tf
-
     n = len(x)
     n_shards = max(1, -(-n // shard_size))
     shards = []
@@ -110,26 +126,12 @@ def write_split(out_dir, split: str, x, y: Optional[np.ndarray], shard_size: int
             if advance:
                 advance(hi - lo)
             continue
-        tmp = join(out_dir, f".{name}.tmp")
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for i in range(lo, hi):
-                writer.write(_example(modality, x[i], None if y is None else y[i], regression))
-                if advance and (i - lo) % 256 == 255:
-                    advance(256)
-        if advance:
-            advance((hi - lo) % 256)
-        _gfile().rename(tmp, final, overwrite=True)
-        record = {"file": name, "count": hi - lo, "sha256": any_sha256(final)}
+        record = write_shard(out_dir, name, x[lo:hi], None if y is None else y[lo:hi],
+                             modality, regression, advance)
         shards.append(record)
         if on_shard:
             on_shard(record)
     return shards
-
-
-def _replace(cfg: DataConfig, **changes) -> DataConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
 
 
 def config_key(cfg: DataConfig, seed: int) -> str:
@@ -149,8 +151,10 @@ LABEL_FIELDS = ("label_seed", "labeled_fraction", "labels_per_class")
 def split_key(cfg: DataConfig, seed: int) -> str:
     """What decides every split but `train`: stores with the same split key hold the same
     unlabeled, val and test shards (the labeled subset is drawn after those)."""
-    return config_key(_replace(cfg, **{k: DataConfig.__dataclass_fields__[k].default
-                                        for k in LABEL_FIELDS}), seed)
+    import dataclasses
+
+    return config_key(dataclasses.replace(cfg, **{k: DataConfig.__dataclass_fields__[k].default
+                                                  for k in LABEL_FIELDS}), seed)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -240,8 +244,7 @@ def split_entry(split: str, y, shards: list[dict], class_names, regression: bool
 
 def publish(store, staging: str, cfg: DataConfig, seed: int, src, arrays: dict,
             splits: dict, contamination: dict, shape: Optional[list] = None) -> StoreManifest:
-    """The manifest written last and the store renamed into place (`shape`: an example's,
-    when src holds record numbers)."""
+    """The manifest last, then the store renamed into place (`shape`: see _shape)."""
     manifest = _manifest_json(cfg, seed, src, arrays, splits, contamination,
                               config_key(cfg, seed), shape)
     _publish(store, staging, manifest, {sh["file"] for sp in splits.values()
