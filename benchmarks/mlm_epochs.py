@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np, keras, keras_hub, tensorflow as tf
 from pretrainer.config import compose
 from pretrainer.data import pipeline
-from pretrainer.models.transformer import load_vocabulary, transformer
+from pretrainer.data.modalities.text import load_vocabulary
+from pretrainer.models.transformer import transformer
 from pretrainer.pretext.language import build_masked_lm
 store, vocab_file, length, epochs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 def split(name):  # the store's texts, read once into memory as a user's list would be

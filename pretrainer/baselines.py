@@ -22,20 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from pretrainer import files
+from pretrainer.data import modalities
+from pretrainer.data.modalities.image import MAX_SIDE
 from pretrainer.data.records import StoreManifest
 
 C_GRID = (0.1, 1.0, 10.0)  # logistic regression's inverse regularisation, chosen on val
 GRID_MAX_TRAIN = 20_000  # above this many labeled examples, C=1 only (three fits cost minutes)
-MAX_SIDE = 32  # images are block-averaged down to at most this many pixels a side
 
 
 def describe(modality: str, regression: bool) -> str:
-    if modality == "text":
-        return "TF-IDF (word 1-2 + char 2-5 grams) + logistic regression"
-    if modality == "tabular":
-        return (f"HistGradientBoosting{'Regressor' if regression else 'Classifier'} "
-                f"(or {'ridge' if regression else 'logistic'} regression on small tables)")
-    return "logistic regression on pixels"
+    return modalities.get(modality).classical_describe(regression)
 
 
 def _arrays(store: Path, split: str, modality: str):
@@ -45,68 +41,14 @@ def _arrays(store: Path, split: str, modality: str):
         return None, None
     x, y = pipeline.to_numpy(pipeline.examples(store, split, batch_size=512, cache=False,
                                                standardize=False))
-    if modality == "text":
-        x = [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
-             for t in x.reshape(-1)]
-    else:
-        x = np.asarray(x, np.float32)
-        if modality == "image":
-            x = _downsample(x / 255.0 if x.size and x.max() > 1.0 else x)
-        x = x.reshape(len(x), -1)
+    x = modalities.get(modality).classical_features(x)
     return x, np.asarray(y).reshape(len(y), *np.shape(y)[1:])
-
-
-def _downsample(x: np.ndarray) -> np.ndarray:
-    """Block means, so a 224x224x3 image is 28x28x3 features, not 150k."""
-    f = max(1, -(-max(x.shape[1], x.shape[2]) // MAX_SIDE))
-    if f == 1:
-        return x
-    h, w = x.shape[1] // f * f, x.shape[2] // f * f
-    x = x[:, :h, :w]
-    return x.reshape(len(x), h // f, f, w // f, f, x.shape[-1]).mean(axis=(2, 4))
 
 
 def class_indices(y) -> np.ndarray:
     """Class indices [n] from sparse labels or one-hot rows."""
     y = np.asarray(y)
     return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1).astype(np.int64)
-
-
-SMALL_TABLE = 500  # below this many labeled rows, linear models join gradient boosting
-
-
-def _candidates(modality: str, regression: bool, n: int) -> list[tuple[str, object]]:
-    """(what it is, unfitted estimator), the default first: chosen on val when there is
-    one. Tables: gradient boosting with leaves sized to the data (its default of 20 rows
-    a leaf cannot split a table of 21 rows: 56.7 % on a separable one), and below
-    SMALL_TABLE rows standardised logistic / ridge regression beside it."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.pipeline import make_pipeline, make_union
-    from sklearn.preprocessing import StandardScaler
-
-    if modality == "tabular":
-        leaf = min(20, max(1, n // 10))
-        cls = HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier
-        out = [(f"{cls.__name__}(min_samples_leaf={leaf})",
-                cls(random_state=0, min_samples_leaf=leaf))]
-        if n < SMALL_TABLE:
-            linear = ([(f"Ridge(alpha={1 / c:g})", Ridge(alpha=1 / c)) for c in C_GRID]
-                      if regression else
-                      [(f"LogisticRegression(C={c:g})", LogisticRegression(C=c, max_iter=2000))
-                       for c in C_GRID])
-            out = [(name, make_pipeline(StandardScaler(), est)) for name, est in linear] + out
-        return out
-    if modality == "text":
-        def features():
-            return make_union(
-                TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
-                TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True,
-                                min_df=2))
-        return [(f"C={c:g}", make_pipeline(features(), LogisticRegression(C=c, max_iter=2000)))
-                for c in C_GRID]
-    return [(f"C={c:g}", LogisticRegression(C=c, max_iter=500)) for c in C_GRID]
 
 
 def _score(est, x, y, regression: bool) -> float:
@@ -129,8 +71,9 @@ def fit_and_score(store: Path, manifest: StoreManifest) -> dict:
     yt = yt.reshape(-1).astype(np.float64) if regression else class_indices(yt)
     if xv is not None:
         yv = yv.reshape(-1).astype(np.float64) if regression else class_indices(yv)
-    models = _candidates(modality, regression, len(y))
-    if modality != "tabular" and len(models) > 1 and (xv is None or len(y) > GRID_MAX_TRAIN):
+    models = manifest.kind.classical_candidates(regression, len(y), C_GRID)
+    if not manifest.kind.standardized and len(models) > 1 and (xv is None
+                                                               or len(y) > GRID_MAX_TRAIN):
         models = [models[C_GRID.index(1.0)]]  # no val to choose on, or too big to fit 3
     if xv is None:
         models = models[:1]
@@ -155,11 +98,11 @@ def fit_and_score(store: Path, manifest: StoreManifest) -> dict:
 def keras_model(result: dict, manifest: StoreManifest):
     """The image baseline as a Keras model that takes the same [0, 1] images as the deep
     models (so deploy, predict and serve treat it like any finetune run): block means
-    (AveragePooling2D, as _downsample) -> Flatten -> Dense softmax holding the logistic
+    (AveragePooling2D, as modalities.image.downsample) -> Flatten -> Dense softmax holding the logistic
     regression's coefficients. None for text and tables (TF-IDF and gradient boosting
     have no exact Keras twin here)."""
     est = result.get("estimator")
-    if manifest.modality != "image" or "accuracy" not in result or est is None:
+    if not manifest.kind.classical_exact or "accuracy" not in result or est is None:
         return None
     import keras
 

@@ -8,9 +8,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from pretrainer.config import TransformerConfig  # noqa: E402
+from pretrainer.data.modalities.text import tokenizer, train_vocabulary  # noqa: E402
 from pretrainer.models import build_backbone, freeze  # noqa: E402
 from pretrainer.models.heads import ngram_features, text_classifier  # noqa: E402
-from pretrainer.models.transformer import tokenizer, train_vocabulary  # noqa: E402
 from pretrainer.train.cached import FeatureRows, probe_parts  # noqa: E402
 
 

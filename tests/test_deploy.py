@@ -7,6 +7,7 @@ import pytest
 from conftest import run_python
 
 from pretrainer.config import DeployConfig
+from pretrainer.data.modalities.image import png_files
 from pretrainer.data.records import StoreManifest
 from pretrainer.exports import litert, onnx, parity, savedmodel
 from pretrainer.stages import deploy
@@ -97,7 +98,7 @@ def test_saved_model_serves_image_files_and_raw_uint8_images_of_any_size(tiny, t
     bigger = fn(images=tf.constant(np.zeros((2, 17, 13, 1), np.uint8)))
     assert bigger["probabilities"].shape == (2, 3)
     # the default signature: the same images as PNG files, as a client sends them
-    files = sigs["serving_default"](image_bytes=tf.constant(parity.png_files(x)))
+    files = sigs["serving_default"](image_bytes=tf.constant(png_files(x)))
     np.testing.assert_allclose(files["probabilities"].numpy(), ref, atol=1e-5)
 
     assert (path / "assets" / "labels.txt").read_text().split() == NAMES

@@ -59,12 +59,13 @@ def test_the_pixel_baseline_as_keras_predicts_like_scikit_learn(shape):
     from sklearn.linear_model import LogisticRegression
 
     from pretrainer import baselines
+    from pretrainer.data.modalities.image import downsample
 
     rng = np.random.default_rng(0)
     x = rng.random((120, *shape)).astype(np.float32)
     y = np.arange(120) % 3
     x[y == 1, : shape[0] // 2] += 0.5
-    feats = baselines._downsample(x).reshape(len(x), -1)
+    feats = downsample(x).reshape(len(x), -1)
     est = LogisticRegression(C=1.0, max_iter=500).fit(feats, y)
     from pretrainer.data.records import StoreManifest
 

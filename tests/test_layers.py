@@ -115,7 +115,7 @@ def test_the_import_graph_is_read():
     graph = _imports(_modules())
     # a few edges that must be seen, so the checks below cannot pass on an empty graph
     assert "runs" in graph["tracking"]
-    assert "data.preprocess" in graph["data.pipeline"]  # a top-level import
+    assert "data.modalities.image" in graph["data.pipeline"]  # a top-level import
     assert "precision" in graph["stages.doctor"]  # an import inside a function
     assert "stages.finetune" in graph["cli"]
 

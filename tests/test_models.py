@@ -84,7 +84,7 @@ def test_wordpiece_vocabulary_is_learned_fast_and_tokenizes_its_texts_without_un
 
     from pretrainer.config import DataConfig
     from pretrainer.data import sources
-    from pretrainer.models.transformer import RESERVED, UNK, tokenizer, train_vocabulary
+    from pretrainer.data.modalities.text import RESERVED, UNK, tokenizer, train_vocabulary
 
     texts = [str(t) for t in sources.load(DataConfig(source="bundled_text",
                                                      dataset="fortunes_small")).x_pool]
@@ -107,8 +107,8 @@ def test_wide_and_deep_text_classifier_learns_ngrams_and_saves_as_plain_keras(tm
     cannot see in a few steps, and the saved model loads and predicts the same with Keras."""
     import tensorflow as tf
 
+    from pretrainer.data.modalities.text import tokenizer, train_vocabulary
     from pretrainer.models.heads import ngram_features, text_classifier
-    from pretrainer.models.transformer import tokenizer, train_vocabulary
 
     rng = np.random.default_rng(0)
     filler = ["the", "a", "cat", "sat", "on", "mat", "dog", "ran", "far", "away"]
@@ -164,7 +164,7 @@ def test_keras_applications_backbones_autoencode_save_and_classify_32px_images(t
 def test_fitted_length_covers_99_percent_of_the_pool_in_multiples_of_8():
     import tensorflow as tf
 
-    from pretrainer.models.transformer import RESERVED, fitted_length
+    from pretrainer.data.modalities.text import RESERVED, fitted_length
 
     vocab = list(RESERVED) + ["a", "b"]
     # 990 texts of 5 words, 10 of 30 words: the 99th percentile is 5.25 tokens -> 8
@@ -181,9 +181,9 @@ def test_a_linear_probe_trains_its_head_on_the_features_it_serves(tmp_path):
     backbone still dropped out while the head trained); the saved model still loads."""
     import tensorflow as tf
 
+    from pretrainer.data.modalities.text import tokenizer
     from pretrainer.models import freeze
     from pretrainer.models.heads import text_classifier
-    from pretrainer.models.transformer import tokenizer
 
     vocab = ["[PAD]", "[UNK]", "[MASK]", "[BOS]", "[EOS]", "a", "b", "c", "d"]
     texts = tf.constant(["a b c d a b", "d c b", "a a a c"])

@@ -18,9 +18,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from pretrainer.data.modalities.text import RESERVED, tokenizer
 from pretrainer.data.records import StoreManifest
 from pretrainer.exports import savedmodel
-from pretrainer.models.transformer import RESERVED, padding_mask, tokenizer
+from pretrainer.models.transformer import padding_mask
 from pretrainer.stages import serve
 
 IMAGE = StoreManifest.from_json({"modality": "image", "task": "classification", "shape": [8, 8, 1], "num_classes": 3,

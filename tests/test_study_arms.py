@@ -58,7 +58,7 @@ def test_the_classical_baseline_learns_from_the_labeled_split_only(tmp_path, mod
 def test_large_images_are_block_averaged_for_the_pixel_baseline():
     import numpy as np
 
-    from pretrainer.baselines import _downsample
+    from pretrainer.data.modalities.image import downsample as _downsample
 
     x = np.arange(2 * 100 * 64 * 3, dtype=np.float32).reshape(2, 100, 64, 3)
     small = _downsample(x)

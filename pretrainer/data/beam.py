@@ -37,6 +37,7 @@ from typing import Optional
 
 import numpy as np
 
+from pretrainer.data import modalities
 from pretrainer.data import splits as splitting
 from pretrainer.data.sources import SourceData
 from pretrainer.errors import DataError
@@ -143,6 +144,10 @@ class Listing:
     parts: dict = field(default_factory=dict)
     writer: dict = field(default_factory=dict)  # what write_shard needs besides refs
 
+    @property
+    def kind(self) -> modalities.Modality:
+        return modalities.get(self.modality)
+
 
 def list_images(cfg) -> Listing:
     from pretrainer.data.folders import list_folder
@@ -198,7 +203,7 @@ def plan_from_scan(listing: Listing, scanned: dict[int, dict]) -> Plan:
             skipped += got["skipped"]
             for codec, n in got.get("codecs", {}).items():
                 codecs[codec] = codecs.get(codec, 0) + n
-            if listing.modality == "image":
+            if listing.kind.pixels:
                 records = [unit["paths"][i] for i in got["kept"]]
                 kept_labels = (None if unit_labels is None
                                else [unit_labels[i] for i in got["kept"]])
@@ -213,7 +218,7 @@ def plan_from_scan(listing: Listing, scanned: dict[int, dict]) -> Plan:
         xs[part] = np.asarray(ids, np.int64)
         ys[part] = np.asarray(labels, np.int64) if listing.class_names else None
     info = dict(listing.info)
-    if listing.modality == "text":
+    if listing.kind.strings:
         info["files_by_encoding"] = codecs
         if not len(xs["pool"]) and listing.writer["layout"] != "file":
             from pretrainer.data.textfiles import no_text_error
@@ -333,12 +338,12 @@ def collect(store: str, cfg, seed: int, say) -> "StoreManifest":  # noqa: F821
     else:
         listing = list_images(data) if data.source == "image_folder" else list_texts(data)
         records = sum(len(u.get("paths", [])) or 1 for u in listing.units)
-        say(f"  scan: {records} {'images' if listing.modality == 'image' else 'files'} in "
+        say(f"  scan: {records} {'images' if listing.kind.pixels else 'files'} in "
             f"{len(listing.units)} elements ({' '.join(flags)})")
         scanned = {r["unit"]: r for r in _run(listing.units, scan_unit, work, flags, "scan")}
         plan = plan_from_scan(listing, scanned)
         src, writer = plan.src, listing.writer
-        if listing.modality == "image":
+        if listing.kind.pixels:
             size, mode = listing.writer["size"], listing.writer["mode"]
             shape = [size[0], size[1], 1 if mode == "L" else 3]
         arrays, contamination = plan_splits(

@@ -73,7 +73,7 @@ def batches(path: Path, manifest: StoreManifest, batch_size: int = 256) -> Itera
 
 def _image_batches(root: Path, manifest: StoreManifest, batch_size: int) -> Iterator[Batch]:
     from pretrainer.data.folders import _images_under, load_images
-    from pretrainer.data.preprocess import scale_pixels
+    from pretrainer.data.modalities.image import scale_pixels
 
     h, w, c = manifest.shape
     files = _images_under(root)
@@ -132,7 +132,7 @@ def _text_batches(path: Path, batch_size: int) -> Iterator[Batch]:
 
 
 def _csv_batches(path: Path, manifest: StoreManifest, batch_size: int) -> Iterator[Batch]:
-    from pretrainer.data.preprocess import encode_row
+    from pretrainer.data.modalities.tabular import encode_row
 
     columns = list(manifest.columns)
     if not columns:

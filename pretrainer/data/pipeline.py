@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from pretrainer.data.preprocess import scale_pixels
+from pretrainer.data.modalities.image import scale_pixels
 from pretrainer.data.reading import (  # noqa: F401  (split_info ... are this module's too)
     SHUFFLE_BUFFER,
     pin_batch,
@@ -179,16 +179,16 @@ def examples(store: Path, split: str, *, batch_size: int, shuffle: bool = False,
              standardize: bool = True, start_batch: int = 0,
              shuffle_buffer: int = SHUFFLE_BUFFER) -> tf.data.Dataset:
     """The reader that fits the store's modality (images, texts or rows)."""
-    modality = read_manifest(store).modality
+    manifest = read_manifest(store)
     common = dict(batch_size=batch_size, shuffle=shuffle, repeat=repeat, labels=labels,
                   cache=cache, seed=seed, start_batch=start_batch,
                   shuffle_buffer=shuffle_buffer)
-    if modality == "image":
+    if manifest.kind.pixels:
         return images(store, split, one_hot=one_hot, augment=augment, **common)
-    if modality == "tabular":
+    if manifest.kind.standardized:
         ds = rows(store, split, standardize=standardize, **common)
         if labels and one_hot:
-            n = read_manifest(store).num_classes
+            n = manifest.num_classes
             ds = ds.map(lambda x, y: (x, tf.one_hot(y, n)))
         return ds
     return texts(store, split, **common)

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from pretrainer.config import DataConfig
+from pretrainer.data import modalities
 from pretrainer.errors import DataError
 
 
@@ -99,7 +100,7 @@ def load_keras(cfg: DataConfig) -> SourceData:
             f"the bundled sample (--config fashion_ae), scikit-learn digits (--config digits_ae), "
             f"or copy the dataset file into ~/.keras/datasets"
         ) from exc
-    text = cfg.modality == "text"
+    text = modalities.get(cfg.modality).strings
     return SourceData(
         x_pool=x_tr if text else _as_nhwc(x_tr),
         y_pool=np.asarray(y_tr).reshape(-1).astype(np.int64),

@@ -62,17 +62,11 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
 
 
-def _example(modality: str, row, label, regression: bool) -> bytes:
+def _example(kind: modalities.Modality, row, label, regression: bool) -> bytes:
     import tensorflow as tf
 
     f = tf.train.Feature
-    if modality == "image":
-        feats = {"image": f(bytes_list=tf.train.BytesList(value=[np.asarray(row).tobytes()]))}
-    elif modality == "text":
-        feats = {"text": f(bytes_list=tf.train.BytesList(value=[str(row).encode("utf-8")]))}
-    else:
-        feats = {"features": f(float_list=tf.train.FloatList(
-            value=np.asarray(row, np.float32).tolist()))}
+    feats = kind.example_features(row)
     if regression:
         feats["target"] = f(float_list=tf.train.FloatList(
             value=[float("nan") if label is None else float(label)]))
@@ -91,9 +85,10 @@ def write_shard(out_dir, name: str, rows, labels, modality: str, regression: boo
     import tensorflow as tf
 
     final, tmp = join(out_dir, name), join(out_dir, f".{name}.{tmp_suffix}")
+    kind = modalities.get(modality)
     with tf.io.TFRecordWriter(tmp) as writer:
         for i, row in enumerate(rows):
-            writer.write(_example(modality, row, None if labels is None else labels[i],
+            writer.write(_example(kind, row, None if labels is None else labels[i],
                                   regression))
             if advance and i % 256 == 255:
                 advance(256)
@@ -200,12 +195,6 @@ def verify(store: Path, manifest: Optional[StoreManifest] = None) -> list[str]:
             if not _gfile().exists(path) or any_sha256(path) != shard.sha256:
                 bad.append(shard.file)
     return bad
-
-
-def _shape(src) -> list[int]:
-    if src.modality == "text":
-        return []
-    return [int(d) for d in np.asarray(src.x_pool[:1]).shape[1:]]
 
 
 def plan_splits(src, cfg: DataConfig, seed: int, digests=None) -> tuple[dict, dict]:
@@ -330,7 +319,7 @@ def _manifest_json(cfg: DataConfig, seed: int, src, arrays: dict, splits: dict,
         "feature_spec": {**kind.stored,
                          **({"target": "float32, NaN = none"} if regression
                             else {"label": "int64, -1 = none"})},
-        "shape": _shape(src) if shape is None else shape,
+        "shape": kind.record_shape(src.x_pool) if shape is None else shape,
         "dtype": kind.dtype,
         "num_classes": 0 if regression else len(src.class_names),
         "class_names": [] if regression else list(src.class_names),
@@ -346,7 +335,7 @@ def _manifest_json(cfg: DataConfig, seed: int, src, arrays: dict, splits: dict,
         "splits": splits,
         **src.extra_manifest,
     }
-    if src.modality == "tabular":  # standardisation statistics from the pretraining pool only
+    if kind.standardized:  # standardisation statistics from the pretraining pool only
         pool = np.asarray(arrays["unlabeled"][0], np.float64)
         std = pool.std(axis=0)
         manifest.update(feature_stats={"mean": pool.mean(axis=0).tolist(),

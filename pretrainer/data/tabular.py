@@ -16,12 +16,10 @@ from typing import Optional
 
 import numpy as np
 
+from pretrainer.data.modalities.tabular import MISSING
 from pretrainer.errors import DataError
 
 MAX_CATEGORIES = 100
-
-
-MISSING = {"", "nan", "na", "n/a", "null", "none"}
 
 
 def _is_number(v: str) -> bool:

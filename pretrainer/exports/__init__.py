@@ -2,9 +2,9 @@
 
 One module per concern, shared by `deploy`, `serve` and `predict`:
 
-- `preprocess`: each modality's input preprocessing, defined once (pixel scaling and
-  resizing, table-column encoding) and the input spec written beside every export.
-- `savedmodel`: the SavedModel (TF Serving layout) and its signatures per modality.
+- `savedmodel`: the SavedModel (TF Serving layout); each modality's signatures and input
+  preprocessing (pixel scaling and resizing, the tokenizer, table-column encoding) are
+  its own (`pretrainer.data.modalities`), as is the input spec written beside every export.
 - `litert`, `onnx`: the on-device and ONNX exports, with names and metadata that say
   what the inputs and outputs are.
 - `parity`: runs an export in a fresh process with only its own runtime.

@@ -142,44 +142,12 @@ def _epochs(n) -> str:
 
 
 def _usage(name: str, dataset: StoreManifest, formats: list[str]) -> list[str]:
-    modality = dataset.modality
-    out = ["## How to use", ""]
-    if modality == "image":
-        h, w, c = dataset.shape
-        out += [f"Input: images, {'grayscale' if c == 1 else 'RGB'}, trained at {h}x{w}. "
-                f"Labels are indices into this order: "
-                + ", ".join(f"{i} = {n}" for i, n in enumerate(dataset.class_names)) + ".",
-                "", "TF Serving (REST): an image file of any size (the default signature "
-                "decodes and resizes it), or uint8 pixels (`serve_pixels`):", "",
-                "```bash",
-                f"curl -s localhost:8501/v1/models/{name}:predict -d "
-                "'{\"instances\": [{\"b64\": \"'$(base64 -w0 image.png)'\"}]}'",
-                f"curl -s localhost:8501/v1/models/{name}:predict -d "
-                "'{\"signature_name\": \"serve_pixels\", \"instances\": "
-                f"[{'[[0, 0], [0, 0]]' if c == 1 else '[[[0,0,0]]]'}]}}'", "```", ""]
-
-    elif modality == "text":
-        out += ["Input: raw text (UTF-8); the tokenizer is inside the graph.", "", "```bash",
-                f"curl -s localhost:8501/v1/models/{name}:predict -d "
-                "'{\"instances\": [\"some text to classify\"]}'", "```", ""]
-    else:
-        cols = list(dataset.columns)
-        from pretrainer.data.preprocess import input_names
-
-        example = {n: (c["fill"] if c["kind"] == "numeric" else c["categories"][0])
-                   for c, n in zip(cols, input_names(cols), strict=True)}
-        out += ["Input: one value per CSV column, by name (numbers, or the category text).",
-                "", "```bash",
-                f"curl -s localhost:8501/v1/models/{name}:predict -d "
-                f"'{json.dumps({'instances': [example]})}'", "```", ""]
-    sig_in = {"image": "image_bytes=tf.constant([open(\"shoe.png\", \"rb\").read()])",
-              "text": "text=tf.constant([\"...\"])",
-              "tabular": "**columns"}[modality]
+    kind = dataset.kind
+    out = ["## How to use", ""] + kind.card_usage(name, dataset)
     out += ["Python, the SavedModel:", "", "```python", "import tensorflow as tf",
-            *(["import tensorflow_text  # registers the tokenizer's ops"]
-              if modality == "text" else []),
+            *kind.card_imports,
             f"fn = tf.saved_model.load(\"serving/{name}/1\").signatures[\"serving_default\"]",
-            f"out = fn({sig_in})  # probabilities, label, class_name", "```", ""]
+            f"out = fn({kind.card_call})  # probabilities, label, class_name", "```", ""]
     if "litert" in formats:
         out += ["LiteRT (`model.tflite`, `labels.txt` and `model.tflite.json` beside it): "
                 "input float32 NHWC in [0, 1] at the training size, output `probabilities`.",
@@ -300,7 +268,7 @@ def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, 
     what = (f"regression of `{source.get('target')}`" if regression else
             f"classification into {len(names)} classes ("
             + ", ".join(names[:20]) + (", …" if len(names) > 20 else "") + ")")
-    lines += [f"{'An' if modality == 'image' else 'A'} {modality} model for {what}, trained with pretrainer: "
+    lines += [f"{'An' if modality[0] in 'aeiou' else 'A'} {modality} model for {what}, trained with pretrainer: "
               + (f"a `{pre.backbone}` backbone pretrained on {n_pool}"
                  f" unlabeled examples with the `{pre.pretext}` pretext task, then "
                  f"finetuned ({ft.mode}) on {n_train} labeled examples."
@@ -310,7 +278,7 @@ def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, 
               f"- architecture: `{ft_cfg.get('backbone', {}).get('name', pre.backbone)}`"
               f" backbone + {'regression' if regression else 'classification'} head"
               + (f"; {params:,} parameters" if params is not None else ""),
-              f"- input: {_input_line(dataset)}",
+              f"- input: {dataset.kind.card_input(dataset)}",
               "- output: " + ("`prediction` (float)" if regression else
                               "`probabilities` (softmax, label order above), `label`, "
                               "`class_name`"), "",
@@ -345,18 +313,6 @@ def render(name: str, dataset: StoreManifest, finetune_run: Path, parity: dict, 
     return "\n".join(lines)
 
 
-def _input_line(dataset: StoreManifest) -> str:
-    if dataset.modality == "image":
-        h, w, c = dataset.shape
-        return (f"{'grayscale' if c == 1 else 'RGB'} images; the SavedModel takes uint8 pixels "
-                f"of any size or encoded image bytes and resizes to {h}x{w} itself; LiteRT and "
-                f"ONNX take float32 [batch, {h}, {w}, {c}] pixels/255")
-    if dataset.modality == "text":
-        return "raw text strings (WordPiece tokenizer inside the model)"
-    cols = list(dataset.columns)
-
-    return (f"table rows: {len(cols)} columns by name ("
-            + ", ".join(c["column"] for c in cols[:20]) + ")")
 
 
 def _hyperparameters(pre_cfg: dict, ft_cfg: dict, pre: RunManifest, ft: RunManifest

@@ -24,7 +24,7 @@ def float_signature(model, manifest: StoreManifest):
     import tensorflow as tf
 
     regression = manifest.regression
-    name = "images" if manifest.modality == "image" else "features"
+    name = manifest.kind.tensor_name
     out_name = "prediction" if regression else "probabilities"
 
     @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32,

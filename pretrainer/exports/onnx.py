@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from pretrainer import files
-from pretrainer.data import preprocess
+from pretrainer.data import modalities
 from pretrainer.data.records import StoreManifest
 from pretrainer.errors import ConfigError
 from pretrainer.exports import sidecar
@@ -41,15 +41,14 @@ def name_and_describe(model_proto, manifest: StoreManifest) -> None:
     """Give the graph's tensors meaningful names and attach class names and input spec."""
     regression = manifest.regression
     graph = model_proto.graph
-    _rename(graph, graph.input[0].name, "images" if manifest.modality == "image"
-            else "features")
+    _rename(graph, graph.input[0].name, manifest.kind.tensor_name)
     _rename(graph, graph.output[0].name, "prediction" if regression else "probabilities")
     for v in list(graph.input) + list(graph.output):
         dims = v.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_param = "batch"
     props = {"class_names": json.dumps(list(manifest.class_names)),
-             "input_spec": json.dumps(preprocess.input_spec(manifest).get("tensor", {})),
+             "input_spec": json.dumps(modalities.input_spec(manifest).get("tensor", {})),
              "task": "regression" if regression else "classification",
              "producer": "pretrainer"}
     del model_proto.metadata_props[:]

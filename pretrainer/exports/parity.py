@@ -113,24 +113,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-
 def client_inputs(manifest: StoreManifest, x: np.ndarray, fmt: str) -> dict:
     """The test examples as a client feeds each export's default entry point: PNG files,
     UTF-8 strings or named table columns (SavedModel), float tensors (others)."""
-    modality = manifest.modality
-    if modality == "text":
-        return {"text": np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v)
-                                  for v in x])}
-    if modality == "image":
-        if fmt == "saved_model":
-            return {"image_bytes": png_files(x)}
-        return {"images": np.asarray(x, np.float32)}
-
-    if fmt == "saved_model" and manifest.columns:
-        from pretrainer.data.preprocess import decode_features
-
-        return decode_features(list(manifest.columns), np.asarray(x, np.float32))
-    return {"features": np.asarray(x, np.float32)}
+    return manifest.kind.client_inputs(manifest, x, fmt)
 
 
 def check(fmt: str, artifact, manifest: StoreManifest, x: np.ndarray, y: np.ndarray,
@@ -191,20 +177,3 @@ def check(fmt: str, artifact, manifest: StoreManifest, x: np.ndarray, y: np.ndar
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-
-
-def png_files(x: np.ndarray) -> np.ndarray:
-    """Model inputs (float32 [n, h, w, c] in [0, 1]) as the PNG files a client would send:
-    lossless, so the SavedModel's default signature decodes exactly these pixels. A bytes
-    array (numpy's S dtype keeps inner NULs, and a PNG ends with its IEND checksum)."""
-    import io
-
-    from PIL import Image
-
-    pixels = np.rint(np.asarray(x, np.float64) * 255.0).astype(np.uint8)  # scale_pixels' inverse
-    out = []
-    for img in pixels:
-        buf = io.BytesIO()
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return np.array(out, dtype=np.bytes_)

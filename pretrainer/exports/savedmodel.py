@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from pretrainer import files
-from pretrainer.data import preprocess
+from pretrainer.data import modalities
 from pretrainer.data.records import StoreManifest
 from pretrainer.exports import sidecar
 
@@ -89,62 +89,10 @@ def signatures(model, manifest: StoreManifest) -> dict:
     `predict` calls these same functions on a finetune run, so a prediction made
     locally and one made by TF Serving from the export go through one graph.
     """
-    import tensorflow as tf
-
     names = list(manifest.class_names)
     if not manifest.regression and not names:
         names = [str(i) for i in range(model.output_shape[-1])]
-    modality = manifest.modality
-    if modality == "image":
-        h, w, c = model.input_shape[1:]
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, c], tf.uint8,
-                                                    name="images")])
-        def serve_pixels(images):
-            return _outputs(model(preprocess.pixels_to_model(images, (h, w)), training=False),
-                            names)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, h, w, c], tf.float32,
-                                                    name="images")])
-        def serve_float(images):
-            return _outputs(model(images, training=False), names)
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def serve_bytes(image_bytes):
-            x = tf.map_fn(lambda b: preprocess.decode_image_bytes(b, (h, w), c), image_bytes,
-                          fn_output_signature=tf.TensorSpec([h, w, c], tf.float32))
-            return _outputs(model(x, training=False), names)
-
-        # the default takes encoded images, as TF Serving's own image tutorial sends them
-        # ({"instances": [{"b64": ...}]}); serve_bytes stays as its name for older clients
-        return {"serving_default": serve_bytes, "serve_bytes": serve_bytes,
-                "serve_pixels": serve_pixels, "serve_float": serve_float}
-
-    if modality == "text":
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-        def serve_text(text):
-            return _outputs(model(text, training=False), names)
-
-        return {"serving_default": serve_text}
-    columns = list(manifest.columns)
-    n = model.input_shape[-1]
-
-    @tf.function(input_signature=[tf.TensorSpec([None, n], tf.float32, name="features")])
-    def serve_features(features):
-        return _outputs(model(features, training=False), names)
-
-    if not columns:  # a store from before column encodings were recorded
-        return {"serving_default": serve_features}
-    specs = {name: tf.TensorSpec([None], tf.float32 if col["kind"] == "numeric"
-                                 else tf.string, name=name)
-             for col, name in zip(columns, preprocess.input_names(columns), strict=True)}
-
-    @tf.function(input_signature=[specs])
-    def serve_columns(columns_in):
-        x = preprocess.encode_columns_tf(columns, columns_in)
-        return _outputs(model(x, training=False), names)
-
-    return {"serving_default": serve_columns, "serve_features": serve_features}
+    return manifest.kind.signatures(model, manifest, lambda out: _outputs(out, names))
 
 
 def export(model, target: Path, manifest: StoreManifest) -> Path:
@@ -163,7 +111,7 @@ def export(model, target: Path, manifest: StoreManifest) -> Path:
         if names:
             (assets / "labels.txt").write_text(sidecar.labels_text(names), encoding="utf-8")
         (assets / "input_spec.json").write_text(
-            json.dumps(preprocess.input_spec(manifest), indent=2) + "\n", encoding="utf-8")
+            json.dumps(modalities.input_spec(manifest), indent=2) + "\n", encoding="utf-8")
     return target
 
 

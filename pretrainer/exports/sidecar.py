@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from pretrainer import files
-from pretrainer.data import preprocess
+from pretrainer.data import modalities
 from pretrainer.data.records import StoreManifest
 
 
@@ -22,7 +22,7 @@ def write(artifact: Path, manifest: StoreManifest, fmt: str, **extra) -> None:
     names = list(manifest.class_names)
     if names:
         files.atomic_write_text(artifact.parent / "labels.txt", labels_text(names))
-    spec = preprocess.input_spec(manifest)
+    spec = modalities.input_spec(manifest)
     doc = {"format": fmt, "file": artifact.name, "class_names": names,
            "input": spec.get("tensor"), "outputs": spec["outputs"], **extra}
     if fmt in ("litert", "onnx"):

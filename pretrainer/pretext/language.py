@@ -90,7 +90,7 @@ def masked_targets(vocabulary_size: int, sequence_length: int, mask_rate: float 
     import keras_hub
     import tensorflow as tf
 
-    from pretrainer.models.transformer import MASK, PAD
+    from pretrainer.data.modalities.text import MASK, PAD
 
     length = max(1, int(round(sequence_length * mask_rate)))
     gen = keras_hub.layers.MaskedLMMaskGenerator(

@@ -38,7 +38,7 @@ def featurizer(run_dir: Path, manifest: StoreManifest):
     from pretrainer.stages import load_keras_artifact
 
     stage = runs.read_manifest(run_dir).stage
-    text = manifest.modality == "text"
+    text = manifest.kind.strings
     shape = None if text else tuple(manifest.shape)
     if stage == "finetune":
         model = load_keras_artifact(run_dir, "model.keras", shape)
@@ -58,8 +58,8 @@ def featurizer(run_dir: Path, manifest: StoreManifest):
     backbone = load_keras_artifact(run_dir, "backbone.keras", None if text else shape)
     if not text:
         return lambda x: np.asarray(backbone(x, training=False), np.float32).reshape(len(x), -1)
+    from pretrainer.data.modalities.text import load_vocabulary, tokenizer
     from pretrainer.models.heads import text_embedding
-    from pretrainer.models.transformer import load_vocabulary, tokenizer
 
     pooled = text_embedding(backbone, tokenizer(load_vocabulary(run_dir / "vocab.txt"),
                                                 backbone.input_shape[1]))

@@ -147,7 +147,7 @@ def run(cfg: Config, run: Optional[str | Path] = None) -> Path:
                      "f1_macro", "f1_weighted")
             _confusion_png(np.array(result["confusion_matrix"]), names,
                            out / "plots" / "confusion_matrix.png")
-            explained = _explain(cfg, model, x, y, probs, names, out, manifest.modality)
+            explained = _explain(cfg, model, x, y, probs, names, out, manifest.kind)
             files.atomic_write_text(out / "report.md", _report(result, names, explained))
     rows = [[k, f"{result[k]:.4f}"] for k in shown]
     classical = _classical_beside(out, result)
@@ -198,13 +198,14 @@ def _confusion_png(cm: np.ndarray, names: list[str], path: Path) -> None:
 
 
 def _explain(cfg: Config, model, x, y, probs, names: list[str], out: Path,
-             modality: str) -> Optional[str]:
+             kind) -> Optional[str]:
     """evaluate.explain=N: attribution maps of N examples (half right, half wrong) as a PNG."""
     n, method = cfg.evaluate.explain, cfg.evaluate.explain_method
     if n == 0:
         return None
-    if modality != "image":
-        info(f"[yellow]evaluate.explain draws image maps; skipped for {modality} data[/yellow]")
+    if not kind.pixels:
+        info(f"[yellow]evaluate.explain draws image maps; skipped for {kind.name} "
+             f"data[/yellow]")
         return None
     from pretrainer.explain import attributions, grid_png, pick
 
@@ -245,10 +246,10 @@ def embed(backbone, store, split: str, manifest: StoreManifest, vocab_file: Path
     """(features, labels) of a labeled split through a frozen backbone (mean-pooled for text)."""
     x, y = pipeline.to_numpy(pipeline.examples(store, split, batch_size=256, cache=False,
                                                standardize=True))
-    if manifest.modality == "text":
+    if manifest.kind.strings:
         import tensorflow as tf
 
-        from pretrainer.models.transformer import PAD, load_vocabulary, tokenizer
+        from pretrainer.data.modalities.text import PAD, load_vocabulary, tokenizer
 
         tok = tokenizer(load_vocabulary(vocab_file), backbone.input_shape[1])
         ids = np.asarray(tok(tf.constant(list(x))))

@@ -172,7 +172,7 @@ def _build(cfg: Config, parent: Optional[Path], store, manifest: StoreManifest,
     import keras
 
     ft = cfg.finetune
-    text, regression = manifest.modality == "text", manifest.regression
+    text, regression = manifest.kind.strings, manifest.regression
     pretrained = None
     if text:
         backbone, tok = _text_backbone(cfg, parent, store, run_dir)
@@ -186,7 +186,7 @@ def _build(cfg: Config, parent: Optional[Path], store, manifest: StoreManifest,
                     else build_backbone(manifest.shape, cfg.backbone))
     if ft.mode == "linear_probe":
         freeze(backbone)
-    norm = normalizer(manifest.feature_stats) if manifest.modality == "tabular" else None
+    norm = normalizer(manifest.feature_stats) if manifest.kind.standardized else None
     if text:
         wide = (_wide_ngrams(store, backbone, tok, ft.wide_max_tokens)
                 if ft.wide == "ngrams" else None)
@@ -323,33 +323,36 @@ def _text_backbone(cfg: Config, parent: Optional[Path], store, run_dir: Path):
     (the same vocabulary recipe on the same unlabeled split, so the two are comparable)."""
     import dataclasses
 
-    from pretrainer.models.transformer import (
+    from pretrainer.data.modalities.text import (
+        VOCAB_FILE,
         fitted_length,
         load_vocabulary,
+        run_vocabulary,
         save_vocabulary,
         tokenizer,
-        train_vocabulary,
     )
 
+    def pool():
+        return pipeline.texts(store, "unlabeled", batch_size=512, labels=False, cache=False)
+
     if parent is not None:
-        if not (Path(parent) / "vocab.txt").is_file():
-            raise DataError(f"{parent} has no vocab.txt: it was not pretrained on text")
-        vocab = load_vocabulary(Path(parent) / "vocab.txt")
+        if not (Path(parent) / VOCAB_FILE).is_file():
+            raise DataError(f"{parent} has no {VOCAB_FILE}: it was not pretrained on text")
+        vocab = load_vocabulary(Path(parent) / VOCAB_FILE)
+        save_vocabulary(vocab, Path(run_dir) / VOCAB_FILE)
         backbone = load_keras_artifact(parent, "backbone.keras", None)
         if backbone.input.dtype not in ("int32", "int64"):
             raise DataError(f"{parent}'s backbone takes {backbone.input_shape} images, not "
                             f"token ids: pretrain on text first")
         length = backbone.input_shape[1]
     else:
-        texts = pipeline.texts(store, "unlabeled", batch_size=512, labels=False, cache=False)
-        vocab = train_vocabulary(texts, cfg.backbone.vocabulary_size)
+        # the same recipe as pretrain's; a resumed run keeps the vocab.txt it saved
+        vocab = run_vocabulary(run_dir, pool, cfg.backbone.vocabulary_size)
         length = cfg.backbone.sequence_length
         if cfg.backbone.fit_length:  # as pretrain sizes it, so scratch and pretrained match
-            length = fitted_length(vocab, pipeline.texts(store, "unlabeled", batch_size=512,
-                                                         labels=False, cache=False), length)
+            length = fitted_length(vocab, pool(), length)
         backbone = build_backbone((length,), dataclasses.replace(
             cfg.backbone, vocabulary_size=len(vocab), sequence_length=length))
-    save_vocabulary(vocab, Path(run_dir) / "vocab.txt")
     return backbone, tokenizer(vocab, length)
 
 

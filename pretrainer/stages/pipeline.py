@@ -77,7 +77,7 @@ def run(cfg: Config) -> dict:
         val = classical.get("val_score")
         classical["val"] = None if val is None else (-val if regression else val)
     winner, why = _choose(results, classical, has_val, regression,
-                          exportable=manifest.modality == "image")
+                          exportable=manifest.kind.classical_exact)
     if winner == "classical":
         ft = _classical_run(cfg, classical, store, manifest)
         results["classical"] = {"finetune": ft, "evaluate": evaluate.run(cfg, run=ft),

@@ -58,7 +58,7 @@ def model_entry(cfg: Config, run: Optional[str]):
         what = f"{run_dir / 'model.keras'}"
     name, arg = manifest.kind.predict_signature
     fn = fns.get(name) or fns["serving_default"]
-    dtype = tf.string if manifest.modality == "text" else tf.float32
+    dtype = tf.string if manifest.kind.strings else tf.float32
 
     def call(x: np.ndarray) -> dict:
         out = fn(**{arg: tf.constant(list(x) if x.dtype == object else x, dtype=dtype)})
@@ -136,7 +136,7 @@ def run(cfg: Config, input_path: str, run: Optional[str] = None,
     user_inputs.check_modality(src, manifest)
     out_path = Path(output or "predictions.csv").expanduser()
     regression = manifest.regression
-    text = manifest.modality == "text"
+    text = manifest.kind.strings
     writer = _Writer(out_path, list(manifest.class_names), regression, text)
     info(f"[bold]predict[/bold]: {esc(src)} with {esc(what)} -> {esc(out_path)}")
     done, skipped = 0, []

@@ -64,7 +64,7 @@ def _train(cfg: Config, pretext, store, manifest, strategy, tr):
     shape = manifest.shape
     bcfg, targets, prepare = cfg.backbone, pretext.targets, None
     bs = cfg.trainer.batch_size
-    text = manifest.modality == "text"
+    text = manifest.kind.strings
     # Texts train in batches cut to their longest text (grouped by length) where XLA
     # compiles the step: each of trim_padding's few lengths once (~20 s on 2 cores),
     # repaid from about 1,000 steps on. Without XLA, varying lengths made some epochs
@@ -138,7 +138,7 @@ def _finish(pretext, run_dir: Path, model, backbone, history: dict, val_ds,
         health_key = "val_loss" if "val_loss" in history else "loss"
         health = float(history[health_key][-1])
     if (val_ds is not None and pretext.samples == "reconstructions"
-            and manifest.modality == "image"):
+            and manifest.kind.pixels):
         _save_reconstructions(model, val_ds, run_dir / "plots" / "reconstructions.png")
     runs.update_manifest(run_dir, health={health_key: health},
                          final_loss=float(history["loss"][-1]), epochs=len(history["loss"]),
@@ -175,23 +175,18 @@ def _text_setup(cfg: Config, pretext, store, run_dir: Path):
     backbone config sized to it, and the tokenize / targets maps."""
     import dataclasses
 
-    from pretrainer.models.transformer import (
+    from pretrainer.data.modalities.text import (
         FIT_QUANTILE,
+        VOCAB_FILE,
         fitted_length,
-        load_vocabulary,
-        save_vocabulary,
+        run_vocabulary,
         tokenizer,
-        train_vocabulary,
     )
 
-    vocab_file = Path(run_dir) / "vocab.txt"
-    if vocab_file.is_file():  # resuming: the same vocabulary as before
-        vocab = load_vocabulary(vocab_file)
-    else:
-        texts = pipeline.texts(store, "unlabeled", batch_size=512, labels=False, cache=False)
-        vocab = train_vocabulary(texts, cfg.backbone.vocabulary_size)
-        save_vocabulary(vocab, vocab_file)
-    info(f"  WordPiece vocabulary: {len(vocab)} tokens -> {esc(vocab_file)}")
+    vocab = run_vocabulary(run_dir, lambda: pipeline.texts(
+        store, "unlabeled", batch_size=512, labels=False, cache=False),
+        cfg.backbone.vocabulary_size)  # a resumed run keeps its vocab.txt
+    info(f"  WordPiece vocabulary: {len(vocab)} tokens -> {esc(Path(run_dir) / VOCAB_FILE)}")
     length = cfg.backbone.sequence_length
     if cfg.backbone.fit_length:  # recorded, so a resumed run builds the same shapes
         length = runs.read_manifest(run_dir).sequence_length or fitted_length(

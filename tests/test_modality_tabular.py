@@ -1,4 +1,4 @@
-"""data/preprocess.py: one encoding of table rows for training (collect), local predict
+"""data/modalities/tabular.py: one encoding of table rows for training (collect), local predict
 (encode_row) and the exported graph (encode_columns_tf), and names TensorFlow accepts."""
 
 import re
@@ -6,7 +6,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from pretrainer.data import preprocess
+from pretrainer.data.modalities import tabular as preprocess
 from pretrainer.data.tabular import load_csv
 
 CSV = ("área (m²),kind of house,rooms,price\n"
