@@ -61,3 +61,19 @@ def test_compare_prints_evaluations_side_by_side(tmp_path, capsys):
     compare_runs([str(p) for p in found])
     out = capsys.readouterr().out
     assert "0.8100" in out and "0.6200" in out and "pretrained" in out and "scratch" in out
+
+
+def test_a_table_models_card_shows_its_columns_and_the_litert_input_it_takes(tmp_path):
+    table = StoreManifest.from_json({
+        "name": "homes", "modality": "tabular", "task": "classification", "shape": [3],
+        "num_classes": 2, "class_names": ["cheap", "dear"],
+        "columns": [{"column": "area (m²)", "kind": "numeric", "fill": 80.0},
+                    {"column": "kind", "kind": "categorical", "categories": ["flat", "villa"]}],
+        "feature_names": ["area (m²)", "kind=flat", "kind=villa"],
+        "source": {"name": "csv"}, "splits": {"train": {"count": 20, "labeled": True}}})
+    ft = _run(tmp_path, "finetune", init="scratch", mode="full", epochs=2)
+    text = card.render("homes", table, ft, {**PARITY, "litert": PARITY["saved_model"]})
+    assert "A tabular model" in text and "2 columns by name (area (m²), kind)" in text
+    assert '"area__m__": 80.0, "kind": "flat"' in text  # the REST example, by input name
+    assert "runner(features=x)" in text and "float32 [batch, 3]" in text
+    assert "runner(images=x)" not in text and "b64" not in text

@@ -149,12 +149,15 @@ def _usage(name: str, dataset: StoreManifest, formats: list[str]) -> list[str]:
             f"fn = tf.saved_model.load(\"serving/{name}/1\").signatures[\"serving_default\"]",
             f"out = fn({kind.card_call})  # probabilities, label, class_name", "```", ""]
     if "litert" in formats:
+        tensor = kind.entry_spec(dataset).get("tensor", {})
+        shape = "[" + ", ".join("batch" if d is None else str(d)
+                                for d in tensor.get("shape", [])) + "]"
         out += ["LiteRT (`model.tflite`, `labels.txt` and `model.tflite.json` beside it): "
-                "input float32 NHWC in [0, 1] at the training size, output `probabilities`.",
+                f"input `{kind.tensor_name}`, float32 {shape} "
+                f"({tensor.get('preprocessing', '')}), output `probabilities`.",
                 "", "```python", "from ai_edge_litert.interpreter import Interpreter",
                 "runner = Interpreter(model_path=\"model.tflite\").get_signature_runner()",
-                "probs = runner(images=x)[\"probabilities\"]  # x: float32 pixels / 255",
-                "```", ""]
+                f"probs = runner({kind.tensor_name}=x)[\"probabilities\"]", "```", ""]
     if "onnx" in formats:
         out += ["ONNX (`model.onnx`; class names in its `metadata_props`):", "", "```python",
                 "import onnxruntime as ort", "s = ort.InferenceSession(\"model.onnx\")",
