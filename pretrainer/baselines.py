@@ -96,16 +96,19 @@ def fit_and_score(store: Path, manifest: StoreManifest) -> dict:
 
 
 def keras_model(result: dict, manifest: StoreManifest):
-    """The image baseline as a Keras model that takes the same [0, 1] images as the deep
-    models (so deploy, predict and serve treat it like any finetune run): block means
-    (AveragePooling2D, as modalities.image.downsample) -> Flatten -> Dense softmax holding the logistic
-    regression's coefficients. None for text and tables (TF-IDF and gradient boosting
-    have no exact Keras twin here)."""
+    """The classical baseline as a Keras model that takes what the deep models take (so
+    deploy, predict and serve treat it like any finetune run). Images: block means
+    (AveragePooling2D, as modalities.image.downsample) -> Flatten -> Dense softmax holding
+    the logistic regression's coefficients. Text: raw strings -> the fitted TF-IDF
+    vocabularies and idf in TensorFlow string ops -> the same coefficients
+    (models.tfidf.TfidfLinear). None for tables (gradient boosting has no Keras twin)."""
     est = result.get("estimator")
     if not manifest.kind.classical_exact or "accuracy" not in result or est is None:
         return None
     import keras
 
+    if manifest.kind.strings:
+        return _text_model(est, manifest.num_classes)
     h, w, c = manifest.shape
     f = max(1, -(-max(h, w) // MAX_SIDE))
     k = manifest.num_classes
@@ -116,6 +119,28 @@ def keras_model(result: dict, manifest: StoreManifest):
     dense = keras.layers.Dense(k, activation="softmax", dtype="float32", name="probabilities")
     outputs = dense(x)
     dense.set_weights(dense_weights(est, k))
+    return keras.Model(inputs, outputs, name="classical")
+
+
+def _text_model(est, num_classes: int):
+    """TF-IDF (a FeatureUnion of TfidfVectorizers) + LogisticRegression as Keras."""
+    import keras
+
+    from pretrainer.models.tfidf import TfidfLinear
+
+    union, lr = est.steps[0][1], est.steps[-1][1]
+    blocks = []
+    for _, vec in union.transformer_list:
+        vocab = [""] * len(vec.vocabulary_)
+        for term, i in vec.vocabulary_.items():
+            vocab[i] = term
+        blocks.append({"analyzer": vec.analyzer, "ngram_range": list(vec.ngram_range),
+                       "vocabulary": vocab, "idf": vec.idf_.astype(float).tolist()})
+    inputs = keras.Input(shape=(), dtype="string", name="text")
+    layer = TfidfLinear(blocks, num_classes, name="tfidf_logistic")
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(
+        layer(inputs))
+    layer.set_weights(dense_weights(lr, num_classes))
     return keras.Model(inputs, outputs, name="classical")
 
 

@@ -76,8 +76,8 @@ def test_the_pixel_baseline_as_keras_predicts_like_scikit_learn(shape):
     assert probs.shape == (120, 4) and probs[:, 3].max() < 1e-6  # a class never labeled
     np.testing.assert_allclose(probs[:, :3], est.predict_proba(feats), atol=1e-4)
     assert baselines.keras_model({"accuracy": 1.0, "estimator": est},
-                                 StoreManifest.from_json({**manifest, "modality": "text"})
-                                 ) is None
+                                 StoreManifest.from_json({**manifest, "modality": "tabular"})
+                                 ) is None  # gradient boosting has no Keras twin
 
 
 def test_the_marked_model_is_the_default_until_a_newer_run(tmp_path):
@@ -129,3 +129,59 @@ def test_a_winning_pixel_baseline_becomes_a_finetune_run_the_verbs_can_use(in_tm
     ev = evaluate.run(cfg, run=ft)
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(result["accuracy"], abs=1e-9)
+
+
+def test_a_winning_tfidf_baseline_ships_as_keras_with_scikit_learns_probabilities(in_tmp):
+    """The text baseline (TF-IDF word + char_wb n-grams, logistic regression) rebuilt from
+    TensorFlow string ops: the same probabilities as scikit-learn on accented, mixed-case,
+    oddly spaced text; evaluate scores the run as scikit-learn did; the SavedModel takes
+    raw strings."""
+    import json
+
+    import tensorflow as tf
+
+    from pretrainer import baselines
+    from pretrainer.config import compose
+    from pretrainer.data.sources import SourceData
+    from pretrainer.data.store import build_store, read_manifest, store_path
+    from pretrainer.exports import savedmodel
+    from pretrainer.stages import evaluate, load_keras_artifact
+    from pretrainer.stages.pipeline import _classical_run
+
+    rng = np.random.default_rng(0)
+    words = [["école", "Éclair", "crème", "brûlée"], ["straße", "Übung", "größe", "Ähre"],
+             ["niño", "SEÑOR", "año", "mañana"]]
+    noise = ["the", "a", "of", "and", "x1", "_id", "½", "[draft]", "v2.0"]
+    texts, y = [], []
+    for i in range(450):
+        c = i % 3
+        picks = list(rng.choice(words[c], 2)) + list(rng.choice(noise, 3))
+        rng.shuffle(picks)
+        sep = ["  ", "\t", "\u00a0", ", ", " – "][i % 5]
+        texts.append(sep.join(picks) if i % 7 else sep.join(picks).upper())
+        y.append(c)
+    y = np.array(y)
+    cfg = compose("text_mlm", ["data.labeled_fraction=0.1"])
+    store = store_path(cfg)
+    build_store(store, cfg.data, 0, SourceData(x_pool=np.array(texts, dtype=object), y_pool=y,
+                                               class_names=["fr", "de", "es"],
+                                               modality="text"))
+    manifest = read_manifest(store)
+    result = baselines.fit_and_score(store, manifest)
+    result["val"] = result["val_score"]
+    model = baselines.keras_model(result, manifest)
+    probe = ["ÉCOLE\u00a0et  Crème", "STRASSE straße größe", "", "mañana,niño", "zzz qqq"]
+    want = np.zeros((len(probe), 3))
+    want[:, result["estimator"].classes_] = result["estimator"].predict_proba(probe)
+    np.testing.assert_allclose(np.asarray(model(tf.constant(probe))), want, atol=1e-5)
+
+    ft = _classical_run(cfg, result, store, manifest)
+    ev = evaluate.run(cfg, run=ft)
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(result["accuracy"], abs=1e-9)
+    loaded = load_keras_artifact(ft, "model.keras", None)
+    export = savedmodel.export(loaded, in_tmp / "sm", manifest)
+    out = tf.saved_model.load(str(export)).signatures["serving_default"](
+        text=tf.constant(probe))
+    np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
+    assert [c.decode() for c in out["class_name"].numpy()[:2]] == ["fr", "de"]

@@ -10,6 +10,7 @@ from pretrainer.config import BackboneConfig
 from pretrainer.errors import ConfigError
 from pretrainer.models.cnn import conv_encoder, mobilenet, resnet, seed_cnn
 from pretrainer.models.mlp import mlp
+from pretrainer.models.tfidf import TfidfLinear  # noqa: F401  (registered for loading)
 from pretrainer.models.transformer import transformer
 
 BACKBONES: dict[str, Callable[[tuple[int, ...], BackboneConfig], keras.Model]] = {

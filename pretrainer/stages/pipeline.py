@@ -127,8 +127,8 @@ def _frozen_arms(pre: Path, store, manifest: StoreManifest, where: Path) -> list
 def _choose(results: dict, classical: Optional[dict], has_val: bool, regression: bool,
             exportable: bool) -> tuple[str, str]:
     """(winning arm, why): the best validation score among the deep arms and the classical
-    model where it has a Keras form (`exportable`: images; TF-IDF and gradient boosting
-    have none here); the pretrained arm when there is no val split."""
+    model where it has a Keras form (`exportable`: images and text; gradient boosting on
+    tables has none); the pretrained arm when there is no val split."""
     if not has_val:
         return "pretrained", "no val split to choose on"
     scores = {arm: r["val"] for arm, r in results.items() if r["val"] is not None}
@@ -143,8 +143,9 @@ def _choose(results: dict, classical: Optional[dict], has_val: bool, regression:
 
 
 def _classical_run(cfg: Config, classical: dict, store, manifest: StoreManifest) -> Path:
-    """The classical model (logistic regression on pixels) as a finetune run with a
-    model.keras, so deploy, evaluate, predict and serve take it like any other."""
+    """The classical model (logistic regression on pixels, or TF-IDF + logistic
+    regression on text) as a finetune run with a model.keras, so deploy, evaluate,
+    predict and serve take it like any other."""
     from pretrainer import baselines
     from pretrainer.data.store import MANIFEST, join
     from pretrainer.stages import save_artifact

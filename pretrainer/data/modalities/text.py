@@ -164,7 +164,7 @@ TEXT = TextModality(
     name="text", stored={"text": "UTF-8 bytes"}, dtype="string",
     user_input="a text file, one example per line", input_kind="text",
     predict_signature=("serving_default", "text"), card_tag="text-classification",
-    tensor_name="text", formats=("saved_model",),
+    tensor_name="text", formats=("saved_model",), classical_exact=True,
     formats_why="LiteRT and ONNX cannot carry the WordPiece tokenizer's ops. Use "
                 "deploy=text", fixed_shape=False, strings=True,
     card_call="text=tf.constant([\"...\"])",
