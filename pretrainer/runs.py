@@ -57,13 +57,34 @@ def new_run_dir(runs_root: str | Path, experiment: str, stage: str,
     for i in range(1000):
         name = f"{stage}-{stamp}" + (f"-{i}" if i else "")
         path = base / name
-        try:
-            path.mkdir()
+        with _signals_held():
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
             _NEW_RUNS[path] = progress
-            return path
-        except FileExistsError:
-            continue
+        return path
     raise RunError(f"could not create a new {stage} run under {base}")
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGTERM and SIGINT wait while a run directory is created and recorded: a stop in
+    between (a scheduler's SIGTERM right as the directory appears) left an empty run that
+    `discard_unstarted` did not know of. Delivered when the block ends."""
+    import signal
+    import threading
+
+    held = {signal.SIGTERM, signal.SIGINT}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not \
+            threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 _NEW_RUNS: dict[Path, str] = {}  # run directories this process created -> progress file

@@ -120,3 +120,29 @@ def test_the_help_cache_follows_the_environment_and_the_arguments(tmp_path, monk
         key = entry.help_key(["--help"], stream)
         assert key == entry.help_key(["--help"], stream)
         assert key != entry.help_key(["pretrain", "--help"], stream)
+
+
+def test_a_checkpoints_metric_totals_are_on_disk_before_the_checkpoint_is(tmp_path):
+    """A kill between the two writes must never leave a checkpoint without the epoch's
+    running totals (its resumed epoch's history row would average only the later steps:
+    a flaky kill -9 test caught it)."""
+    from pretrainer.train import checkpoint
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(loss="mse", metrics=["mae"])
+    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), verbose=0)
+    seen = {}
+
+    class Manager:
+        directory = str(tmp_path)
+
+        def save(self, checkpoint_number):
+            path = os.path.join(self.directory, "ckpt") + f"-{checkpoint_number}"
+            seen["totals_first"] = os.path.isfile(f"{path}.metrics.json")
+            return path
+
+    cb = checkpoint.StepCheckpoint(Manager(), every=5, stop=checkpoint._StopRequest())
+    cb.set_model(model)
+    cb.step = 10
+    assert cb._save() and seen["totals_first"]
+    assert json.loads((tmp_path / "ckpt-10.metrics.json").read_text())

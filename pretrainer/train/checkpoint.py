@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import threading
 from pathlib import Path
@@ -85,8 +86,15 @@ class StepCheckpoint(keras.callbacks.Callback):
         if not _metrics_finite(self.model):  # never checkpoint diverged weights
             self.model.stop_training = True
             return False
+        # the metric totals first, under the name the checkpoint is about to get: a kill
+        # between the two then leaves a stray totals file (removed at the next save),
+        # never a checkpoint without its totals (whose resumed epoch would average only
+        # the steps after the resume)
+        ahead = os.path.join(self.manager.directory, "ckpt") + f"-{self.step}"
+        save_metric_state(self.model, ahead)
         path = self.manager.save(checkpoint_number=self.step)
-        save_metric_state(self.model, path)
+        if Path(path) != Path(ahead):  # (another checkpoint name than the manager's default)
+            save_metric_state(self.model, path)
         self.last = self.step
         return True
 
