@@ -89,8 +89,8 @@ def policies_table(quick: bool, gpu: bool, rounds: int) -> list[dict]:
             ("simclr", {"modality": "image", "backbone": "conv_ae", "pretext": "simclr"}, 256),
             ("masked_lm", {"modality": "text", "backbone": "transformer"}, 64)):
         steps = max(3, (images if name == "seed_cnn_classifier" else images // 4) // batch)
-        if quick:
-            steps = min(steps, 8)
+        if quick:  # it checks the script runs (a CPU emulates bf16 slowly): small and short
+            batch, steps = max(16, batch // 4), 4
         auto = precision.resolve("auto", workload)[0]
         per = {p: [] for p in ["float32", *others]}
         for _ in range(rounds):
