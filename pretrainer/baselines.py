@@ -72,8 +72,8 @@ def fit_and_score(store: Path, manifest: StoreManifest) -> dict:
     if xv is not None:
         yv = yv.reshape(-1).astype(np.float64) if regression else class_indices(yv)
     models = manifest.kind.classical_candidates(regression, len(y), C_GRID)
-    if not manifest.kind.standardized and len(models) > 1 and (xv is None
-                                                               or len(y) > GRID_MAX_TRAIN):
+    c_grid = [name for name, _ in models] == [f"C={c:g}" for c in C_GRID]  # images, text
+    if c_grid and (xv is None or len(y) > GRID_MAX_TRAIN):
         models = [models[C_GRID.index(1.0)]]  # no val to choose on, or too big to fit 3
     if xv is None:
         models = models[:1]
