@@ -41,6 +41,10 @@ def cluster():
     service.set_service(f"grpc://{address}")
     yield dispatcher, workers
     service.set_service(None)
+    # stopped here, workers first: left to garbage collection, the servers' shutdown once
+    # held a loaded CI worker for 79 s (it waits on its gRPC streams)
+    for server in [*workers, dispatcher]:
+        server._stop()
 
 
 def _parse(record):
