@@ -1,8 +1,11 @@
 """data.service: training streams read through a real tf.data service (a dispatcher and
-two workers on 127.0.0.1, in this process): every record once per pass, no loss and no
+two workers on 127.0.0.1, in a server process): every record once per pass, no loss and no
 duplicate, pass after pass; a resumed stream reads the rest of its pass; a wrong or dead
 address is one line."""
 
+import select
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -15,7 +18,6 @@ from pretrainer.data.sources import SourceData
 from pretrainer.data.store import build_store
 from pretrainer.errors import ConfigError, DataError
 
-S = tf.data.experimental.service
 BATCH = 64
 
 
@@ -30,21 +32,36 @@ def _store(root, n: int, shard: int):
     return root / "idx"
 
 
+# a dispatcher and two workers in one server process, so the fixture can end them at once
+# (in this process their shutdown waited on gRPC streams: 36-79 s of a loaded CI worker)
+SERVERS = """
+import tensorflow as tf
+S = tf.data.experimental.service
+dispatcher = S.DispatchServer(S.DispatcherConfig(port=0))
+address = dispatcher.target.split("://")[1]
+workers = [S.WorkerServer(S.WorkerConfig(dispatcher_address=address,
+                                         worker_address="127.0.0.1:%port%"))
+           for _ in range(2)]
+print(address, flush=True)
+dispatcher.join()
+"""
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A dispatcher and two workers on 127.0.0.1; data.service pointed at them."""
-    dispatcher = S.DispatchServer(S.DispatcherConfig(port=0))
-    address = dispatcher.target.split("://")[1]
-    workers = [S.WorkerServer(S.WorkerConfig(dispatcher_address=address,
-                                             worker_address="127.0.0.1:%port%"))
-               for _ in range(2)]
-    service.set_service(f"grpc://{address}")
-    yield dispatcher, workers
-    service.set_service(None)
-    # stopped here, workers first: left to garbage collection, the servers' shutdown once
-    # held a loaded CI worker for 79 s (it waits on its gRPC streams)
-    for server in [*workers, dispatcher]:
-        server._stop()
+    proc = subprocess.Popen([sys.executable, "-c", SERVERS], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 180)
+        address = proc.stdout.readline().strip() if ready else ""
+        assert address, "the tf.data service servers did not start"
+        service.set_service(f"grpc://{address}")
+        yield address
+    finally:
+        service.set_service(None)
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def _parse(record):
