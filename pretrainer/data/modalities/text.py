@@ -129,8 +129,7 @@ class TextModality(Modality):
         return {"serving_default": serve_text}
 
     def client_inputs(self, manifest, x, fmt: str) -> dict:
-        return {"text": np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v)
-                                  for v in x])}
+        return {"text": np.array(as_strings(x))}
 
     def card_input(self, manifest) -> str:
         return "raw text strings (WordPiece tokenizer inside the model)"
