@@ -7,7 +7,9 @@ SimCLR epochs on 59.4k images and the Wide & Deep text finetune.
   batch 256, the precision `auto` picks) for --epochs epochs; seconds per epoch from
   the run's fit_seconds. Before: 19.2 s per epoch on a fast day (8.0 min for the 25
   epochs, float32) and 43 s on a slow one (18.0 min, bf16), both on a 2-core Xeon with
-  AMX; the issue's target is 25 epochs in 5 min (12 s per epoch).
+  AMX; the issue's target: the pretraining in 5 min at the same kNN / linear-probe
+  accuracy (then 25 epochs, 12 s per epoch). The table also gives the config's own
+  epochs at the measured speed.
 - Text finetune: `pretrainer finetune -c text_mlm` on Debian's fortunes as class folders
   (scripts/fortune_folders.py; 10 % labels) for 30 epochs, over a 1-epoch MLM backbone
   (its time not counted); fit seconds. Before: 4.5-5.5 min for 30 epochs (the n-gram
@@ -63,6 +65,12 @@ def simclr(tmp: Path, epochs: int, smoke: bool) -> dict:
         args, data = ["-c", "fashion_full"], "full Fashion-MNIST, 59.4k pool images"
     out = _fit(_pretrainer(["pretrain", *args, f"trainer.epochs={epochs}"], tmp))
     out.update(data=data, seconds_per_epoch=round(out["fit_seconds"] / out["epochs"], 1))
+    # what a user waits for: the config's own epochs at this speed (issue 29's target is
+    # the minutes to a trunk as good as before, not the seconds per epoch)
+    from pretrainer.config import compose
+
+    out["shipped_epochs"] = compose(args[1], []).trainer.epochs
+    out["shipped_minutes"] = round(out["shipped_epochs"] * out["seconds_per_epoch"] / 60, 1)
     return out
 
 
@@ -102,7 +110,8 @@ def main() -> None:
     print("| what | data | now | before issue 29 |")
     print("|---|---|---|---|")
     print(f"| SimCLR pretraining (`fashion_full`, precision auto) | {s['data']} | "
-          f"{s['seconds_per_epoch']} s per epoch ({s['epochs']} epochs) | {BEFORE['simclr']} |")
+          f"{s['seconds_per_epoch']} s per epoch ({s['epochs']} epochs measured; the config's "
+          f"{s['shipped_epochs']} epochs ~{s['shipped_minutes']} min) | {BEFORE['simclr']} |")
     print(f"| Wide & Deep text finetune (`text_mlm`, {t['epochs']} epochs) | {t['data']} | "
           f"{t['fit_seconds']:.0f} s | {BEFORE['text_finetune']} |")
     print("| MLM pretraining | see benchmarks/mlm_epochs.py | | 71-90 s per epoch |")

@@ -16,7 +16,7 @@ from pretrainer.config import (
 from pretrainer.models import build_backbone
 from pretrainer.pretext import PRETEXTS, get_pretext
 from pretrainer.pretext.adversarial import gan_losses
-from pretrainer.pretext.contrastive import nt_xent
+from pretrainer.pretext.contrastive import nt_xent, rotation_targets
 from pretrainer.pretext.health import effective_rank
 
 
@@ -57,24 +57,45 @@ def test_quarter_turns_rotate_each_quarter_of_the_batch():
         np.testing.assert_array_equal(turned[i], np.rot90(x[i], k[i], axes=(0, 1)))
 
 
-def test_simclr_with_rotation_learns_which_turn_was_applied():
+@pytest.mark.parametrize("share", [1.0, 0.25])
+def test_simclr_with_rotation_learns_which_turn_was_applied(share):
     """RotNet as an auxiliary loss (pretext.rotation_weight): the rotation head's accuracy
     rises above chance on images whose turn is visible: a bright band at the top (which
-    the views' horizontal flips keep at the top)."""
+    the views' horizontal flips keep at the top); also when only a quarter of each batch
+    is turned (pretext.rotation_share)."""
     keras.utils.set_random_seed(0)
     cfg = ConvConfig(filters=[8, 16], latent_dim=16, batch_norm=False)
-    model = get_pretext("simclr").build(build_backbone((16, 16, 1), cfg),
-                                        SimCLRConfig(learning_rate=0.003, rotation_weight=1.0),
-                                        cfg, 0)
-    x = _images(256) * 0.5
+    pretext = SimCLRConfig(learning_rate=0.003, rotation_weight=1.0, rotation_share=share)
+    model = get_pretext("simclr").build(build_backbone((16, 16, 1), cfg), pretext, cfg, 0)
+    x = _images(512) * 0.5
     x[:, :4] += 0.5
+    n = int(128 * share)  # the rotated rows of a 128-image batch
     before = model.predict(x[:128], batch_size=128, verbose=0)
-    model.fit(x, np.zeros(len(x)), batch_size=64, epochs=8, verbose=0)
+    model.fit(x[:256 if share == 1 else 512], np.zeros(256 if share == 1 else 512),
+              batch_size=64, epochs=8, verbose=0)
     after = model.predict(x[:128], batch_size=128, verbose=0)
-    truth = np.repeat(np.arange(4), 32)
+    truth = np.repeat(np.arange(4), n // 4)
     assert after.shape == (128, 3, 64)
-    hit = [float((out[:, 2, :4].argmax(1) == truth).mean()) for out in (before, after)]
+    assert not after[n:, 2].any()  # rows past the share carry no logits
+    hit = [float((out[:n, 2, :4].argmax(1) == truth).mean()) for out in (before, after)]
     assert hit[1] > max(0.5, hit[0] + 0.2), hit
+
+
+def test_rotation_loss_on_a_share_of_the_batch_is_its_mean_there():
+    """With rotation_share 0.25 the per-example loss is NT-Xent plus the rotation loss of
+    the first quarter scaled by 4 (so the batch mean holds the quarter's mean loss), and
+    the output's rows past the quarter are zeros."""
+    keras.utils.set_random_seed(0)
+    cfg = ConvConfig(filters=[8], latent_dim=8, batch_norm=False)
+    pretext = SimCLRConfig(rotation_weight=0.5, rotation_share=0.25, projection_dim=8)
+    model = get_pretext("simclr").build(build_backbone((16, 16, 1), cfg), pretext, cfg, 0)
+    y = model.predict(_images(32), batch_size=32, verbose=0)
+    assert not y[8:, 2].any() and y[:8, 2, :4].any()
+    ce = keras.losses.sparse_categorical_crossentropy(
+        rotation_targets(8), y[:8, 2, :4], from_logits=True)
+    want = np.array(nt_xent(y[:, 0], y[:, 1], pretext.temperature))
+    want[:8] += 0.5 * 4 * np.asarray(ce)
+    np.testing.assert_allclose(np.asarray(model.loss(None, y)), want, rtol=1e-5, atol=1e-6)
 
 
 def test_gan_discriminator_loss_falls_when_it_trains():
@@ -196,7 +217,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np
-from pretrainer.pretext.contrastive import nt_xent
+from pretrainer.pretext.contrastive import nt_xent, rotation_targets
 
 rng = np.random.default_rng(0)
 x1, x2 = (rng.normal(size=(8, 16)).astype("float32") for _ in range(2))

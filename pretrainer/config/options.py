@@ -179,12 +179,16 @@ class SimCLRConfig(PretextConfig):
     zoom: float = 0.5  # views zoom in by up to this fraction of the image side
     # > 0 adds RotNet's loss (which of 4 quarter turns a view got) times this weight
     rotation_weight: float = 0.0
+    # the share of each batch that the rotation loss sees (0.25: a quarter of a backbone
+    # pass per step instead of a whole one)
+    rotation_share: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("pretext.temperature", self.temperature, 0.0, 10.0, lo_open=True)
         check_range("pretext.zoom", self.zoom, 0.0, 0.9)
         check_range("pretext.rotation_weight", self.rotation_weight, 0.0, 100.0)
+        check_range("pretext.rotation_share", self.rotation_share, 0.0, 1.0, lo_open=True)
         least = 4 if self.rotation_weight > 0 else 1
         if self.projection_dim < least:
             raise ConfigError(f"Expected pretext.projection_dim >= {least}. Received: "
