@@ -81,6 +81,20 @@ def test_simclr_with_rotation_learns_which_turn_was_applied(share):
     assert hit[1] > max(0.5, hit[0] + 0.2), hit
 
 
+def test_rotation_runs_from_before_rotation_share_keep_their_layers():
+    """A checkpoint restores a functional model's variables by its layers' order (an old
+    rotation checkpoint failed to restore into the graph with the share's layers: "rotation/
+    kernel (8, 8) into (8, 4)"), so with rotation_share 1, every run before the option
+    existed, the model keeps the layers it had then."""
+    cfg = ConvConfig(filters=[8], latent_dim=8, batch_norm=False)
+    model = get_pretext("simclr").build(build_backbone((16, 16, 1), cfg),
+                                        SimCLRConfig(rotation_weight=1.0), cfg, 0)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "InputLayer", "Sequential", "Sequential", "QuarterTurns", "Functional", "Dense",
+        "Reshape", "Sequential", "ZeroPadding1D", "Reshape", "Reshape", "Reshape",
+        "Concatenate"]
+
+
 def test_rotation_loss_on_a_share_of_the_batch_is_its_mean_there():
     """With rotation_share 0.25 the per-example loss is NT-Xent plus the rotation loss of
     the first quarter scaled by 4 (so the batch mean holds the quarter's mean loss), and

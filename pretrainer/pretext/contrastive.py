@@ -153,10 +153,17 @@ def build_simclr(backbone: keras.Model, cfg: SimCLRConfig, backbone_cfg: Backbon
                               f"{shape[0]}x{shape[1]}")
         # on the first `share` of the batch only: a whole third backbone pass costs +36 %
         # per step (fashion_full, 2-core AVX2: 71 s per epoch; a quarter of it 53 s)
-        turned = QuarterTurns(name="quarter_turns")(LeadingShare(share, name="rotated")(views[0]))
+        part = views[0] if share >= 1 else LeadingShare(share, name="rotated")(views[0])
+        turned = QuarterTurns(name="quarter_turns")(part)
         logits = keras.layers.Dense(4, dtype="float32", name="rotation")(backbone(turned))
         # carried as a third row of the output, zero-padded to the batch and the width
-        zs.append(RowsBack(cfg.projection_dim, name="rotation_rows")(logits, views[0]))
+        if share < 1:
+            zs.append(RowsBack(cfg.projection_dim, name="rotation_rows")(logits, views[0]))
+        else:  # the layers of runs from before rotation_share: a checkpoint restores
+            # its variables by the layers' order, so theirs must resume into this graph
+            pad = keras.layers.ZeroPadding1D((0, cfg.projection_dim - 4))(
+                keras.layers.Reshape((4, 1))(logits))
+            zs.append(keras.layers.Reshape((1, cfg.projection_dim))(pad))
     outputs = keras.layers.Concatenate(axis=1, name="views", dtype="float32")(zs)
     model = keras.Model(inputs, outputs, name="simclr")
     temperature = cfg.temperature
