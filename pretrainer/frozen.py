@@ -36,10 +36,13 @@ ITERATIONS = 400  # at most: label mass moves one hop per iteration; stops on co
 POOL_MAX = 60_000  # pool nodes in the graph (a seeded subset above this): memory and seconds
 
 
-def describe(arm: str) -> str:
-    return {"knn": "kNN on the frozen embedding (cosine)",
-            "logreg": "logistic regression on the frozen embedding",
-            "spreading": "label spreading over a kNN graph of the frozen embedding"}[arm]
+def describe(arm: str, features: str = "") -> str:
+    """What an arm is, naming the features: the backbone's embedding, or the layer
+    `features` names (finetune.prior_layer)."""
+    what = f"frozen {features} features" if features else "frozen embedding"
+    return {"knn": f"kNN on the {what} (cosine)",
+            "logreg": f"logistic regression on the {what}",
+            "spreading": f"label spreading over a kNN graph of the {what}"}[arm]
 
 
 def split_features(featurize: Callable, store: Path, split: str, *, batch_size: int = 512,
@@ -157,10 +160,12 @@ def spread_grid(train, pool, others: tuple, num_classes: int) -> dict:
             for k in GRAPH_K_GRID}
 
 
-def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS) -> list[dict]:
+def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS, *,
+          features: str = "") -> list[dict]:
     """Each frozen arm's test predictions: feats maps split -> (x, y) (x None when the
     split is empty); settings chosen on val when it has examples. Results are laid out
-    as baselines' ({"name", "arm", "y_true", "y_pred", "accuracy", "chosen", "seconds"})."""
+    as baselines' ({"name", "arm", "y_true", "y_pred", "accuracy", "chosen", "seconds"});
+    `features` names the layer the features come from (empty: the embedding)."""
     from sklearn.linear_model import LogisticRegression
 
     x_tr, y_tr = feats["train"]
@@ -192,7 +197,7 @@ def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS) -> list[d
             return votes.argmax(1)
         k = pick(grid, lambda k: knn(k, z_va))
         out.append(_result("knn", y_te, knn(k, z_te), f"k={k}" + (" on val" if has_val
-                                                                    else ""), t0))
+                                                                    else ""), t0, features))
     if "logreg" in arms:
         t0 = time.perf_counter()
         s_tr, s_te = (x_tr - mean) / std, (x_te - mean) / std
@@ -208,7 +213,7 @@ def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS) -> list[d
         else:
             c = pick(list(C_GRID), lambda c: fit(c).predict(s_va))
             pred, chosen = fit(c).predict(s_te), f"C={c:g}" + (" on val" if has_val else "")
-        out.append(_result("logreg", y_te, pred, chosen, t0))
+        out.append(_result("logreg", y_te, pred, chosen, t0, features))
     if "spreading" in arms and x_po is not None:
         t0 = time.perf_counter()
         z_po = to_unit(x_po, mean, std)
@@ -217,13 +222,13 @@ def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS) -> list[d
                    spread_grid((z_tr, y_tr), z_po, others, num_classes).items()}
         k = pick(list(GRAPH_K_GRID), lambda k: results[k][1])
         out.append(_result("spreading", y_te, results[k][0],
-                           f"k={k}" + (" on val" if has_val else ""), t0))
+                           f"k={k}" + (" on val" if has_val else ""), t0, features))
     return out
 
 
-def _result(arm: str, y_true, y_pred, chosen: str, t0: float) -> dict:
+def _result(arm: str, y_true, y_pred, chosen: str, t0: float, features: str = "") -> dict:
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return {"name": describe(arm), "arm": arm, "y_true": y_true, "y_pred": y_pred,
+    return {"name": describe(arm, features), "arm": arm, "y_true": y_true, "y_pred": y_pred,
             "accuracy": float((y_pred == y_true).mean()), "chosen": chosen,
             "seconds": round(time.perf_counter() - t0, 2), "samples": int(len(y_true))}
 

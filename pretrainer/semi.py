@@ -71,9 +71,23 @@ class Consistency(keras.Model):
 
     def __init__(self, classifier: keras.Model, *, threshold: float, weight: float,
                  class_weight=None, align: bool = False, prior: keras.Model | None = None,
-                 prior_weight: float = 1.0, prior_steps: int = 0, **kwargs):
+                 prior_weight: float = 1.0, prior_steps: int = 0,
+                 self_supervised_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.classifier = classifier
+        # DoubleMatch (Wallin et al. 2022): every unlabeled image, confident or not, also
+        # trains the features: a projection of the strong view's head input is pulled
+        # towards the weak view's (cosine, the weak side held fixed)
+        self.ssl_weight = float(self_supervised_weight)
+        self.projector = None
+        if self.ssl_weight > 0:
+            head_in = classifier.get_layer("probabilities").input
+            self._with_features = [keras.Model(classifier.inputs, [head_in, classifier.output],
+                                               name="classifier_features")]  # a list: untracked
+            self.projector = keras.layers.Dense(head_in.shape[-1], dtype="float32",
+                                                name="ssl_projector")
+            self.projector.build((None, head_in.shape[-1]))  # trained from the first step
+            self.ssl_loss = keras.metrics.Mean(name="ssl_loss")
         # prior pseudo-labels (finetune.prior): a frozen model's class distribution on the
         # weak view multiplies the classifier's (a product of experts, the prior raised to
         # prior_weight), so early pseudo-labels come from the pretrained features and
@@ -99,10 +113,17 @@ class Consistency(keras.Model):
             x = x["image"]
         return self.classifier(x, training=training)
 
+    def _feature_consistency(self, weak, strong):
+        """DoubleMatch's self-supervised loss: 1 - cos(projector(strong), weak), the weak
+        features held fixed; 0 when the two agree."""
+        weak = tf.math.l2_normalize(tf.stop_gradient(tf.cast(weak, tf.float32)), -1)
+        pulled = tf.math.l2_normalize(self.projector(tf.cast(strong, tf.float32)), -1)
+        return tf.reduce_mean(1.0 - tf.reduce_sum(weak * pulled, -1))
+
     def test_step(self, data):
         logs = super().test_step(data)
         return {k: v for k, v in logs.items()
-                if k not in (self.unlabeled_loss.name, self.mask_rate.name)}
+                if k not in (self.unlabeled_loss.name, self.mask_rate.name, "ssl_loss")}
 
     def train_step(self, data):
         inputs, y = data
@@ -110,7 +131,12 @@ class Consistency(keras.Model):
         n_l, n_u = tf.shape(x)[0], tf.shape(weak)[0]
         with tf.GradientTape() as tape:
             # one forward pass over all three batches, as FixMatch does (BatchNorm sees them all)
-            probs = self.classifier(tf.concat([x, weak, strong], 0), training=True)
+            batch = tf.concat([x, weak, strong], 0)
+            if self.projector is None:
+                probs = self.classifier(batch, training=True)
+            else:
+                feats, probs = self._with_features[0](batch, training=True)
+                loss_ssl = self._feature_consistency(feats[n_l:n_l + n_u], feats[n_l + n_u:])
             p_l, p_w, p_s = probs[:n_l], probs[n_l:n_l + n_u], probs[n_l + n_u:]
             sample_weight = None
             if self.class_weight is not None:
@@ -135,6 +161,8 @@ class Consistency(keras.Model):
                                                               tf.cast(p_s, tf.float32))
             loss_u = tf.reduce_mean(ce * confident)
             loss = loss_l + self.weight * loss_u
+            if self.projector is not None:
+                loss = loss + self.ssl_weight * loss_ssl
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=False))
@@ -143,6 +171,8 @@ class Consistency(keras.Model):
                 m.update_state(loss)
         self.unlabeled_loss.update_state(loss_u)
         self.mask_rate.update_state(tf.reduce_mean(confident))
+        if self.projector is not None:
+            self.ssl_loss.update_state(loss_ssl)
         return self.compute_metrics(x, y, p_l, sample_weight=sample_weight)
 
 

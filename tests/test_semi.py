@@ -46,3 +46,34 @@ def test_confident_pseudo_labels_train_the_classifier_and_logs_say_how_many():
     strict.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     logs = strict.fit(data, steps_per_epoch=2, epochs=1, verbose=0).history
     assert logs["confident_share"][-1] == 0.0 and logs["unlabeled_loss"][-1] == 0.0
+
+
+def _with_features():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Dense(6, name="features")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax",
+                                                  name="probabilities")(h))
+
+
+def test_doublematch_term_is_one_minus_cosine_and_trains_the_projection():
+    model = Consistency(_with_features(), threshold=0.95, weight=1.0,
+                        self_supervised_weight=1.0)
+    assert "ssl_projector/kernel" in [v.path for v in model.trainable_weights]
+    model.projector.set_weights([np.eye(6, dtype="float32"), np.zeros(6, "float32")])
+    a = tf.constant([[1.0, 0, 0, 0, 0, 0], [0, 2.0, 0, 0, 0, 0]])
+    b = tf.constant([[3.0, 0, 0, 0, 0, 0], [0, 0, 1.0, 0, 0, 0]])
+    # same direction: 0; orthogonal: 1; the mean over the batch
+    np.testing.assert_allclose(float(model._feature_consistency(a, b)), 0.5, atol=1e-6)
+    np.testing.assert_allclose(float(model._feature_consistency(a, a)), 0.0, atol=1e-6)
+
+    data, x, _ = _batches()
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    before = model.projector.get_weights()[0].copy()
+    hist = model.fit(data, steps_per_epoch=10, epochs=3, verbose=0,
+                     validation_data=data, validation_steps=1).history
+    assert hist["ssl_loss"][-1] < hist["ssl_loss"][0] and "val_ssl_loss" not in hist
+    assert hist["loss"][-1] < hist["loss"][0]
+    assert not np.allclose(model.projector.get_weights()[0], before)
+    assert model.predict(x[:4], verbose=0).shape == (4, 2)  # the classifier, no projection

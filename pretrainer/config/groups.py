@@ -164,6 +164,9 @@ class FinetuneConfig:
     confidence: float = 0.95  # fixmatch: pseudo-labels need this max probability
     unlabeled_weight: float = 1.0  # fixmatch: weight of the unlabeled loss
     distribution_alignment: bool = False  # fixmatch: push pseudo-labels towards balanced classes
+    # fixmatch: weight of DoubleMatch's self-supervised term (every unlabeled image's strong
+    # view pulled towards its weak view in feature space, through a projection); 0 = off
+    self_supervised_weight: float = 0.0
     # fixmatch from a pretrained backbone: prior pseudo-labels from the pretrained features.
     # none | propagation (the labels spread over a kNN graph of the frozen embedding of the
     # pool, as a frozen classifier whose distribution multiplies the model's on each weak
@@ -208,6 +211,7 @@ class FinetuneConfig:
                               "finetune.semi_supervised=fixmatch; set that too, or prior=none")
         check_range("finetune.confidence", self.confidence, 0.0, 1.0)
         check_range("finetune.unlabeled_weight", self.unlabeled_weight, 0.0, 100.0)
+        check_range("finetune.self_supervised_weight", self.self_supervised_weight, 0.0, 100.0)
         if self.ema_momentum is not None:
             check_range("finetune.ema_momentum", self.ema_momentum, 0.0, 1.0, lo_open=True)
         for key in ("unfreeze_every", "unlabeled_ratio"):

@@ -30,8 +30,16 @@ from pretrainer.data.store import SPLITS, read_manifest
 from pretrainer.errors import RunError
 
 
-def featurizer(run_dir: Path, manifest: StoreManifest):
-    """callable(batch of model inputs) -> float32 [batch, dim]."""
+def frozen_layer(cfg: Config, manifest: StoreManifest) -> str:
+    """The features `study` and `pipeline` score frozen: those the recipe's prior is
+    built on (finetune.prior_layer) for images, so the frozen arms show what the prior
+    will be worth; the backbone's output otherwise."""
+    return "" if manifest.kind.strings else cfg.finetune.prior_layer
+
+
+def featurizer(run_dir: Path, manifest: StoreManifest, layer: str = ""):
+    """callable(batch of model inputs) -> float32 [batch, dim]. `layer`: for an image
+    backbone, the features of that layer (finetune.prior_layer) instead of its output."""
     import keras
     import tensorflow as tf
 
@@ -57,6 +65,9 @@ def featurizer(run_dir: Path, manifest: StoreManifest):
         return call
     backbone = load_keras_artifact(run_dir, "backbone.keras", None if text else shape)
     if not text:
+        from pretrainer.semi import feature_layer
+
+        backbone = feature_layer(backbone, layer)
         return lambda x: np.asarray(backbone(x, training=False), np.float32).reshape(len(x), -1)
     from pretrainer.data.modalities.text import load_vocabulary, tokenizer
     from pretrainer.models.heads import text_embedding

@@ -251,6 +251,7 @@ def _consistency(cfg: Config, model, pretrained, parent, store, manifest: StoreM
     return Consistency(model, threshold=ft.confidence, weight=ft.unlabeled_weight,
                        class_weight=class_weight, align=ft.distribution_alignment,
                        prior=prior, prior_weight=ft.prior_weight,
+                       self_supervised_weight=ft.self_supervised_weight,
                        prior_steps=int(ft.prior_decay * plan.training.steps_per_epoch
                                        * (ft.epochs or cfg.trainer.epochs)))
 

@@ -67,7 +67,7 @@ def run(cfg: Config) -> dict:
         results[arm] = {"finetune": ft, "evaluate": ev, "val": _val_score(ft, regression),
                         "metrics": json.loads((ev / "metrics.json").read_text())}
     where = Path(results["pretrained"]["evaluate"])
-    frozen = [] if regression else _frozen_arms(pre, store, manifest, where)
+    frozen = [] if regression else _frozen_arms(cfg, pre, store, manifest, where)
     classical = None
     if cfg.study.classical:  # the strongest simple baseline on the same labels and test split
         from pretrainer import baselines
@@ -108,17 +108,21 @@ def run(cfg: Config) -> dict:
     return out
 
 
-def _frozen_arms(pre: Path, store, manifest: StoreManifest, where: Path) -> list[dict]:
-    """kNN, logistic regression and label spreading on the pretrained embedding, each
-    saved beside the pretrained arm's evaluation (predictions.npz, metrics.json)."""
+def _frozen_arms(cfg: Config, pre: Path, store, manifest: StoreManifest,
+                 where: Path) -> list[dict]:
+    """kNN, logistic regression and label spreading on the pretrained embedding (or the
+    layer the prior is built on), each saved beside the pretrained arm's evaluation
+    (predictions.npz, metrics.json)."""
     from pretrainer import baselines, frozen
-    from pretrainer.stages.embed import featurizer
+    from pretrainer.stages.embed import featurizer, frozen_layer
 
     t0 = time.perf_counter()
-    feats = frozen.store_features(featurizer(pre, manifest), store)
-    out = frozen.score(feats, manifest.num_classes)
+    layer = frozen_layer(cfg, manifest)
+    feats = frozen.store_features(featurizer(pre, manifest, layer), store)
+    out = frozen.score(feats, manifest.num_classes, features=layer)
     for r in out:
         r["dir"] = baselines.save(r, where / f"frozen_{r['arm']}")
+        r["features"] = f"{layer} features" if layer else "embedding"
     shown = ", ".join(f"{r['arm']} {r['accuracy']:.2%}" for r in out)
     info(f"  frozen-feature arms: {shown} ({time.perf_counter() - t0:.1f} s)")
     return out
@@ -180,7 +184,7 @@ def _print_table(cfg: Config, results: dict, frozen: list[dict], classical: Opti
                      str(Path(r["finetune"]).name)])
     for f in frozen:
         rows.append([f"frozen {f['arm']}", str(m["labels"]), "", f"{f['accuracy']:.2%}", "",
-                     f"pretrained embedding, {f['chosen']}"])
+                     f"pretrained {f['features']}, {f['chosen']}"])
     if classical is not None:
         val = "" if classical.get("val") is None else (
             f"{-classical['val']:.4g}" if regression else f"{classical['val']:.2%}")

@@ -167,14 +167,14 @@ def _frozen_cells(c: Config, pre: Path, fraction, seed: int, out: Path,
     """The frozen-feature arms (pretrainer.frozen) on the cell's labels: seconds each."""
     from pretrainer import baselines, frozen
     from pretrainer.data.store import read_manifest
-    from pretrainer.stages.embed import featurizer
+    from pretrainer.stages.embed import featurizer, frozen_layer
 
     store = store_path(c)
     manifest = read_manifest(store)
     if manifest.regression:
         return []
     if not shared:  # the backbone and the val, test and pool features: once per study
-        featurize = featurizer(pre, manifest)
+        featurize = featurizer(pre, manifest, frozen_layer(c, manifest))
         shared.update(featurize=featurize, feats={
             split: frozen.split_features(featurize, store, split, limit=frozen.POOL_MAX
                                          if split == "unlabeled" else None)
@@ -182,7 +182,7 @@ def _frozen_cells(c: Config, pre: Path, fraction, seed: int, out: Path,
     feats = {**shared["feats"],
              "train": frozen.split_features(shared["featurize"], store, "train")}
     cells = []
-    for r in frozen.score(feats, manifest.num_classes):
+    for r in frozen.score(feats, manifest.num_classes, features=frozen_layer(c, manifest)):
         where = baselines.save(r, out / f"frozen_{r['arm']}" / f"f{fraction:g}-s{seed}")
         info(f"  frozen {r['arm']} ({esc(r['chosen'])}): {_score(r)} in {r['seconds']:.1f} s")
         cells.append({"fraction": fraction, "seed": seed, "arm": f"frozen_{r['arm']}",

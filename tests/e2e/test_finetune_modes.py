@@ -155,7 +155,19 @@ def test_fixmatch_takes_prior_pseudo_labels_from_the_pretrained_features(in_tmp)
         assert model.name == "classifier"  # the prior is not part of the saved model
         assert not any("prior" in layer.name for layer in model.layers)
     # the graph over another layer's features (conv_ae's trunk before its embedding)
-    ft = finetune.run(compose("fashion_ae", [*semi, "finetune.prior_layer=flatten"]), run=pre)
+    flat = compose("fashion_ae", [*semi, "finetune.prior_layer=flatten",
+                                  "finetune.self_supervised_weight=1"])  # + DoubleMatch's term
+    ft = finetune.run(flat, run=pre)
     assert "prior" in json.loads((ft / "manifest.json").read_text())
+    assert "ssl_loss" in (ft / "history.csv").read_text()
+    # study's and pipeline's frozen arms score the features the prior is built on
+    from pretrainer.data.store import read_manifest, store_path
+    from pretrainer.stages.embed import featurizer, frozen_layer
+
+    manifest = read_manifest(store_path(flat))
+    assert frozen_layer(flat, manifest) == "flatten"
+    x = np.zeros((2, *manifest.shape), "float32")
+    assert featurizer(pre, manifest, "flatten")(x).shape[1] > featurizer(pre, manifest)(x).shape[1]
+    assert "flatten features" in frozen.describe("logreg", "flatten")
     with pytest.raises(ConfigError, match="not a layer of the backbone. Choose from: .*flatten"):
         finetune.run(compose("fashion_ae", [*semi, "finetune.prior_layer=nope"]), run=pre)
