@@ -54,6 +54,28 @@ def test_neighbours_are_the_most_similar_other_rows():
     np.testing.assert_array_equal(got, want)
 
 
+def test_wide_features_are_searched_in_their_principal_components(monkeypatch):
+    """600 noisy features: the graph built on their first GRAPH_DIM principal components
+    spreads the labels at least as well as the exact search (here better: the
+    components leave most of the noise out)."""
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(4, 600))
+    pool = _blobs(1200, rng, centres, spread=6.0)[0]
+    feats = {"train": _blobs(8, rng, centres, spread=6.0),
+             "test": _blobs(300, rng, centres, spread=6.0), "unlabeled": (pool, None)}
+    z = frozen.to_unit(pool, *frozen.pool_stats(pool))
+    reduced = frozen.graph_space(z, slice(0, len(z)), dim=32)
+    assert reduced.shape == (len(z), 32)
+    np.testing.assert_allclose(np.linalg.norm(reduced, axis=1), 1.0, rtol=1e-5)
+    assert frozen.graph_space(z[:100], slice(0, 100), dim=32) is not None  # small pool:
+    assert frozen.graph_space(z[:100], slice(0, 100), dim=32).shape[1] == 600  # exact
+    got = {}
+    for dim in (32, 10_000):  # 10,000: no reduction
+        monkeypatch.setattr(frozen, "GRAPH_DIM", dim)
+        got[dim] = {r["arm"]: r["accuracy"] for r in frozen.score(feats, 4)}["spreading"]
+    assert got[32] > 0.9 and got[32] >= got[10_000] - 0.02, got
+
+
 @pytest.mark.parametrize("shape", [(8, 8, 1), (64, 64, 3)])
 def test_the_pixel_baseline_as_keras_predicts_like_scikit_learn(shape):
     from sklearn.linear_model import LogisticRegression
