@@ -33,10 +33,11 @@ C_GRID = (0.01, 0.1, 1.0)
 GRAPH_K_GRID = (10, 20)
 ALPHA = 0.9  # label spreading's clamping: the share of a node's label taken from neighbours
 ITERATIONS = 400  # at most: label mass moves one hop per iteration; stops on convergence
-# the neighbour search runs on the features' first GRAPH_DIM principal components when
-# they have more: on fashion_full's 3,136 trunk features (70k nodes, 2 cores) the search
-# took 521 s exact and 87 s with PCA to 128 (PCA included), the spreading's test accuracy
-# 75.4 against 75.1 %, val 75.2 against 75.2 % (docs/few-labels.md)
+# the frozen spreading arm searches neighbours on the features' first GRAPH_DIM principal
+# components when they have more: on fashion_full's 3,136 trunk features (70k nodes, 2
+# cores) 521 s exact, 87 s with PCA to 128 (PCA included), its test accuracy 0.5 points
+# lower on 3 draws (docs/few-labels.md). The prior (semi.propagation_prior) searches
+# exactly: built on the projection it lost 0.45 points of finetuned accuracy on average.
 GRAPH_DIM = 128
 POOL_MAX = 60_000  # pool nodes in the graph (a seeded subset above this): memory and seconds
 
@@ -143,7 +144,7 @@ def propagate(train, pool, others: tuple = (), *, num_classes: int, k: int,
     x_tr, y_tr = train
     z = np.concatenate([x_tr, pool, *others])
     if nbrs is None:
-        nbrs = neighbours(graph_space(z, slice(len(x_tr), len(x_tr) + len(pool))), k)
+        nbrs = neighbours(z, k)
     f = spread(nbrs, k, np.arange(len(x_tr)), y_tr, num_classes)
     lost = np.flatnonzero(f.sum(1) == 0)
     if len(lost):  # no label reached them: the most similar labeled example's class
@@ -172,14 +173,15 @@ def graph_space(z: np.ndarray, pool_rows: slice, dim: Optional[int] = None) -> n
     return r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
 
 
-def spread_grid(train, pool, others: tuple, num_classes: int) -> dict:
+def spread_grid(train, pool, others: tuple, num_classes: int, *, exact: bool = False) -> dict:
     """{k: (pool distributions, distributions of each of `others`)} for every k of
     GRAPH_K_GRID, from one neighbour search (each k takes its first k columns), in
-    `graph_space`."""
+    `graph_space` unless `exact`."""
     z_tr, _ = train
     z = np.concatenate([z_tr, pool, *others])
-    nbrs = neighbours(graph_space(z, slice(len(z_tr), len(z_tr) + len(pool))),
-                      max(GRAPH_K_GRID))
+    if not exact:
+        z = graph_space(z, slice(len(z_tr), len(z_tr) + len(pool)))
+    nbrs = neighbours(z, max(GRAPH_K_GRID))
     return {k: propagate(train, pool, others, num_classes=num_classes, k=k, nbrs=nbrs)[:2]
             for k in GRAPH_K_GRID}
 

@@ -74,6 +74,10 @@ def test_wide_features_are_searched_in_their_principal_components(monkeypatch):
         monkeypatch.setattr(frozen, "GRAPH_DIM", dim)
         got[dim] = {r["arm"]: r["accuracy"] for r in frozen.score(feats, 4)}["spreading"]
     assert got[32] > 0.9 and got[32] >= got[10_000] - 0.02, got
+    # the prior's search (exact=True) never projects
+    monkeypatch.setattr(frozen, "graph_space", lambda *a, **k: pytest.fail("projected"))
+    out = frozen.spread_grid((z[:8], feats["train"][1]), z[8:], (), 4, exact=True)
+    assert set(out) == set(frozen.GRAPH_K_GRID)
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (64, 64, 3)])
