@@ -83,7 +83,7 @@ class Consistency(keras.Model):
         if self.ssl_weight > 0:
             head_in = classifier.get_layer("probabilities").input
             self._with_features = [keras.Model(classifier.inputs, [head_in, classifier.output],
-                                               name="classifier_features")]  # a list: untracked
+                                               name="classifier_features")]  # (shares its layers)
             self.projector = keras.layers.Dense(head_in.shape[-1], dtype="float32",
                                                 name="ssl_projector")
             self.projector.build((None, head_in.shape[-1]))  # trained from the first step
