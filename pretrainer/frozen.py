@@ -42,10 +42,15 @@ GRAPH_DIM = 128
 POOL_MAX = 60_000  # pool nodes in the graph (a seeded subset above this): memory and seconds
 
 
+def feature_name(layer: str = "") -> str:
+    """The features the arms score: the backbone's embedding, or the layer `layer` names
+    (finetune.prior_layer)."""
+    return f"{layer} features" if layer else "embedding"
+
+
 def describe(arm: str, features: str = "") -> str:
-    """What an arm is, naming the features: the backbone's embedding, or the layer
-    `features` names (finetune.prior_layer)."""
-    what = f"frozen {features} features" if features else "frozen embedding"
+    """What an arm is, naming its features (feature_name)."""
+    what = f"frozen {feature_name(features)}"
     return {"knn": f"kNN on the {what} (cosine)",
             "logreg": f"logistic regression on the {what}",
             "spreading": f"label spreading over a kNN graph of the {what}"}[arm]

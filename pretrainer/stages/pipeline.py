@@ -122,7 +122,7 @@ def _frozen_arms(cfg: Config, pre: Path, store, manifest: StoreManifest,
     out = frozen.score(feats, manifest.num_classes, features=layer)
     for r in out:
         r["dir"] = baselines.save(r, where / f"frozen_{r['arm']}")
-        r["features"] = f"{layer} features" if layer else "embedding"
+        r["features"] = frozen.feature_name(layer)
     shown = ", ".join(f"{r['arm']} {r['accuracy']:.2%}" for r in out)
     info(f"  frozen-feature arms: {shown} ({time.perf_counter() - t0:.1f} s)")
     return out
