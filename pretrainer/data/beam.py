@@ -19,9 +19,9 @@ checksums):
 5. publish (here): the manifest, as in-process, and the folder renamed into place.
 
 Memory: records are decoded twice and never held together; the launching process
-keeps ~0.6 KiB per record (the listing, references, digests: measured at 100k images,
-benchmarks/beam_collect.py); elements travel through JSON-lines files, not the
-runner's memory. A CSV is one
+keeps ~0.45 KiB per record (the listing's paths, the plan's arrays, 16 bytes of digest:
+measured at 100k images, benchmarks/beam_collect.py, docs/data.md); elements travel
+through JSON-lines files, not the runner's memory. A CSV is one
 file (quoted cells may hold newlines, so it cannot be cut safely): it is read here as
 in-process and only its shards are written by the pipeline.
 """
@@ -80,14 +80,14 @@ def scan_unit(unit: dict) -> str:
         paths = [Path(p) for p in unit["paths"]]
         arr, kept, skipped = _decode_chunk(paths, tuple(unit["size"]), unit["mode"],
                                            unit["root"])
-        out = {"kept": kept, "digests": [digest(row.tobytes()) for row in arr],
+        out = {"kept": kept, "digests": "".join(digest(row.tobytes()) for row in arr),
                "skipped": skipped}
     else:
         from pretrainer.data.textfiles import read_file
 
         docs, skipped, codecs = read_file(Path(unit["path"]), Path(unit["root"]),
                                           unit["how"], unit["encoding"])
-        out = {"docs": len(docs), "digests": [digest(d.encode("utf-8")) for d in docs],
+        out = {"docs": len(docs), "digests": "".join(digest(d.encode("utf-8")) for d in docs),
                "skipped": skipped, "codecs": codecs}
     return json.dumps({"unit": unit["unit"], **out})
 
@@ -189,12 +189,15 @@ class Plan:
     """A SourceData whose examples are record numbers, and what each number refers to."""
     src: SourceData
     refs: list  # record number -> image path, or (text path, document index)
-    digests: list[str]  # record number -> digest of its content
+    digests: np.ndarray  # [records, 16] uint8: record number -> digest of its content
+
+    def digest_bytes(self, ids) -> list[bytes]:
+        return [row.tobytes() for row in self.digests[np.asarray(ids, np.int64)]]
 
 
 def plan_from_scan(listing: Listing, scanned: dict[int, dict]) -> Plan:
     """The SourceData of record numbers that the in-process loader would have given."""
-    refs, digests, skipped, codecs = [], [], [], {}
+    refs, digests, skipped, codecs = [], [], [], {}  # digests: one uint8 array per unit
     xs, ys = {}, {}
     for part, entries in listing.parts.items():
         ids, labels = [], []
@@ -212,7 +215,9 @@ def plan_from_scan(listing: Listing, scanned: dict[int, dict]) -> Plan:
                 kept_labels = None if unit_labels is None else [unit_labels] * got["docs"]
             ids += range(len(refs), len(refs) + len(records))
             refs += records
-            digests += got["digests"]
+            # a unit's digests arrive as one hex string (16 bytes a record): kept as
+            # bytes, not 100-byte str objects, since the launcher holds one per record
+            digests.append(np.frombuffer(bytes.fromhex(got["digests"]), np.uint8))
             if kept_labels is not None:
                 labels += kept_labels
         xs[part] = np.asarray(ids, np.int64)
@@ -228,7 +233,7 @@ def plan_from_scan(listing: Listing, scanned: dict[int, dict]) -> Plan:
                      x_test=xs.get("test"), y_test=ys.get("test"), x_val=xs.get("val"),
                      y_val=ys.get("val"), modality=listing.modality, info=info,
                      skipped=skipped)
-    return Plan(src, refs, digests)
+    return Plan(src, refs, np.concatenate(digests or [np.zeros(0, np.uint8)]).reshape(-1, 16))
 
 
 def shard_tasks(plan: Optional[Plan], arrays: dict, cfg, staging: str, modality: str,
@@ -248,7 +253,7 @@ def shard_tasks(plan: Optional[Plan], arrays: dict, cfg, staging: str, modality:
                 task["rows"] = np.asarray(x[lo:hi], np.float32).tolist()
             else:
                 task["refs"] = [plan.refs[i] for i in x[lo:hi]]
-                task["digests"] = [plan.digests[i] for i in x[lo:hi]]
+                task["digests"] = [d.hex() for d in plan.digest_bytes(x[lo:hi])]
             yield task
 
 
@@ -342,12 +347,13 @@ def collect(store: str, cfg, seed: int, say) -> "StoreManifest":  # noqa: F821
             f"{len(listing.units)} elements ({' '.join(flags)})")
         scanned = {r["unit"]: r for r in _run(listing.units, scan_unit, work, flags, "scan")}
         plan = plan_from_scan(listing, scanned)
+        del scanned  # the workers' lines: the plan holds what the rest needs
         src, writer = plan.src, listing.writer
         if listing.kind.pixels:
             size, mode = listing.writer["size"], listing.writer["mode"]
             shape = [size[0], size[1], 1 if mode == "L" else 3]
         arrays, contamination = plan_splits(
-            src, data, seed, digests=lambda ids: [bytes.fromhex(plan.digests[i]) for i in ids])
+            src, data, seed, digests=plan.digest_bytes)
     tasks = shard_tasks(plan, arrays, data, staging, src.modality,
                         src.task == "regression", writer)
     say(f"  write: {sum(len(a[0]) for a in arrays.values())} examples into shards")

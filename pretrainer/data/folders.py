@@ -204,17 +204,18 @@ def list_folder(root_path: Optional[str], image_size, color: str) -> dict:
         raise DataError(f"data.path={root_path} is not a folder")
     size = tuple(image_size) if image_size else DEFAULT_SIZE
     layout = detect_layout(root)
-    all_files = _images_under(root)
-    if not all_files:
-        raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
-    result = {"root": root, "layout": layout, "mode": _choose_mode(all_files, color),
-              "size": size, "class_names": [], "empty_classes": []}
+    result = {"root": root, "layout": layout, "size": size, "class_names": [],
+              "empty_classes": []}
     if layout == "flat":
-        result["parts"] = {"pool": (all_files, None, "decode")}
+        files = _images_under(root)
+        if not files:
+            raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+        result.update(mode=_choose_mode(files, color), parts={"pool": (files, None, "decode")})
         return result
     top = root / next(d.name for d in _class_dirs(root) if d.name.lower() == "train") \
         if layout == "splits" else root
-    listed = {d.name: _images_under(d) for d in _class_dirs(top)}  # list each folder once
+    # each folder listed once: the listing of 10M paths is the launcher's largest object
+    listed = {d.name: _images_under(d) for d in _class_dirs(top)}
     classes = [name for name, found in listed.items() if found]
     if len(classes) < 2:
         raise DataError(f"Found {len(classes)} class folder(s) with images under {top}; "
@@ -223,6 +224,7 @@ def list_folder(root_path: Optional[str], image_size, color: str) -> dict:
                   empty_classes=[name for name, found in listed.items() if not found])
     parts = {"pool": (*_labeled_files(top, classes, listed),
                       f"decode {top.name}" if layout == "splits" else "decode")}
+    result["mode"] = _choose_mode(parts["pool"][0], color)
     if layout == "splits":
         subdirs = {d.name.lower(): d for d in _class_dirs(root)}
         for split in ("test", "val"):
