@@ -74,10 +74,30 @@ def test_wide_features_are_searched_in_their_principal_components(monkeypatch):
         monkeypatch.setattr(frozen, "GRAPH_DIM", dim)
         got[dim] = {r["arm"]: r["accuracy"] for r in frozen.score(feats, 4)}["spreading"]
     assert got[32] > 0.9 and got[32] >= got[10_000] - 0.02, got
-    # the prior's search (exact=True) never projects
-    monkeypatch.setattr(frozen, "graph_space", lambda *a, **k: pytest.fail("projected"))
-    out = frozen.spread_grid((z[:8], feats["train"][1]), z[8:], (), 4, exact=True)
-    assert set(out) == set(frozen.GRAPH_K_GRID)
+
+
+def test_wide_features_get_the_exact_neighbours_from_projected_candidates(monkeypatch):
+    """Features with a low-dimensional structure in 600 columns (as a trunk's are): the
+    projected search's candidates, re-ranked by the exact cosine, are the exact
+    neighbours, where the projection alone misses some."""
+    rng = np.random.default_rng(3)
+    weights = rng.normal(size=(40, 600)) * (0.85 ** np.arange(40))[:, None]  # decaying spectrum
+    x = rng.normal(size=(1500, 40)) @ weights + 0.5 * rng.normal(size=(1500, 600))
+    z = frozen.to_unit(x, *frozen.pool_stats(x)).astype(np.float32)
+    monkeypatch.setattr(frozen, "GRAPH_DIM", 32)
+    exact = frozen.neighbours(z, 10)
+    fast = frozen.graph_neighbours(z, 10, slice(0, len(z)))
+    projected = frozen.neighbours(frozen.graph_space(z, slice(0, len(z))), 10)
+
+    def overlap(a):
+        return np.mean([len(set(p) & set(q)) / 10 for p, q in zip(a, exact, strict=True)])
+
+    assert fast.shape == exact.shape
+    assert overlap(fast) > 0.99 and overlap(projected) < 0.95, (overlap(fast),
+                                                               overlap(projected))
+    # narrow features: the exact search itself
+    np.testing.assert_array_equal(frozen.graph_neighbours(z[:, :12], 5, slice(0, len(z))),
+                                  frozen.neighbours(z[:, :12], 5))
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (64, 64, 3)])
