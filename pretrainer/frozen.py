@@ -144,24 +144,19 @@ def spread(nbrs: np.ndarray, k: int, labeled: np.ndarray, y: np.ndarray, num_cla
     return np.where(total > 0, f / np.maximum(total, 1e-30), 0.0).astype(np.float32)
 
 
-def propagate(train, pool, others: tuple = (), *, num_classes: int, k: int,
-              nbrs: Optional[np.ndarray] = None):
-    """Label spreading over [train, pool, *others] (features, already _unit-scaled):
-    (distributions of pool rows, distributions of each of `others`, the neighbours)."""
-    x_tr, y_tr = train
-    z = np.concatenate([x_tr, pool, *others])
-    if nbrs is None:
-        nbrs = neighbours(z, k)
-    f = spread(nbrs, k, np.arange(len(x_tr)), y_tr, num_classes)
+def propagate(z: np.ndarray, y_tr: np.ndarray, sizes: tuple[int, ...], nbrs: np.ndarray, *,
+              num_classes: int, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Label spreading over z's rows, [train, pool, *others] (features already
+    `to_unit`-scaled; `sizes`: the pool's and each other part's row count), on the first
+    k columns of `nbrs`: (distributions of the pool rows, of each other part)."""
+    n_tr = len(y_tr)
+    f = spread(nbrs, k, np.arange(n_tr), y_tr, num_classes)
     lost = np.flatnonzero(f.sum(1) == 0)
     if len(lost):  # no label reached them: the most similar labeled example's class
-        f[lost, y_tr[(z[lost] @ x_tr.T).argmax(1)]] = 1.0
-    start = len(x_tr) + len(pool)
-    parts = []
-    for o in others:
-        parts.append(f[start:start + len(o)])
-        start += len(o)
-    return f[len(x_tr):len(x_tr) + len(pool)], parts, nbrs
+        f[lost, y_tr[(z[lost] @ z[:n_tr].T).argmax(1)]] = 1.0
+    bounds = np.cumsum([n_tr, *sizes])
+    parts = [f[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    return parts[0], parts[1:]
 
 
 def graph_space(z: np.ndarray, pool_rows: slice, dim: Optional[int] = None) -> np.ndarray:
@@ -202,10 +197,11 @@ def spread_grid(train, pool, others: tuple, num_classes: int) -> dict:
     """{k: (pool distributions, distributions of each of `others`)} for every k of
     GRAPH_K_GRID, from one neighbour search (`graph_neighbours`; each k takes its first k
     columns)."""
-    z_tr, _ = train
-    z = np.concatenate([z_tr, pool, *others])
+    z_tr, y_tr = train
+    z = np.concatenate([z_tr, pool, *others])  # once: 70k x 3,136 floats are 0.9 GB
     nbrs = graph_neighbours(z, max(GRAPH_K_GRID), slice(len(z_tr), len(z_tr) + len(pool)))
-    return {k: propagate(train, pool, others, num_classes=num_classes, k=k, nbrs=nbrs)[:2]
+    sizes = (len(pool), *(len(o) for o in others))
+    return {k: propagate(z, y_tr, sizes, nbrs, num_classes=num_classes, k=k)
             for k in GRAPH_K_GRID}
 
 
