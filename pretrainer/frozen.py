@@ -124,7 +124,7 @@ def spread(nbrs: np.ndarray, k: int, labeled: np.ndarray, y: np.ndarray, num_cla
 
     Then class mass normalisation (Zhu et al. 2003): each class's total over the
     unlabeled rows is scaled to `share` (the class proportions expected there; default
-    the labeled rows' own), so a class whose few labels sit in a dense region does not
+    `class_share` of the labeled rows), so a class whose few labels sit in a dense region does not
     flood the graph. With a few labels per class that flooding is what limits spreading
     with a long reach (alpha 0.99): on fashion_full it took 3-17 % of the pool per
     class where each class is 10 %."""
@@ -154,12 +154,11 @@ def spread(nbrs: np.ndarray, k: int, labeled: np.ndarray, y: np.ndarray, num_cla
     total = f.sum(1, keepdims=True)
     # a node no label reached (a component without labels): all zeros, fixed by the caller
     f = np.where(total > 0, f / np.maximum(total, 1e-30), 0.0)
-    if share is None:
-        share = np.bincount(y, minlength=num_classes) / max(len(y), 1)
     unlabeled = np.ones(n, bool)
     unlabeled[labeled] = False
-    mass = f[unlabeled].sum(0)
     if unlabeled.any():
+        share = class_share(None, y, num_classes) if share is None else share
+        mass = f[unlabeled].sum(0)
         f = f * (np.asarray(share, np.float64) / np.maximum(mass, 1e-12))
         total = f.sum(1, keepdims=True)
         f = np.where(total > 0, f / np.maximum(total, 1e-30), 0.0)

@@ -221,7 +221,7 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
     z_va = frozen.to_unit(x_va, mean, std) if has_val else None
     others = (z_va,) if has_val else ()
     best = None
-    share = frozen.class_share(y_va if has_val else None, y_tr, num_classes)
+    share = frozen.class_share(y_va, y_tr, num_classes)
     for k, (f_po, parts) in frozen.spread_grid((z_tr, y_tr), z_po, others, num_classes,
                                                share).items():
         acc = float((parts[0].argmax(1) == y_va).mean()) if has_val else 0.0
