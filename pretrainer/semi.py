@@ -219,15 +219,17 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
     z_tr, z_po = frozen.to_unit(x_tr, mean, std), frozen.to_unit(x_po, mean, std)
     has_val = x_va is not None and len(x_va) > 0
     z_va = frozen.to_unit(x_va, mean, std) if has_val else None
-    others = (z_va,) if has_val else ()
-    best = None
+    others = (x_va,) if has_val else ()
     share = frozen.class_share(y_va, y_tr, num_classes)
-    for k, (f_po, parts) in frozen.spread_grid((z_tr, y_tr), z_po, others, num_classes,
-                                               share).items():
-        acc = float((parts[0].argmax(1) == y_va).mean()) if has_val else 0.0
-        if best is None or acc > best[0]:
-            best = (acc, k, f_po)
-    _, k, f_po = best
+    grid = frozen.spread_grid((x_tr, y_tr), x_po, others, num_classes, share)
+    if has_val:  # the graph (space and k) whose spread labels score best on val
+        scored = {key: float((parts[0].argmax(1) == y_va).mean())
+                  for key, (_, parts) in grid.items()}
+        choice = max(scored, key=scored.get)
+    else:
+        choice = frozen.without_val(grid)
+    f_po = grid[choice][0]
+    del grid
     x = np.concatenate([z_tr, z_po])
     y = np.concatenate([y_tr, f_po.argmax(1)])
     w = np.concatenate([np.ones(len(z_tr)), f_po.max(1) * num_classes / 2])
@@ -251,7 +253,7 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
     head.set_weights(dense_weights(lr, num_classes))
     model = keras.Model(inputs, outputs, name="prior")
     model.trainable = False
-    facts = {"graph_k": k, "C": c, "pool": int(len(z_po)),
+    facts = {"graph_k": choice[1], "graph": choice[0], "C": c, "pool": int(len(z_po)),
              "val_accuracy": round(acc, 4) if has_val else None,
              "seconds": round(time.perf_counter() - t0, 1)}
     return model, facts

@@ -82,26 +82,56 @@ def test_neighbours_are_the_most_similar_other_rows():
     np.testing.assert_array_equal(got, want)
 
 
-def test_wide_features_are_searched_in_their_principal_components(monkeypatch):
-    """600 noisy features: the graph built on their first GRAPH_DIM principal components
-    spreads the labels at least as well as the exact search (here better: the
-    components leave most of the noise out)."""
+def test_spreading_chooses_on_val_between_the_standardised_and_the_whitened_graph():
+    """600 noisy features around 4 centres (3 directions between classes, noise in all
+    600): whitening would lift the noise's components to the classes' variance, so val
+    keeps the standardised graph and spreading labels the blobs; narrow features and
+    small pools have the standardised graph alone."""
     rng = np.random.default_rng(2)
     centres = rng.normal(size=(4, 600))
     pool = _blobs(1200, rng, centres, spread=6.0)[0]
     feats = {"train": _blobs(8, rng, centres, spread=6.0),
+             "val": _blobs(200, rng, centres, spread=6.0),
              "test": _blobs(300, rng, centres, spread=6.0), "unlabeled": (pool, None)}
-    z = frozen.to_unit(pool, *frozen.pool_stats(pool))
-    reduced = frozen.graph_space(z, slice(0, len(z)), dim=32)
-    assert reduced.shape == (len(z), 32)
-    np.testing.assert_allclose(np.linalg.norm(reduced, axis=1), 1.0, rtol=1e-5)
-    assert frozen.graph_space(z[:100], slice(0, 100), dim=32) is not None  # small pool:
-    assert frozen.graph_space(z[:100], slice(0, 100), dim=32).shape[1] == 600  # exact
-    got = {}
-    for dim in (32, 10_000):  # 10,000: no reduction
-        monkeypatch.setattr(frozen, "GRAPH_DIM", dim)
-        got[dim] = {r["arm"]: r["accuracy"] for r in frozen.score(feats, 4)}["spreading"]
-    assert got[32] > 0.9 and got[32] >= got[10_000] - 0.02, got
+    grid = frozen.spread_grid(feats["train"], pool, (feats["val"][0],), 4)
+    assert set(grid) == {(space, k) for space in ("standardised", "whitened")
+                         for k in frozen.GRAPH_K_GRID}
+    val = {key: (parts[0].argmax(1) == feats["val"][1]).mean() for key, (_, parts)
+           in grid.items()}
+    assert val[("standardised", 10)] > val[("whitened", 10)] + 0.05, val
+    got = {r["arm"]: r for r in frozen.score(feats, 4)}["spreading"]
+    assert got["accuracy"] > 0.85 and "whitened" not in got["chosen"], got
+    for narrow in (pool[:100], pool[:, :100]):  # a small pool, narrow features
+        assert {space for space, _ in frozen.spread_grid(
+            feats["train"] if len(narrow) == 100 else (feats["train"][0][:, :100],
+                                                       feats["train"][1]),
+            narrow, (), 4)} == {"standardised"}
+
+
+def test_a_few_directions_of_large_variance_do_not_decide_the_neighbours(monkeypatch):
+    """Ten classes apart in 9 directions, 3 other directions with far more variance that
+    say nothing of the class (as a garment's brightness or size in a trunk's features):
+    the cosine of the standardised features finds neighbours by those 3 and spreading
+    labels about half the test points right; in the whitened components every direction
+    counts alike, val chooses them, and spreading labels nearly all."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(600, 12)))[0].T
+    centres = 1.5 * rng.normal(size=(10, 9)) @ basis[:9]
+
+    def draw(n):
+        y = np.arange(n) % 10
+        x = (centres[y] + 6.0 * rng.normal(size=(n, 3)) @ basis[9:]
+             + 0.2 * rng.normal(size=(n, 600)))
+        return x.astype(np.float32), y
+    monkeypatch.setattr(frozen, "GRAPH_DIM", 12)
+    feats = {"train": draw(20), "val": draw(200), "test": draw(500),
+             "unlabeled": (draw(2000)[0], None)}
+    grid = frozen.spread_grid(feats["train"], feats["unlabeled"][0], (feats["test"][0],), 10)
+    test = {key: (parts[0].argmax(1) == feats["test"][1]).mean()
+            for key, (_, parts) in grid.items()}
+    assert max(test[("standardised", k)] for k in frozen.GRAPH_K_GRID) < 0.75, test
+    got = {r["arm"]: r for r in frozen.score(feats, 10, ("spreading",))}["spreading"]
+    assert got["accuracy"] > 0.95 and "whitened" in got["chosen"], got
 
 
 def test_wide_features_get_the_exact_neighbours_from_projected_candidates(monkeypatch):
@@ -114,8 +144,11 @@ def test_wide_features_get_the_exact_neighbours_from_projected_candidates(monkey
     z = frozen.to_unit(x, *frozen.pool_stats(x)).astype(np.float32)
     monkeypatch.setattr(frozen, "GRAPH_DIM", 32)
     exact = frozen.neighbours(z, 10)
-    fast = frozen.graph_neighbours(z, 10, slice(0, len(z)))
-    projected = frozen.neighbours(frozen.graph_space(z, slice(0, len(z))), 10)
+    fast = frozen.graph_neighbours(z, 10, z)
+    projected = frozen.principal_components(z, z)
+    assert projected.shape == (len(z), 32)
+    np.testing.assert_allclose(np.linalg.norm(projected, axis=1), 1.0, rtol=1e-5)
+    projected = frozen.neighbours(projected, 10)
 
     def overlap(a):
         return np.mean([len(set(p) & set(q)) / 10 for p, q in zip(a, exact, strict=True)])
@@ -123,9 +156,10 @@ def test_wide_features_get_the_exact_neighbours_from_projected_candidates(monkey
     assert fast.shape == exact.shape
     assert overlap(fast) > 0.99 and overlap(projected) < 0.95, (overlap(fast),
                                                                overlap(projected))
-    # narrow features: the exact search itself
-    np.testing.assert_array_equal(frozen.graph_neighbours(z[:, :12], 5, slice(0, len(z))),
+    # narrow features and small pools: the exact search itself
+    np.testing.assert_array_equal(frozen.graph_neighbours(z[:, :12], 5, z[:, :12]),
                                   frozen.neighbours(z[:, :12], 5))
+    assert frozen.principal_components(z, z[:100]) is None
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (64, 64, 3)])

@@ -243,8 +243,9 @@ def _consistency(cfg: Config, model, pretrained, parent, store, manifest: StoreM
                                          layer=ft.prior_layer)
         shown = (f", val accuracy {facts['val_accuracy']:.2%}"
                  if facts["val_accuracy"] is not None else "")
+        whitened = " (whitened components)" if facts["graph"] == "whitened" else ""
         info(f"  prior pseudo-labels: labels spread over a {facts['graph_k']}-NN graph "
-             f"of {facts['pool']:,} pool {ft.prior_layer or 'embedding'} features, "
+             f"of {facts['pool']:,} pool {ft.prior_layer or 'embedding'} features{whitened}, "
              f"C={facts['C']:g}{shown} "
              f"({facts['seconds']:.0f} s)")
         runs.update_manifest(run_dir, prior=facts)
