@@ -233,15 +233,16 @@ def graph_neighbours(z: np.ndarray, k: int, fit: np.ndarray) -> np.ndarray:
     return out
 
 
-def graphs(x: np.ndarray, n_train: int, n_pool: int):
+def graphs(x: np.ndarray, n_train: int, n_pool: int, stats: Optional[tuple] = None):
     """Label spreading's graphs over the rows of x (raw features; its first rows the
     labeled ones, then the pool's), as (space name, rows in that space L2-normalised,
     each row's max(GRAPH_K_GRID) neighbours): the standardised features (`to_unit`
     with the pool's and labeled rows' statistics) and, for features wider than
     GRAPH_DIM, their whitened principal components on the pool (see GRAPH_DIM).
-    Yielded one at a time: each holds a copy of x."""
+    `stats`: those statistics when the caller has them. Yielded one at a time: each
+    holds a copy of x."""
     k, pool = max(GRAPH_K_GRID), slice(n_train, n_train + n_pool)
-    z = to_unit(x, *pool_stats(x[pool], x[:n_train]))
+    z = to_unit(x, *(stats or pool_stats(x[pool], x[:n_train])))
     yield "standardised", z, graph_neighbours(z, k, z[pool])
     del z
     white = principal_components(x, x[pool], whiten=True)
@@ -250,25 +251,30 @@ def graphs(x: np.ndarray, n_train: int, n_pool: int):
 
 
 def spread_grid(train, pool, others: tuple, num_classes: int,
-                share: Optional[np.ndarray] = None) -> dict:
+                share: Optional[np.ndarray] = None, stats: Optional[tuple] = None) -> dict:
     """{(space, k): (pool distributions, distributions of each of `others`)} for every
     graph of `graphs` and k of GRAPH_K_GRID (each k the first k neighbours of one
     search). train = (features, labels); pool and others: features as the backbone
-    gives them (standardised with the statistics of the labeled rows and the pool)."""
+    gives them (standardised with the statistics of the labeled rows and the pool:
+    `pool_stats(pool, train features)`, passed as `stats` when the caller has them)."""
     x_tr, y_tr = train
     x = np.concatenate([x_tr, pool, *others])  # once: 70k x 3,136 floats are 0.9 GB
     sizes = (len(pool), *(len(o) for o in others))
     return {(space, k): propagate(z, y_tr, sizes, nbrs, num_classes=num_classes, k=k,
                                   share=share)
-            for space, z, nbrs in graphs(x, len(x_tr), len(pool))
+            for space, z, nbrs in graphs(x, len(x_tr), len(pool), stats)
             for k in GRAPH_K_GRID}
 
 
-def without_val(choices) -> tuple:
-    """The (space, k) label spreading uses where there is no val split to choose on:
-    the whitened graph where there is one (it measured better on fashion_full), k 20."""
-    spaces = {space for space, _ in choices}
-    return ("whitened" if "whitened" in spaces else "standardised", max(GRAPH_K_GRID))
+def choose_graph(val_predictions: dict, y_val: Optional[np.ndarray]) -> tuple:
+    """The (space, k) of `spread_grid` whose labels score best on val (`val_predictions`:
+    (space, k) -> predicted val labels; the first on a tie). Without val labels: the
+    whitened graph where there is one (it measured better on fashion_full), k 20."""
+    if y_val is None or not len(y_val):
+        spaces = {space for space, _ in val_predictions}
+        return ("whitened" if "whitened" in spaces else "standardised", max(GRAPH_K_GRID))
+    scored = {key: float((pred == y_val).mean()) for key, pred in val_predictions.items()}
+    return max(scored, key=scored.get)
 
 
 def describe_graph(choice: tuple) -> str:
@@ -336,9 +342,9 @@ def score(feats: dict, num_classes: int, arms: tuple[str, ...] = ARMS, *,
         others = (x_te, x_va) if has_val else (x_te,)
         results = {key: [p.argmax(1) for p in parts] for key, (_, parts) in
                    spread_grid((x_tr, y_tr), x_po, others, num_classes,
-                               class_share(y_va, y_tr, num_classes)).items()}
-        key = (pick(list(results), lambda key: results[key][1]) if has_val
-               else without_val(results))
+                               class_share(y_va, y_tr, num_classes), (mean, std)).items()}
+        key = choose_graph({key: r[-1] for key, r in results.items()},
+                           y_va if has_val else None)
         out.append(_result("spreading", y_te, results[key][0], describe_graph(key)
                            + (" on val" if has_val else ""), t0, features))
     return out

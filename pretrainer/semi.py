@@ -221,13 +221,10 @@ def propagation_prior(backbone: keras.Model, store, num_classes: int, *,
     z_va = frozen.to_unit(x_va, mean, std) if has_val else None
     others = (x_va,) if has_val else ()
     share = frozen.class_share(y_va, y_tr, num_classes)
-    grid = frozen.spread_grid((x_tr, y_tr), x_po, others, num_classes, share)
-    if has_val:  # the graph (space and k) whose spread labels score best on val
-        scored = {key: float((parts[0].argmax(1) == y_va).mean())
-                  for key, (_, parts) in grid.items()}
-        choice = max(scored, key=scored.get)
-    else:
-        choice = frozen.without_val(grid)
+    grid = frozen.spread_grid((x_tr, y_tr), x_po, others, num_classes, share, (mean, std))
+    choice = frozen.choose_graph({key: parts[-1].argmax(1) if has_val else None
+                                  for key, (_, parts) in grid.items()},
+                                 y_va if has_val else None)
     f_po = grid[choice][0]
     del grid
     x = np.concatenate([z_tr, z_po])
