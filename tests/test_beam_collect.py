@@ -97,16 +97,19 @@ def _texts(root: Path) -> Path:
     return root
 
 
-def test_text_folder_store_is_identical_on_beam(tmp_path):
+@pytest.mark.parametrize("rule", ["stratified", "hash"])
+def test_text_folder_store_is_identical_on_beam(tmp_path, rule):
     root = _texts(tmp_path / "texts")
     args = ["data=text_files", f"data.path={root}", "data.text_split=line",
-            "data.labeled_fraction=0.1", "data.shard_size=200", "collect.workers=2"]
+            "data.labeled_fraction=0.1", "data.shard_size=200", "collect.workers=2",
+            f"data.split_rule={rule}"]
     a = _collect("text_mlm", args, tmp_path / "a", [])
     b = _collect("text_mlm", args, tmp_path / "b", ["collect.runner=beam"])
     _same_tree(a, b)
 
 
-def test_csv_store_is_identical_on_beam(tmp_path):
+@pytest.mark.parametrize("rule", ["stratified", "hash"])
+def test_csv_store_is_identical_on_beam(tmp_path, rule):
     random.seed(2)
     path = tmp_path / "table.csv"
     with open(path, "w", newline="", encoding="latin-1") as f:
@@ -117,11 +120,32 @@ def test_csv_store_is_identical_on_beam(tmp_path):
                         random.choice(["red", "grün", "blue"]),
                         random.choice(["a", "b, quoted", "multi\nline"]),
                         random.choice(["x", "y", "z"]) if i % 50 else ""])
-    args = ["data=csv", f"data.path={path}", "data.target=kind", "data.shard_size=100"]
+    args = ["data=csv", f"data.path={path}", "data.target=kind", "data.shard_size=100",
+            f"data.split_rule={rule}"]
     a = _collect("house_linear", args, tmp_path / "a", [])
     b = _collect("house_linear", args, tmp_path / "b", ["collect.runner=beam",
                                                         "collect.workers=2"])
     _same_tree(a, b)
+
+
+def test_image_folder_store_under_the_hash_rule_is_identical_on_beam(image_folder, tmp_path):
+    """data.split_rule=hash: the launcher streams (hashsplit.py, beam_hash.py); the store is
+    still the in-process one, file for file; copies never straddle test and the pool."""
+    args = [f"data.path='{image_folder}'", "data.image_size=[8,8]", "data.shard_size=150",
+            "data.dedupe=true", "data.split_rule=hash", "data.labels_per_class=5"]
+    a = _collect("folder_ae", args, tmp_path / "a", [])
+    b = _collect("folder_ae", args, tmp_path / "b", ["collect.runner=beam",
+                                                     "collect.workers=2"])
+    _same_tree(a, b)
+    import json
+
+    manifest = json.loads((b / "manifest.json").read_text())
+    assert manifest["skipped"]["count"] == 1 and manifest["split_rule"] == "hash"
+    assert manifest["contamination"]["unlabeled_in_test"] == 0  # copies share a split
+    splits = manifest["splits"]
+    assert set(splits["train"]["per_class"].values()) == {5}
+    assert sum(s["count"] for s in splits.values()) - splits["train"]["count"] == 2020
+    assert sum(s["count"] for s in splits["unlabeled"]["shards"]) == splits["unlabeled"]["count"]
 
 
 def test_a_file_changed_between_scan_and_write_is_an_error(tmp_path):

@@ -87,6 +87,10 @@ class DataConfig:
     split_seed: Optional[int] = None  # draws test/val/pool and the stored order; null: seed
     encoding: str = "auto"  # text files, CSV: auto (UTF-8, else cp1252/latin-1), or a codec
     shard_size: int = 4096  # examples per TFRecord shard
+    # stratified: seeded per-class draws over all records (exact shares, the default);
+    # hash: keyed hashes of each record's content (streams; collect on Beam keeps its
+    # launcher's memory flat; shards hold shard_size on average). docs/data.md
+    split_rule: str = "stratified"
     cache: bool = True  # cache decoded splits in memory when they are small (< 512 MB)
     shuffle_buffer: int = 10_000  # records permuted together when a split streams from disk
     service: Optional[str] = None  # grpc://HOST:PORT: training streams read by tf.data service
@@ -105,6 +109,7 @@ class DataConfig:
                               f"'{self.source}' gives {self.modality} data")
         check_choice("data.color", self.color, ("auto", "rgb", "grayscale"))
         check_choice("data.task", self.task, ("auto", "classification", "regression"))
+        check_choice("data.split_rule", self.split_rule, ("stratified", "hash"))
         if self.service:
             parse_address(self.service)
         import codecs

@@ -237,15 +237,17 @@ def plan_from_scan(listing: Listing, scanned: dict[int, dict]) -> Plan:
 
 
 def shard_tasks(plan: Optional[Plan], arrays: dict, cfg, staging: str, modality: str,
-                regression: bool, writer: dict):
+                regression: bool, writer: dict, cuts: Optional[dict] = None):
     """One element per shard, named and cut exactly as `store.write_split` does (yielded:
     they are streamed to the pipeline's input file)."""
     for split in splitting.SPLITS:
         x, y = arrays[split]
         n = len(x)
-        n_shards = max(1, -(-n // cfg.shard_size))
+        sizes = (cuts[split] if cuts else
+                 [min(cfg.shard_size, n - lo) for lo in range(0, n, cfg.shard_size)] or [0])
+        n_shards, ends = len(sizes), np.cumsum(sizes).tolist()
         for s in range(n_shards):
-            lo, hi = s * cfg.shard_size, min(n, (s + 1) * cfg.shard_size)
+            lo, hi = ends[s] - sizes[s], ends[s]
             task = {"split": split, "file": f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord",
                     "staging": staging, "modality": modality, "regression": regression,
                     "labels": None if y is None else np.asarray(y[lo:hi]).tolist(), **writer}
@@ -278,8 +280,23 @@ def _from_json(line: str) -> dict:
     return json.loads(line)
 
 
-def _run(elements, fn, work: str, flags: list[str], what: str) -> list[dict]:
-    """elements (an iterable of dicts) -> fn on Beam's workers -> their JSON lines, parsed.
+def write_elements(elements, work: str, what: str) -> int:
+    """Stream `elements` (dicts) to the JSON-lines file a pipeline reads; how many."""
+    from pretrainer.data.store import _gfile, join
+
+    n = 0
+    with _gfile().GFile(join(work, f"{what}-elements.jsonl"), "w") as f:
+        for element in elements:
+            f.write(json.dumps(element) + "\n")
+            n += 1
+    return n
+
+
+def _run(elements, fn, work: str, flags: list[str], what: str, args: tuple = (),
+         parse: bool = True) -> list:
+    """elements (an iterable of dicts) -> fn(element, *args) on Beam's workers -> their
+    JSON lines, parsed (or, without `parse`, the paths of the files holding them).
+    `elements` None: write_elements wrote them already.
 
     The elements are streamed to a JSON-lines file that the pipeline reads (Beam splits
     it between workers by byte ranges), not handed to beam.Create: Create would pickle
@@ -292,15 +309,14 @@ def _run(elements, fn, work: str, flags: list[str], what: str) -> list[dict]:
     from pretrainer.data.store import _gfile, join
 
     source, out_prefix = join(work, f"{what}-elements.jsonl"), join(work, f"{what}-results")
-    with _gfile().GFile(source, "w") as f:
-        for element in elements:
-            f.write(json.dumps(element) + "\n")
+    if elements is not None:
+        write_elements(elements, work, what)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         with beam.Pipeline(options=PipelineOptions(flags)) as p:
             _ = (p | f"read {what} elements" >> beam.io.ReadFromText(source)
                  | "parse" >> beam.Map(_from_json)
-                 | what >> beam.Map(fn)
+                 | what >> beam.Map(fn, *args)
                  | "results" >> beam.io.WriteToText(out_prefix, file_name_suffix=".jsonl"))
     except Exception as exc:  # a worker's error comes back wrapped in the runner's
         text = str(exc)
@@ -311,6 +327,8 @@ def _run(elements, fn, work: str, flags: list[str], what: str) -> list[dict]:
         raise DataError(f"the Beam pipeline ({what}) failed: "
                         f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
                         ) from exc
+    if not parse:
+        return sorted(_gfile().glob(f"{out_prefix}*.jsonl"))
     results = []
     for path in sorted(_gfile().glob(f"{out_prefix}*.jsonl")):
         with _gfile().GFile(path, "r") as f:
@@ -339,7 +357,7 @@ def collect(store: str, cfg, seed: int, say) -> "StoreManifest":  # noqa: F821
     plan, writer, shape = None, {}, None
     if data.source == "csv":  # one file: read here, only the shards written by Beam
         src = sources.load(data)
-        arrays, contamination = plan_splits(src, data, seed)
+        arrays, contamination, cuts = plan_splits(src, data, seed)
     else:
         listing = list_images(data) if data.source == "image_folder" else list_texts(data)
         records = sum(len(u.get("paths", [])) or 1 for u in listing.units)
@@ -352,10 +370,10 @@ def collect(store: str, cfg, seed: int, say) -> "StoreManifest":  # noqa: F821
         if listing.kind.pixels:
             size, mode = listing.writer["size"], listing.writer["mode"]
             shape = [size[0], size[1], 1 if mode == "L" else 3]
-        arrays, contamination = plan_splits(
+        arrays, contamination, cuts = plan_splits(
             src, data, seed, digests=plan.digest_bytes)
     tasks = shard_tasks(plan, arrays, data, staging, src.modality,
-                        src.task == "regression", writer)
+                        src.task == "regression", writer, cuts)
     say(f"  write: {sum(len(a[0]) for a in arrays.values())} examples into shards")
     written = _run(tasks, write_shard, work, flags, "write")
     gfile.rmtree(work)

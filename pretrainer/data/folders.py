@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -28,13 +28,14 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 DEFAULT_SIZE = (64, 64)
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files under `folder` (hidden files and folders skipped), sorted by path parts.
-    os.scandir, not Path.rglob + is_file: 70k files listed in a fraction of the 3 s.
-    Symlinked folders are followed once each: a link back into the tree (a loop) and
-    folders that cannot be listed are passed over, not an error."""
+def iter_images(folder) -> Iterator[str]:
+    """Image files under `folder` (hidden files and folders skipped), as found: a generator,
+    so a listing of millions of files need not be held (collect on Beam with
+    data.split_rule=hash). os.scandir, not Path.rglob + is_file: 70k files listed in a
+    fraction of the 3 s. Symlinked folders are followed once each: a link back into the
+    tree (a loop) and folders that cannot be listed are passed over, not an error."""
     top = os.stat(folder)
-    found, stack, seen = [], [str(folder)], {(top.st_dev, top.st_ino)}
+    stack, seen = [str(folder)], {(top.st_dev, top.st_ino)}
     while stack:
         try:
             with os.scandir(stack.pop()) as it:
@@ -52,10 +53,41 @@ def _images_under(folder: Path) -> list[Path]:
                         stack.append(entry.path)
                 elif (os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
                       and entry.is_file()):
-                    found.append(entry.path)
+                    yield entry.path
             except OSError:  # a symlink to itself, a dangling one
                 continue
-    return [Path(f) for f in sorted(found, key=lambda f: f.split(os.sep))]
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """iter_images, sorted by path parts."""
+    return [Path(f) for f in sorted(iter_images(folder), key=lambda f: f.split(os.sep))]
+
+
+def _has_images(folder: Path) -> bool:
+    return next(iter(iter_images(folder)), None) is not None
+
+
+class ModeSample:
+    """The files `color=auto` looks at under data.split_rule=hash: the 50 whose relative
+    paths hash smallest, kept while the listing streams (the stratified rule's sample,
+    50 spread over the sorted listing, needs the whole listing)."""
+
+    def __init__(self, root, size: int = 50):
+        self.prefix, self.size, self.heap = len(str(root)) + 1, size, []
+
+    def add(self, path: str) -> None:
+        import hashlib
+        import heapq
+
+        rel = path[self.prefix:].encode("utf-8", "surrogateescape")
+        h = -int.from_bytes(hashlib.blake2b(rel, digest_size=8).digest(), "big")
+        if len(self.heap) < self.size:
+            heapq.heappush(self.heap, (h, path))
+        elif h > self.heap[0][0]:
+            heapq.heapreplace(self.heap, (h, path))
+
+    def files(self) -> list[Path]:
+        return [Path(p) for _, p in sorted(self.heap, reverse=True)]
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -67,7 +99,7 @@ def detect_layout(root: Path) -> str:
     subdirs = {d.name.lower(): d for d in _class_dirs(root)}
     if "train" in subdirs and "test" in subdirs and _class_dirs(subdirs["train"]):
         return "splits"
-    if any(_images_under(d) for d in _class_dirs(root)) and not any(
+    if any(_has_images(d) for d in _class_dirs(root)) and not any(
             p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()):
         return "classes"
     return "flat"
@@ -191,7 +223,17 @@ def _labeled_files(folder: Path, classes: list[str], listed: Optional[dict] = No
     return files, labels
 
 
-def list_folder(root_path: Optional[str], image_size, color: str) -> dict:
+def _sampled(files: list[Path], root: Path, hash_sample: bool) -> list[Path]:
+    if not hash_sample:
+        return files
+    sample = ModeSample(root)
+    for f in files:
+        sample.add(str(f))
+    return sample.files()
+
+
+def list_folder(root_path: Optional[str], image_size, color: str,
+                hash_sample: bool = False) -> dict:
     """What an image folder holds, before anything is decoded: {root, layout, mode, size,
     class_names, empty_classes, parts}; parts maps pool (and test, val for the
     train/test[/val] layout) to (files, labels or None, progress label), in the order
@@ -210,7 +252,8 @@ def list_folder(root_path: Optional[str], image_size, color: str) -> dict:
         files = _images_under(root)
         if not files:
             raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
-        result.update(mode=_choose_mode(files, color), parts={"pool": (files, None, "decode")})
+        result.update(mode=_choose_mode(_sampled(files, root, hash_sample), color),
+                      parts={"pool": (files, None, "decode")})
         return result
     top = root / next(d.name for d in _class_dirs(root) if d.name.lower() == "train") \
         if layout == "splits" else root
@@ -224,7 +267,7 @@ def list_folder(root_path: Optional[str], image_size, color: str) -> dict:
                   empty_classes=[name for name, found in listed.items() if not found])
     parts = {"pool": (*_labeled_files(top, classes, listed),
                       f"decode {top.name}" if layout == "splits" else "decode")}
-    result["mode"] = _choose_mode(parts["pool"][0], color)
+    result["mode"] = _choose_mode(_sampled(parts["pool"][0], root, hash_sample), color)
     if layout == "splits":
         subdirs = {d.name.lower(): d for d in _class_dirs(root)}
         for split in ("test", "val"):
@@ -235,9 +278,10 @@ def list_folder(root_path: Optional[str], image_size, color: str) -> dict:
     return result
 
 
-def load_folder(root_path: Optional[str], image_size, color: str):
-    """Return the pieces of a SourceData for an image folder (see sources.load_image_folder)."""
-    listing = list_folder(root_path, image_size, color)
+def load_folder(root_path: Optional[str], image_size, color: str, hash_sample: bool = False):
+    """Return the pieces of a SourceData for an image folder (see sources.load_image_folder;
+    `hash_sample`: see ModeSample)."""
+    listing = list_folder(root_path, image_size, color, hash_sample)
     root, size, mode = listing["root"], listing["size"], listing["mode"]
     result = {k: listing[k] for k in ("layout", "mode", "size", "class_names")}
     result["empty_classes"] = listing["empty_classes"]

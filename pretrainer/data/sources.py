@@ -129,7 +129,7 @@ def load_image_folder(cfg: DataConfig) -> SourceData:
     """A folder of images: class folders, train/test[/val] folders, or unlabeled (folders.py)."""
     from pretrainer.data.folders import load_folder
 
-    r = load_folder(cfg.path, cfg.image_size, cfg.color)
+    r = load_folder(cfg.path, cfg.image_size, cfg.color, cfg.split_rule == "hash")
     return SourceData(x_pool=r["x_pool"], y_pool=r["y_pool"], class_names=r["class_names"],
                       x_test=r.get("x_test"), y_test=r.get("y_test"),
                       x_val=r.get("x_val"), y_val=r.get("y_val"), skipped=r["skipped"],

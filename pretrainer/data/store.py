@@ -60,6 +60,8 @@ MANIFEST = "manifest.json"
 # 2: every split is written in a seeded random order (format 1 kept the source's
 # order, e.g. class folders one after another, which trained broken models).
 FORMAT_VERSION = 2
+ORDER = {"stratified": {"order": "seeded random permutation of every split"},  # data.split_rule
+         "hash": {"order": "by a keyed hash of each record's content", "split_rule": "hash"}}
 
 
 def _example(kind: modalities.Modality, row, label, regression: bool) -> bytes:
@@ -100,19 +102,22 @@ def write_shard(out_dir, name: str, rows, labels, modality: str, regression: boo
 
 def write_split(out_dir, split: str, x, y: Optional[np.ndarray], shard_size: int,
                 modality: str = "image", regression: bool = False, done: Optional[dict] = None,
-                on_shard=None, advance=None) -> list[dict]:
-    """Write one split as TFRecord shards; return [{file, count, sha256}].
+                on_shard=None, advance=None, cuts: Optional[list] = None) -> list[dict]:
+    """Write one split as TFRecord shards; return [{file, count, sha256}]. `cuts`: the
+    records in each shard (data.split_rule=hash); else shard_size each.
 
     `done` maps shard names already written by an interrupted collect to their
     record; such shards are verified and kept instead of rewritten. Each shard is
     written under a temporary name and renamed, then reported to `on_shard`.
     """
     n = len(x)
-    n_shards = max(1, -(-n // shard_size))
+    if cuts is None:
+        cuts = [min(shard_size, n - lo) for lo in range(0, n, shard_size)] or [0]
+    n_shards, ends = len(cuts), np.cumsum(cuts).tolist()
     shards = []
     for s in range(n_shards):
         name = f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord"
-        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+        lo, hi = ends[s] - cuts[s], ends[s]
         prior = (done or {}).get(name)
         final = join(out_dir, name)
         if (prior and prior["count"] == hi - lo and _gfile().exists(final)
@@ -136,7 +141,8 @@ def config_key(cfg: DataConfig, seed: int) -> str:
                                            "dedupe", "label_seed", "labeled_fraction",
                                            "labels_per_class", "val_fraction", "test_fraction",
                                            "max_samples", "max_test", "shard_size")}
-    fields.update(seed=seed, format=FORMAT_VERSION)
+    fields.update({"split_rule": cfg.split_rule} if cfg.split_rule != "stratified" else {},
+                  seed=seed, format=FORMAT_VERSION)  # (no split_rule: no recorded key moves)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -169,8 +175,7 @@ def has_manifest(store) -> bool:
 
 def read_manifest(store) -> StoreManifest:
     path = join(store, MANIFEST)
-    exists = _gfile().exists(path) if _remote(path) else Path(path).is_file()
-    if not exists:
+    if not has_manifest(store):
         raise DataError(f"No dataset store at {store} (missing {MANIFEST}). "
                         f"Run `pretrainer collect` first")
     try:
@@ -197,21 +202,25 @@ def verify(store: Path, manifest: Optional[StoreManifest] = None) -> list[str]:
     return bad
 
 
-def plan_splits(src, cfg: DataConfig, seed: int, digests=None) -> tuple[dict, dict]:
-    """({split: (x, y)} in each split's seeded order, contamination report): every rule
-    that decides what a store holds. `digests`: see splits.check_contamination (the
-    Beam path's x are record numbers)."""
+def plan_splits(src, cfg: DataConfig, seed: int, digests=None
+                ) -> tuple[dict, dict, Optional[dict]]:
+    """({split: (x, y)} in stored order, contamination report, {split: records per shard}
+    or None): every rule that decides what a store holds (data.split_rule=hash:
+    hashsplit.py). `digests`: splits.check_contamination's (Beam: x are record numbers)."""
     if len(src.x_pool) == 0:
         shown = "; ".join(f"{s['file']} ({s['reason']})" for s in src.skipped[:3])
         raise DataError("The source gave no readable examples"
                         + (f": all {len(src.skipped)} file(s) were skipped, e.g. {shown}"
                            if src.skipped else ""))
+    if cfg.split_rule == "hash":
+        from pretrainer.data import hashsplit
+        return hashsplit.plan_arrays(src, cfg, seed)
     arrays = split_arrays(src, cfg, seed)
     if src.x_extra is not None and len(src.x_extra):
         arrays["unlabeled"] = (np.concatenate([arrays["unlabeled"][0], src.x_extra]), None)
     contamination = (check_contamination(arrays, dedupe=cfg.dedupe) if digests is None else
                      check_contamination(arrays, dedupe=cfg.dedupe, digests=digests))
-    return shuffled(arrays, seed), contamination
+    return shuffled(arrays, seed), contamination, None
 
 
 def staging_dir(store, cfg: DataConfig, seed: int) -> str:
@@ -254,15 +263,16 @@ def build_store(store: Path, cfg: DataConfig, seed: int, src, progress=None,
     differs, as in study cells), its unlabeled, val and test shards are hard-linked, not
     written again.
     """
-    arrays, contamination = plan_splits(src, cfg, seed)
+    arrays, contamination, cuts = plan_splits(src, cfg, seed)
     staging = staging_dir(store, cfg, seed)
     _gfile().makedirs(staging)
-    splits = _write_splits(staging, cfg, seed, src, arrays, progress, advance, share_from)
+    splits = _write_splits(staging, cfg, seed, src, arrays, progress, advance, share_from,
+                           cuts)
     return publish(store, staging, cfg, seed, src, arrays, splits, contamination)
 
 
 def _write_splits(staging: str, cfg: DataConfig, seed: int, src, arrays: dict, progress,
-                  advance, share_from) -> dict:
+                  advance, share_from, cuts: Optional[dict] = None) -> dict:
     """Each split's shards into `staging` (kept from an interrupted collect, or linked from
     `share_from` when its split key matches); {split: its manifest entry}."""
     gfile = _gfile()
@@ -298,7 +308,8 @@ def _write_splits(staging: str, cfg: DataConfig, seed: int, src, arrays: dict, p
                 advance(len(x))
             continue
         shards = write_split(staging, split, x, y, cfg.shard_size, src.modality, regression,
-                             done=done, on_shard=record, advance=advance)
+                             done=done, on_shard=record, advance=advance,
+                             cuts=None if cuts is None else cuts[split])
         splits[split] = split_entry(split, y, shards, src.class_names, regression)
         if progress:
             progress(split, len(x))
@@ -331,7 +342,7 @@ def _manifest_json(cfg: DataConfig, seed: int, src, arrays: dict, splits: dict,
         "labels_per_class": cfg.labels_per_class,
         "config_key": key,
         "split_key": split_key(cfg, seed),
-        "order": "seeded random permutation of every split",
+        **ORDER[cfg.split_rule],
         "splits": splits,
         **src.extra_manifest,
     }

@@ -142,12 +142,17 @@ def _collect(cfg: Config, store: str, key: str, share_from: Optional[str]) -> st
 
 
 def _collect_beam(cfg: Config, store: str) -> StoreManifest:
-    from pretrainer.data import beam
+    from pretrainer.data import beam, beam_hash
 
     info(f"collect: an Apache Beam pipeline on {esc(cfg.collect.runner)} "
          f"(the same store as collect.runner=inprocess)")
     quiet_tensorflow()
-    manifest = beam.collect(store, cfg, store_seed(cfg), lambda line: info(esc(line)))
+    beam.require_beam()
+    # a CSV is one file, read by the launcher either way (beam.py); folders stream under
+    # the hash rule
+    streamed = cfg.data.split_rule == "hash" and cfg.data.source != "csv"
+    manifest = (beam_hash if streamed else beam).collect(store, cfg, store_seed(cfg),
+                                                         lambda line: info(esc(line)))
     skipped = manifest.skipped
     if skipped["count"]:
         _warn_skipped(skipped["files"], skipped["count"], store)
