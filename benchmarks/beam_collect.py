@@ -1,7 +1,8 @@
 """collect on Apache Beam's local runner against the in-process path, as the pool grows:
 N, 10 N and 100 N images.
 
-    python benchmarks/beam_collect.py [--n 1000] [--factors 1 10 100] [--workers 2] [--smoke]
+    python benchmarks/beam_collect.py [--n 1000] [--factors 1 10 100] [--workers 2]
+                                      [--rules stratified hash] [--smoke]
 
 Writes class folders of 28x28 grayscale PNGs (Fashion-MNIST from Debian's
 `dataset-fashion-mnist`, else the bundled sample, tiled with 1-2 pixel shifts so the
@@ -10,7 +11,9 @@ twice, in fresh processes: `collect.runner=inprocess` and `collect.runner=beam`.
 each runs, the resident memory of its whole process tree (the launcher and, for Beam,
 its worker processes) is sampled every 0.1 s from /proc. Prints, per size: wall time,
 peak RSS of the launching process and of the tree, and whether the two stores are
-identical (every file compared); writes the figures as JSON (--out).
+identical (every file compared); writes the figures as JSON (--out). `--rules`: the
+data.split_rule values to run (hash: the launcher streams instead of holding a plan of
+every record, pretrainer/data/beam_hash.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import filecmp
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,6 +124,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--factors", type=int, nargs="+", default=[1, 10, 100])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rules", nargs="+", default=["stratified"],
+                    choices=["stratified", "hash"], help="data.split_rule values to run")
     ap.add_argument("--smoke", action="store_true", help="200 and 2,000 images (a check)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "beam_collect.json"))
     args = ap.parse_args()
@@ -132,29 +138,32 @@ def main() -> None:
             size = args.n * factor
             folder = Path(tmp) / f"images {size}"
             write_pngs(folder, x, y, size)
-            base = [sys.executable, "-m", "pretrainer", "collect", "-c", "folder_ae",
-                    f"data.path='{folder}'", "data.image_size=[28,28]",
-                    "data.color=grayscale"]
-            row = {"images": size}
-            for runner in ("inprocess", "beam"):
-                row[runner] = measure([*base, f"paths.data={tmp}/{runner}-{size}",
-                                       f"collect.runner={runner}",
-                                       f"collect.workers={args.workers}"])
-            row["identical"] = identical(Path(tmp) / f"inprocess-{size}" / "image_folder",
-                                         Path(tmp) / f"beam-{size}" / "image_folder")
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for rule in args.rules:
+                base = [sys.executable, "-m", "pretrainer", "collect", "-c", "folder_ae",
+                        f"data.path='{folder}'", "data.image_size=[28,28]",
+                        "data.color=grayscale", f"data.split_rule={rule}"]
+                row = {"images": size, "rule": rule}
+                for runner in ("inprocess", "beam"):
+                    row[runner] = measure([*base, f"paths.data={tmp}/{runner}-{rule}-{size}",
+                                           f"collect.runner={runner}",
+                                           f"collect.workers={args.workers}"])
+                row["identical"] = identical(
+                    Path(tmp) / f"inprocess-{rule}-{size}" / "image_folder",
+                    Path(tmp) / f"beam-{rule}-{size}" / "image_folder")
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            shutil.rmtree(folder)  # 100x a base size: keep the disk to the size at hand
     result = {"_meta": {"cpu": cpu_name(), "cores": os.cpu_count(), "data": what,
                         "workers": args.workers, "smoke": args.smoke}, "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"\ncollect of 28x28 PNG class folders ({what}), {cpu_name()}, "
           f"{args.workers} Beam workers (local runner)\n")
-    print("| images | in-process: s / peak RSS MiB | Beam: s / launcher peak RSS / tree peak "
-          "RSS MiB | identical stores |")
-    print("|---|---|---|---|")
+    print("| images | split rule | in-process: s / peak RSS MiB | Beam: s / launcher peak RSS "
+          "/ tree peak RSS MiB | identical stores |")
+    print("|---|---|---|---|---|")
     for r in rows:
         i, b = r["inprocess"], r["beam"]
-        print(f"| {r['images']:,} | {i['seconds']} / {i['peak_rss_mib_tree']} | "
+        print(f"| {r['images']:,} | {r['rule']} | {i['seconds']} / {i['peak_rss_mib_tree']} | "
               f"{b['seconds']} / {b['peak_rss_mib_launcher']} / {b['peak_rss_mib_tree']} | "
               f"{'yes' if r['identical'] else 'NO'} |")
 

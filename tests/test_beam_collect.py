@@ -128,9 +128,15 @@ def test_csv_store_is_identical_on_beam(tmp_path, rule):
     _same_tree(a, b)
 
 
-def test_image_folder_store_under_the_hash_rule_is_identical_on_beam(image_folder, tmp_path):
+def test_image_folder_store_under_the_hash_rule_is_identical_on_beam(image_folder, tmp_path,
+                                                                     monkeypatch):
     """data.split_rule=hash: the launcher streams (hashsplit.py, beam_hash.py); the store is
-    still the in-process one, file for file; copies never straddle test and the pool."""
+    still the in-process one, file for file; copies never straddle test and the pool.
+    Small planner chunks and bucket buffers, so both are cut many times here."""
+    from pretrainer.data import beam_hash
+
+    monkeypatch.setattr(beam_hash, "CHUNK_RECORDS", 300)
+    monkeypatch.setattr(beam_hash, "BUFFERED_LINES", 97)
     args = [f"data.path='{image_folder}'", "data.image_size=[8,8]", "data.shard_size=150",
             "data.dedupe=true", "data.split_rule=hash", "data.labels_per_class=5"]
     a = _collect("folder_ae", args, tmp_path / "a", [])
@@ -146,6 +152,30 @@ def test_image_folder_store_under_the_hash_rule_is_identical_on_beam(image_folde
     assert set(splits["train"]["per_class"].values()) == {5}
     assert sum(s["count"] for s in splits.values()) - splits["train"]["count"] == 2020
     assert sum(s["count"] for s in splits["unlabeled"]["shards"]) == splits["unlabeled"]["count"]
+
+
+@pytest.mark.parametrize("folder", ["local", "ram://buckets"])
+def test_bucket_lines_reach_their_files_in_order(tmp_path, monkeypatch, folder):
+    """The launcher's bounded buffer: appended locally, one piece per flush on a store
+    that cannot append (TensorFlow's ram:// filesystem stands in for gs://)."""
+    from pretrainer.data import beam_hash
+    from pretrainer.data.store import _gfile
+
+    monkeypatch.setattr(beam_hash, "BUFFERED_LINES", 4)
+    buckets = beam_hash.Buckets(str(tmp_path / "b") if folder == "local" else folder)
+    sent = {}
+    for i in range(30):
+        key = ("train", i % 3)
+        buckets.add(*key, f"line {i}")
+        sent.setdefault(key, []).append(f"line {i}")
+    buckets.flush()
+    for key, lines in sent.items():
+        got = []
+        for piece in buckets.pieces[key]:
+            with _gfile().GFile(piece, "r") as f:
+                got += f.read().splitlines()
+        assert got == lines
+    assert (len(buckets.pieces[("train", 0)]) == 1) == (folder == "local")
 
 
 def test_a_file_changed_between_scan_and_write_is_an_error(tmp_path):

@@ -33,7 +33,7 @@ from pretrainer.data.splits import SPLITS
 from pretrainer.errors import DataError
 
 CHUNK_RECORDS = 16384  # records per planner call: numpy's per-call cost amortised
-BUFFERED_LINES = 200_000  # bucket lines held before they are appended to their files
+BUFFERED_LINES = 50_000  # bucket lines held (~12 MiB) before they go to their files
 
 
 # --------------------------------------------------------------- what workers run
@@ -162,13 +162,14 @@ def _records(paths: list[str]):
 
 class Buckets:
     """Lines appended to one file per (split, shard) through a buffer of at most
-    BUFFERED_LINES lines; each flush writes one piece file per bucket (object stores
-    cannot append), listed for the write elements."""
+    BUFFERED_LINES lines. A local folder's bucket files are appended to; on an object
+    store (which cannot append) each flush writes one piece file per bucket. The pieces
+    of each bucket are listed for the write elements."""
 
     def __init__(self, folder: str):
-        from pretrainer.data.store import _gfile
+        from pretrainer.data.store import _gfile, _remote
 
-        self.folder, self.gfile = folder, _gfile()
+        self.folder, self.gfile, self.local = folder, _gfile(), not _remote(folder)
         self.gfile.makedirs(folder)
         self.buffer: dict = {}
         self.pieces: dict = {}
@@ -185,10 +186,16 @@ class Buckets:
 
         for (split, shard), lines in self.buffer.items():
             pieces = self.pieces.setdefault((split, shard), [])
-            path = join(self.folder, f"{split}-{shard:05d}-{len(pieces):05d}.jsonl")
-            with self.gfile.GFile(path, "w") as f:
-                f.write("\n".join(lines) + "\n")
-            pieces.append(path)
+            text = "\n".join(lines) + "\n"
+            if self.local:
+                if not pieces:
+                    pieces.append(join(self.folder, f"{split}-{shard:05d}.jsonl"))
+                with open(pieces[0], "a", encoding="utf-8") as f:
+                    f.write(text)
+                continue
+            pieces.append(join(self.folder, f"{split}-{shard:05d}-{len(pieces):05d}.jsonl"))
+            with self.gfile.GFile(pieces[-1], "w") as f:
+                f.write(text)
         self.buffer, self.held = {}, 0
 
 
