@@ -20,9 +20,9 @@ checksums):
 
 Memory: records are decoded twice and never held together; the launching process
 keeps ~0.45 KiB per record (the listing's paths, the plan's arrays, 16 bytes of digest:
-measured at 100k images, benchmarks/beam_collect.py, docs/data.md); elements travel
-through JSON-lines files, not the runner's memory. A CSV is one
-file (quoted cells may hold newlines, so it cannot be cut safely): it is read here as
+measured at 100k images, benchmarks/beam_collect.py, docs/data.md) - under the default
+stratified rule; data.split_rule=hash streams the plan (beam_hash.py). Elements travel
+through JSON-lines files, not the runner's memory. A CSV is one file (quoted cells may hold newlines, so it cannot be cut safely): it is read here as
 in-process and only its shards are written by the pipeline.
 """
 

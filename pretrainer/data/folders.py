@@ -38,24 +38,24 @@ def iter_images(folder) -> Iterator[str]:
     stack, seen = [str(folder)], {(top.st_dev, top.st_ino)}
     while stack:
         try:
-            with os.scandir(stack.pop()) as it:
-                entries = list(it)
+            it = os.scandir(stack.pop())
         except OSError:  # permission denied, a folder gone meanwhile
             continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                if entry.is_dir():
-                    st = entry.stat()  # the target's identity, through a symlink
-                    if (st.st_dev, st.st_ino) not in seen:
-                        seen.add((st.st_dev, st.st_ino))
-                        stack.append(entry.path)
-                elif (os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-                      and entry.is_file()):
-                    yield entry.path
-            except OSError:  # a symlink to itself, a dangling one
-                continue
+        with it:  # read as it goes: a folder of a million files is not held
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir():
+                        st = entry.stat()  # the target's identity, through a symlink
+                        if (st.st_dev, st.st_ino) not in seen:
+                            seen.add((st.st_dev, st.st_ino))
+                            stack.append(entry.path)
+                    elif (os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+                          and entry.is_file()):
+                        yield entry.path
+                except OSError:  # a symlink to itself, a dangling one
+                    continue
 
 
 def _images_under(folder: Path) -> list[Path]:

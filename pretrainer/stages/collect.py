@@ -151,6 +151,9 @@ def _collect_beam(cfg: Config, store: str) -> StoreManifest:
     # a CSV is one file, read by the launcher either way (beam.py); folders stream under
     # the hash rule
     streamed = cfg.data.split_rule == "hash" and cfg.data.source != "csv"
+    if not streamed and cfg.data.source != "csv":
+        info("  (data.split_rule=stratified: this process holds ~0.4 KiB per record for the "
+             "plan; data.split_rule=hash streams it, docs/data.md)")
     manifest = (beam_hash if streamed else beam).collect(store, cfg, store_seed(cfg),
                                                          lambda line: info(esc(line)))
     skipped = manifest.skipped
