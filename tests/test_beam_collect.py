@@ -154,6 +154,46 @@ def test_image_folder_store_under_the_hash_rule_is_identical_on_beam(image_folde
     assert sum(s["count"] for s in splits["unlabeled"]["shards"]) == splits["unlabeled"]["count"]
 
 
+def _pngs(folder: Path, n: int, shade: int, rng) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        img = (rng.random((6, 6)) * 60 + shade).astype(np.uint8)
+        Image.fromarray(img, "L").save(folder / f"{i} [x].png")
+
+
+@pytest.mark.parametrize("layout", ["splits", "flat"])
+def test_other_folder_layouts_under_the_hash_rule_are_identical_on_beam(tmp_path, layout):
+    """train/test folders (a corrupt test file, max_test) and an unlabeled flat folder
+    (max_samples): the caps and the source's own test split on both paths."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "src"
+    if layout == "splits":
+        for part, n in (("train", 150), ("test", 40)):
+            for c, name in enumerate(["a", "b c"]):
+                _pngs(root / part / name, n, 60 * c, rng)
+        (root / "test" / "a" / "bad.png").write_bytes(b"nope")
+        extra = ["data.max_test=50", "data.labels_per_class=3"]
+    else:  # loose images at the top: unlabeled, whatever the folders under it
+        _pngs(root, 200, 0, rng)
+        _pngs(root / "y" / "z", 200, 100, rng)
+        extra = ["data.max_samples=300"]
+    args = [f"data.path={root}", "data.image_size=[6,6]", "data.shard_size=64",
+            "data.split_rule=hash", *extra]
+    a = _collect("folder_ae", args, tmp_path / "a", [])
+    b = _collect("folder_ae", args, tmp_path / "b", ["collect.runner=beam",
+                                                     "collect.workers=2"])
+    _same_tree(a, b)
+    import json
+
+    splits = json.loads((b / "manifest.json").read_text())["splits"]
+    if layout == "splits":
+        assert 40 <= splits["test"]["count"] <= 50
+    else:
+        assert splits["unlabeled"]["count"] == 300 and splits["test"]["count"] == 0
+
+
 @pytest.mark.parametrize("folder", ["local", "ram://buckets"])
 def test_bucket_lines_reach_their_files_in_order(tmp_path, monkeypatch, folder):
     """The launcher's bounded buffer: appended locally, one piece per flush on a store
