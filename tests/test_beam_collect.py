@@ -165,8 +165,9 @@ def _pngs(folder: Path, n: int, shade: int, rng) -> None:
 
 @pytest.mark.parametrize("layout", ["splits", "flat"])
 def test_other_folder_layouts_under_the_hash_rule_are_identical_on_beam(tmp_path, layout):
-    """train/test folders (a corrupt test file, max_test) and an unlabeled flat folder
-    (max_samples): the caps and the source's own test split on both paths."""
+    """train/test folders (a corrupt test file, max_test, data.extra_unlabeled with a corrupt
+    file) and an unlabeled flat folder (max_samples): the caps, the source's own test split
+    and the extra unlabeled images on both paths."""
     rng = np.random.default_rng(5)
     root = tmp_path / "src"
     if layout == "splits":
@@ -174,7 +175,10 @@ def test_other_folder_layouts_under_the_hash_rule_are_identical_on_beam(tmp_path
             for c, name in enumerate(["a", "b c"]):
                 _pngs(root / part / name, n, 60 * c, rng)
         (root / "test" / "a" / "bad.png").write_bytes(b"nope")
-        extra = ["data.max_test=50", "data.labels_per_class=3"]
+        _pngs(tmp_path / "more [u]", 30, 30, rng)
+        (tmp_path / "more [u]" / "bad.png").write_bytes(b"nope")
+        extra = ["data.max_test=50", "data.labels_per_class=3",
+                 f"data.extra_unlabeled='{tmp_path / 'more [u]'}'"]
     else:  # loose images at the top: unlabeled, whatever the folders under it
         _pngs(root, 200, 0, rng)
         _pngs(root / "y" / "z", 200, 100, rng)
@@ -190,6 +194,9 @@ def test_other_folder_layouts_under_the_hash_rule_are_identical_on_beam(tmp_path
     splits = json.loads((b / "manifest.json").read_text())["splits"]
     if layout == "splits":
         assert 40 <= splits["test"]["count"] <= 50
+        manifest = json.loads((b / "manifest.json").read_text())
+        assert manifest["source"]["extra_unlabeled"]["count"] == 30
+        assert manifest["skipped"]["count"] == 2
     else:
         assert splits["unlabeled"]["count"] == 300 and splits["test"]["count"] == 0
 

@@ -117,6 +117,9 @@ def test_a_key_the_chosen_option_lacks_names_that_options_keys(config, override,
     ("text_mlm", ["data.extra_unlabeled=/tmp"], "adds image folders"),
     ("fashion_ae", ["backbone.latent_dim=abc"], "backbone.latent_dim"),
     ("fashion_ae", ["data.source=ftp"], "data.source='ftp' is not valid"),
+    ("folder_ae", ["collect.runner=beam", "data.extra_unlabeled=/tmp"],
+     "data.extra_unlabeled with data.split_rule=hash only"),
+    ("fashion_ae", ["data.split_rule=random"], "data.split_rule='random' is not valid"),
 ])
 def test_settings_that_cannot_work_together_fail_when_composed(config, overrides, match):
     """Checked before anything is collected: compose itself refuses."""
@@ -125,6 +128,8 @@ def test_settings_that_cannot_work_together_fail_when_composed(config, overrides
 
 
 def test_options_that_fit_compose():
+    assert compose("folder_ae", ["collect.runner=beam", "data.extra_unlabeled=/tmp",
+                                 "data.split_rule=hash"]).data.split_rule == "hash"
     cfg = compose("fashion_ae", ["backbone=resnet", "finetune.init=public"])
     assert cfg.backbone.PUBLIC_WEIGHTS and cfg.backbone.filters  # the decoder's widths
     assert compose("house_linear").backbone.latent_dim == 0  # mlp: 0 = identity

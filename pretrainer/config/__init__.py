@@ -81,9 +81,11 @@ class Config:
             raise ConfigError(f"collect.runner={self.collect.runner} reads files: data.source "
                               f"must be one of {', '.join(BEAM_SOURCES)}. Received: "
                               f"{self.data.source} (collect it with collect.runner=inprocess)")
-        if self.collect.beam and self.data.extra_unlabeled:
-            raise ConfigError("collect.runner=beam does not read data.extra_unlabeled yet: "
-                              "collect it with collect.runner=inprocess")
+        if (self.collect.beam and self.data.extra_unlabeled
+                and self.data.split_rule != "hash"):
+            raise ConfigError("collect.runner=beam reads data.extra_unlabeled with "
+                              "data.split_rule=hash only (or collect with "
+                              "collect.runner=inprocess)")
 
 
 _GROUPS = ("data", "backbone", "pretext", "finetune", "trainer", "deploy")

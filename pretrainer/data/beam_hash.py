@@ -44,7 +44,10 @@ def scan_records(unit: dict, job: dict) -> str:
         from pretrainer.data.folders import _decode_chunk
 
         arr, kept, skipped = _decode_chunk([Path(p) for p in unit["paths"]],
-                                           tuple(job["size"]), job["mode"], job["root"])
+                                           tuple(job["size"]), job["mode"],
+                                           unit.get("root", job["root"]))
+        if unit["part"] == "extra":  # as sources.load marks them
+            skipped = [{**s, "folder": "extra_unlabeled"} for s in skipped]
         refs = [unit["paths"][i] for i in kept]
         digests = "".join(common.digest(row.tobytes()) for row in arr)
         out = {"refs": refs, "digests": digests, "skipped": skipped}
@@ -91,17 +94,17 @@ def _image_units(cfg, out: list):
     layout = folders.detect_layout(root)
     sample, n = folders.ModeSample(root), [0]
 
-    def chunks(paths, part, label):
+    def chunks(paths, part, label, **more):
         buf = []
         for p in paths:
             if part == "pool":
                 sample.add(p)
             buf.append(p)
             if len(buf) == common.SCAN_CHUNK:
-                yield {"unit": n[0], "part": part, "label": label, "paths": buf}
+                yield {"unit": n[0], "part": part, "label": label, "paths": buf, **more}
                 n[0], buf = n[0] + 1, []
         if buf:
-            yield {"unit": n[0], "part": part, "label": label, "paths": buf}
+            yield {"unit": n[0], "part": part, "label": label, "paths": buf, **more}
             n[0] += 1
 
     classes, empty = [], []
@@ -124,6 +127,14 @@ def _image_units(cfg, out: list):
             for c, name in enumerate(classes):
                 if part in subdirs and (subdirs[part] / name).is_dir():
                     yield from chunks(folders.iter_images(subdirs[part] / name), part, c)
+    if cfg.extra_unlabeled:  # images for the unlabeled split only (sources.load)
+        extra = Path(cfg.extra_unlabeled).expanduser()
+        if not extra.is_dir():
+            raise DataError(f"data.extra_unlabeled={cfg.extra_unlabeled} is not a folder")
+        before = n[0]
+        yield from chunks(folders.iter_images(extra), "extra", None, root=str(extra))
+        if n[0] == before:
+            raise DataError(f"No images under data.extra_unlabeled={cfg.extra_unlabeled}")
     out.append((classes, empty, layout, root, sample))
 
 
@@ -218,7 +229,8 @@ def collect(store: str, cfg, seed: int, say):
         classes, empty, layout, root, sample = listed[0]
         size = tuple(data.image_size) if data.image_size else DEFAULT_SIZE
         mode = _choose_mode(sample.files(), data.color)
-        job = {"modality": "image", "root": str(root), "size": list(size), "mode": mode}
+        job = {"modality": "image", "root": str(root), "size": list(size), "mode": mode,
+               "extra": data.extra_unlabeled}
         info = {"path": str(data.path), "layout": layout,
                 "color": "grayscale" if mode == "L" else "rgb", "image_size": list(size),
                 "empty_class_folders": empty}
@@ -306,6 +318,8 @@ def _source(results: list[str], job: dict, classes: list, info: dict):
             from pretrainer.data.textfiles import no_text_error
 
             raise no_text_error(Path(job["root"]), skipped)
+    if counts["extra"]:
+        info["extra_unlabeled"] = {"path": job["extra"], "count": counts["extra"]}
     if not counts["pool"]:
         shown = "; ".join(f"{s['file']} ({s['reason']})" for s in skipped[:3])
         raise DataError("The source gave no readable examples"

@@ -292,16 +292,18 @@ def run_passes(planner: Planner, chunks: dict, parts: dict) -> tuple[dict, dict,
         planner.tally(masks[part], strata)
     contamination = planner.finish_tally()
     arrays, cuts = {}, {}
+    pool_y = parts["pool"][1]
     for split in SPLITS:
         xs, ys, shards, us = [], [], [], []
         for part, (x, y) in parts.items():
             keep, shard, u = planner.place(split, masks[part], chunks[part][0])
             xs.append(x[keep])
-            ys.append(None if y is None else np.asarray(y)[keep])
+            if y is not None:  # (the extra unlabeled images: in no labeled split)
+                ys.append(np.asarray(y)[keep])
             shards.append(shard)
             us.append(u)
         shard, u = np.concatenate(shards), np.concatenate(us)
-        y = None if split == "unlabeled" or any(v is None for v in ys) else np.concatenate(ys)
+        y = None if split == "unlabeled" or pool_y is None else np.concatenate(ys)
         tie = np.zeros(len(u)) if y is None else y
         order = np.lexsort((tie, u, shard))
         arrays[split] = (np.concatenate(xs)[order], None if y is None else y[order])
