@@ -175,9 +175,12 @@ def test_other_folder_layouts_under_the_hash_rule_are_identical_on_beam(tmp_path
             for c, name in enumerate(["a", "b c"]):
                 _pngs(root / part / name, n, 60 * c, rng)
         (root / "test" / "a" / "bad.png").write_bytes(b"nope")
+        for i in range(5):  # test images that are also in the pool: found and dropped
+            (root / "test" / "a" / f"dup {i}.png").write_bytes(
+                (root / "train" / "a" / f"{i} [x].png").read_bytes())
         _pngs(tmp_path / "more [u]", 30, 30, rng)
         (tmp_path / "more [u]" / "bad.png").write_bytes(b"nope")
-        extra = ["data.max_test=50", "data.labels_per_class=3",
+        extra = ["data.max_test=60", "data.labels_per_class=3", "data.dedupe=true",
                  f"data.extra_unlabeled='{tmp_path / 'more [u]'}'"]
     else:  # loose images at the top: unlabeled, whatever the folders under it
         _pngs(root, 200, 0, rng)
@@ -193,8 +196,10 @@ def test_other_folder_layouts_under_the_hash_rule_are_identical_on_beam(tmp_path
 
     splits = json.loads((b / "manifest.json").read_text())["splits"]
     if layout == "splits":
-        assert 40 <= splits["test"]["count"] <= 50
+        assert 40 <= splits["test"]["count"] <= 60
         manifest = json.loads((b / "manifest.json").read_text())
+        found = manifest["contamination"]
+        assert 0 < found["unlabeled_in_test"] <= 5 and found["deduped"]
         assert manifest["source"]["extra_unlabeled"]["count"] == 30
         assert manifest["skipped"]["count"] == 2
     else:
