@@ -59,7 +59,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/mlm_epochs.py
 	$(BIN)/python benchmarks/pretext_epochs.py
 	$(BIN)/python benchmarks/memory_scale.py
-	$(BIN)/python benchmarks/beam_collect.py
+	$(BIN)/python benchmarks/beam_collect.py --rules stratified hash
 	$(BIN)/python benchmarks/serve_latency.py
 	bash benchmarks/gpu_check.sh --quick
 	$(BIN)/python benchmarks/summary.py
