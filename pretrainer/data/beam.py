@@ -22,8 +22,9 @@ Memory: records are decoded twice and never held together; the launching process
 keeps ~0.45 KiB per record (the listing's paths, the plan's arrays, 16 bytes of digest:
 measured at 100k images, benchmarks/beam_collect.py, docs/data.md) - under the default
 stratified rule; data.split_rule=hash streams the plan (beam_hash.py). Elements travel
-through JSON-lines files, not the runner's memory. A CSV is one file (quoted cells may hold newlines, so it cannot be cut safely): it is read here as
-in-process and only its shards are written by the pipeline.
+through JSON-lines files, not the runner's memory. A CSV is one file (quoted cells may
+hold newlines, so it cannot be cut safely): it is read here as in-process and only its
+shards are written by the pipeline.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ def _image_rows(paths: list[str], size, mode: str, root: str) -> list[Optional[n
 
 def scan_unit(unit: dict) -> str:
     """One scan element -> a JSON line: what each record of it is worth to the plan."""
+    return json.dumps({"unit": unit["unit"], **scanned(unit)})
+
+
+def scanned(unit: dict) -> dict:
+    """A scan element decoded: {kept (image indices) or docs (a text file's count),
+    digests (hex, 16 bytes a record), skipped, codecs (text)}."""
     if unit["kind"] == "image":
         from pretrainer.data.folders import _decode_chunk
 
@@ -89,7 +96,7 @@ def scan_unit(unit: dict) -> str:
                                           unit["how"], unit["encoding"])
         out = {"docs": len(docs), "digests": "".join(digest(d.encode("utf-8")) for d in docs),
                "skipped": skipped, "codecs": codecs}
-    return json.dumps({"unit": unit["unit"], **out})
+    return out
 
 
 def write_shard(task: dict) -> str:
@@ -240,15 +247,13 @@ def shard_tasks(plan: Optional[Plan], arrays: dict, cfg, staging: str, modality:
                 regression: bool, writer: dict, cuts: Optional[dict] = None):
     """One element per shard, named and cut exactly as `store.write_split` does (yielded:
     they are streamed to the pipeline's input file)."""
+    from pretrainer.data.store import shard_bounds
+
     for split in splitting.SPLITS:
         x, y = arrays[split]
-        n = len(x)
-        sizes = (cuts[split] if cuts else
-                 [min(cfg.shard_size, n - lo) for lo in range(0, n, cfg.shard_size)] or [0])
-        n_shards, ends = len(sizes), np.cumsum(sizes).tolist()
-        for s in range(n_shards):
-            lo, hi = ends[s] - sizes[s], ends[s]
-            task = {"split": split, "file": f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord",
+        bounds = shard_bounds(len(x), cfg.shard_size, cuts[split] if cuts else None)
+        for s, (lo, hi) in enumerate(bounds):
+            task = {"split": split, "file": f"{split}-{s:05d}-of-{len(bounds):05d}.tfrecord",
                     "staging": staging, "modality": modality, "regression": regression,
                     "labels": None if y is None else np.asarray(y[lo:hi]).tolist(), **writer}
             if plan is None:  # a table: the rows themselves travel

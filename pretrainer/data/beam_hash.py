@@ -39,28 +39,17 @@ BUFFERED_LINES = 50_000  # bucket lines held (~12 MiB) before they go to their f
 # --------------------------------------------------------------- what workers run
 
 def scan_records(unit: dict, job: dict) -> str:
-    """One element -> a JSON line: its records' references, label, digests, skips."""
-    if job["modality"] == "image":
-        from pretrainer.data.folders import _decode_chunk
-
-        arr, kept, skipped = _decode_chunk([Path(p) for p in unit["paths"]],
-                                           tuple(job["size"]), job["mode"],
-                                           unit.get("root", job["root"]))
-        if unit["part"] == "extra":  # as sources.load marks them
-            skipped = [{**s, "folder": "extra_unlabeled"} for s in skipped]
-        refs = [unit["paths"][i] for i in kept]
-        digests = "".join(common.digest(row.tobytes()) for row in arr)
-        out = {"refs": refs, "digests": digests, "skipped": skipped}
+    """One element -> a JSON line: its records' references, label, digests, skips (the
+    decoding is beam.scanned's; an extra folder's element carries its own root)."""
+    got = common.scanned({**job, "kind": job["modality"], **unit})
+    if "kept" in got:
+        refs = [unit["paths"][i] for i in got.pop("kept")]
     else:
-        from pretrainer.data.textfiles import read_file
-
-        docs, skipped, codecs = read_file(Path(unit["path"]), Path(job["root"]), job["how"],
-                                          job["encoding"])
-        out = {"refs": [[unit["path"], i] for i in range(len(docs))], "skipped": skipped,
-               "digests": "".join(common.digest(d.encode("utf-8")) for d in docs),
-               "codecs": codecs}
+        refs = [[unit["path"], i] for i in range(got.pop("docs"))]
+    if unit["part"] == "extra":  # as sources.load marks them
+        got["skipped"] = [{**s, "folder": "extra_unlabeled"} for s in got["skipped"]]
     return json.dumps({"unit": unit["unit"], "part": unit["part"], "label": unit["label"],
-                       **out})
+                       "refs": refs, **got})
 
 
 def write_bucket(element: dict, job: dict) -> str:
@@ -86,11 +75,7 @@ def _image_units(cfg, out: list):
     the same layouts, the same class numbering)."""
     from pretrainer.data import folders
 
-    if not cfg.path:
-        raise DataError("data.source=image_folder needs data.path=DIR (a folder of images)")
-    root = Path(cfg.path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.path={cfg.path} is not a folder")
+    root = folders.image_root(cfg.path)
     layout = folders.detect_layout(root)
     sample, n = folders.ModeSample(root), [0]
 
@@ -121,8 +106,7 @@ def _image_units(cfg, out: list):
             yield from chunks(folders.iter_images(d), "pool", len(classes))
             (classes if n[0] > before else empty).append(d.name)
         if len(classes) < 2:
-            raise DataError(f"Found {len(classes)} class folder(s) with images under {top}; "
-                            f"need at least 2 (or a flat folder for unlabeled data)")
+            raise folders.too_few_classes(classes, top)
         for part in ("test", "val") if layout == "splits" else ():
             for c, name in enumerate(classes):
                 if part in subdirs and (subdirs[part] / name).is_dir():

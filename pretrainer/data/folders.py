@@ -223,6 +223,21 @@ def _labeled_files(folder: Path, classes: list[str], listed: Optional[dict] = No
     return files, labels
 
 
+def image_root(root_path: Optional[str]) -> Path:
+    """data.path as a folder, or the one-line error (both collect paths list from here)."""
+    if not root_path:
+        raise DataError("data.source=image_folder needs data.path=DIR (a folder of images)")
+    root = Path(root_path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.path={root_path} is not a folder")
+    return root
+
+
+def too_few_classes(classes: list, top: Path) -> DataError:
+    return DataError(f"Found {len(classes)} class folder(s) with images under {top}; "
+                     f"need at least 2 (or a flat folder for unlabeled data)")
+
+
 def _sampled(files: list[Path], root: Path, hash_sample: bool) -> list[Path]:
     if not hash_sample:
         return files
@@ -239,11 +254,7 @@ def list_folder(root_path: Optional[str], image_size, color: str,
     train/test[/val] layout) to (files, labels or None, progress label), in the order
     their images are decoded and numbered. collect's in-process and Beam paths both
     start here, so they number the same files the same way."""
-    if not root_path:
-        raise DataError("data.source=image_folder needs data.path=DIR (a folder of images)")
-    root = Path(root_path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.path={root_path} is not a folder")
+    root = image_root(root_path)
     size = tuple(image_size) if image_size else DEFAULT_SIZE
     layout = detect_layout(root)
     result = {"root": root, "layout": layout, "size": size, "class_names": [],
@@ -261,8 +272,7 @@ def list_folder(root_path: Optional[str], image_size, color: str,
     listed = {d.name: _images_under(d) for d in _class_dirs(top)}
     classes = [name for name, found in listed.items() if found]
     if len(classes) < 2:
-        raise DataError(f"Found {len(classes)} class folder(s) with images under {top}; "
-                        f"need at least 2 (or a flat folder for unlabeled data)")
+        raise too_few_classes(classes, top)
     result.update(class_names=classes,
                   empty_classes=[name for name, found in listed.items() if not found])
     parts = {"pool": (*_labeled_files(top, classes, listed),

@@ -100,24 +100,24 @@ def write_shard(out_dir, name: str, rows, labels, modality: str, regression: boo
     return {"file": name, "count": len(rows), "sha256": any_sha256(final)}
 
 
+def shard_bounds(n: int, shard_size: int, cuts: Optional[list] = None) -> list[tuple]:
+    """(lo, hi) of each shard of n records: `cuts` (hash rule) or shard_size each; >= 1."""
+    cuts = cuts or [min(shard_size, n - lo) for lo in range(0, n, shard_size)] or [0]
+    return [(end - c, end) for c, end in zip(cuts, np.cumsum(cuts).tolist(), strict=True)]
+
+
 def write_split(out_dir, split: str, x, y: Optional[np.ndarray], shard_size: int,
                 modality: str = "image", regression: bool = False, done: Optional[dict] = None,
                 on_shard=None, advance=None, cuts: Optional[list] = None) -> list[dict]:
-    """Write one split as TFRecord shards; return [{file, count, sha256}]. `cuts`: the
-    records in each shard (data.split_rule=hash); else shard_size each.
-
-    `done` maps shard names already written by an interrupted collect to their
+    """Write one split as TFRecord shards (`cuts`: see shard_bounds); return [{file,
+    count, sha256}]. `done` maps shard names already written by an interrupted collect to their
     record; such shards are verified and kept instead of rewritten. Each shard is
     written under a temporary name and renamed, then reported to `on_shard`.
     """
-    n = len(x)
-    if cuts is None:
-        cuts = [min(shard_size, n - lo) for lo in range(0, n, shard_size)] or [0]
-    n_shards, ends = len(cuts), np.cumsum(cuts).tolist()
+    bounds = shard_bounds(len(x), shard_size, cuts)
     shards = []
-    for s in range(n_shards):
-        name = f"{split}-{s:05d}-of-{n_shards:05d}.tfrecord"
-        lo, hi = ends[s] - cuts[s], ends[s]
+    for s, (lo, hi) in enumerate(bounds):
+        name = f"{split}-{s:05d}-of-{len(bounds):05d}.tfrecord"
         prior = (done or {}).get(name)
         final = join(out_dir, name)
         if (prior and prior["count"] == hi - lo and _gfile().exists(final)
